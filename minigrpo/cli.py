@@ -1,0 +1,171 @@
+"""Command line: ``minigrpo sft | train | eval | trace | render | fetch``.
+
+Every field of :class:`minigrpo.config.TrainConfig` can be set as ``--field-name value``.
+Errors end with one line on stderr (``minigrpo: error: ...``) and exit code 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import math
+import sys
+
+from .config import ConfigError, TrainConfig, build_config, field_names
+
+SHARED_FLAGS = ("task", "model", "seed", "algo")
+
+
+def _add_config_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--preset", help="tiny | smollm2-135m | smollm-135m | smollm-360m | qwen3-0.6b")
+    parser.add_argument("--config", help="TOML or JSON file of config fields")
+    parser.add_argument("--out", help="output folder (model, trace, checkpoint)")
+    parser.add_argument("--max-steps", help="optimizer steps (for sft: SFT steps)")
+    fields = argparse.ArgumentParser.add_argument_group(parser, "config fields (see minigrpo/config.py)")
+    for f in dataclasses.fields(TrainConfig):
+        if f.name == "max_steps":
+            continue
+        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
+        fields.add_argument("--" + f.name.replace("_", "-"), dest=f.name, default=None, metavar="V",
+                            help=f"default {default!r}")
+
+
+def _config_from_args(args: argparse.Namespace, command: str) -> TrainConfig:
+    overrides = {name: getattr(args, name) for name in field_names()
+                 if getattr(args, name, None) is not None and name != "max_steps"}
+    if args.max_steps is not None:
+        overrides["sft_steps" if command == "sft" else "max_steps"] = args.max_steps
+    return build_config(args.preset, args.config, overrides)
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="minigrpo", description="A small, exact GRPO/PPO trainer whose every "
+                                     "update is recorded to a trace that Manim scenes replay.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    sft = sub.add_parser("sft", help="supervised warm-up (builds the tiny model when --model tiny)")
+    _add_config_flags(sft)
+
+    train = sub.add_parser("train", help="RL training (GRPO or PPO) with a trace of every update")
+    _add_config_flags(train)
+    train.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint")
+
+    ev = sub.add_parser("eval", help="held-out accuracy of a model")
+    _add_config_flags(ev)
+    ev.add_argument("--n", type=int, default=500, help="number of eval items")
+    ev.add_argument("--json", action="store_true", help="print one JSON object")
+
+    trace = sub.add_parser("trace", help="inspect or export a trace")
+    tsub = trace.add_subparsers(dest="trace_command", required=True)
+    ins = tsub.add_parser("inspect", help="print a summary")
+    ins.add_argument("path")
+    exp = tsub.add_parser("export", help="write the scalar metrics as CSV")
+    exp.add_argument("path")
+    exp.add_argument("--csv", required=True, help="output CSV file")
+
+    render = sub.add_parser("render", help="render Manim scenes from a trace into renders/")
+    render.add_argument("--trace", help="trace folder (default: the shipped demo trace)")
+    render.add_argument("--ppo-trace", help="PPO trace for ppo_vs_grpo")
+    render.add_argument("--scene", help="scene name, e.g. ppo_logits")
+    render.add_argument("--all", action="store_true", help="render every scene")
+    render.add_argument("-q", "--quality", default="l", choices=list("lmhk"))
+    render.add_argument("--steps", help="update range a:b")
+    render.add_argument("--probe", help="probe index")
+    render.add_argument("-p", "--preview", action="store_true")
+
+    fetch = sub.add_parser("fetch", help="fetch and convert an offline model (smollm2-135m)")
+    fetch.add_argument("name", choices=["smollm2-135m"])
+    return parser
+
+
+def _print_table(summary: dict) -> None:
+    before, after = summary["before"], summary["after"]
+    base = after.get("majority_baseline", math.nan)
+    rows = [("accuracy", before["accuracy"], after["accuracy"]), ("mean score", before["mean_score"], after["mean_score"]),
+            ("format rate", before["format_rate"], after["format_rate"])]
+    print(f"\n{'':<22}{'before':>10}{'after':>10}")
+    for name, b, a in rows:
+        print(f"{name:<22}{b:>10.3f}{a:>10.3f}")
+    print(f"{'majority baseline':<22}{base:>10.3f}{base:>10.3f}")
+    print(f"{'eval items':<22}{after['n']:>10d}")
+    print(f"{'train seconds':<22}{summary['train_seconds']:>10.1f}")
+    if "mean_step_time" in summary:
+        print(f"{'mean step time (s)':<22}{summary['mean_step_time']:>10.3f}")
+    print(f"{'peak memory (MB)':<22}{summary['peak_memory_mb']:>10.1f}")
+
+
+def _run(args: argparse.Namespace) -> int:
+    if args.command == "trace":
+        from .trace.inspect import cli_export, cli_inspect
+
+        return cli_inspect(args.path) if args.trace_command == "inspect" else cli_export(args.path, args.csv)
+    if args.command == "render":
+        from .render import render
+
+        return render(args.scene, args.trace, quality=args.quality, steps=args.steps, probe=args.probe,
+                      all_scenes=args.all, ppo_trace=args.ppo_trace, preview=args.preview)
+    if args.command == "fetch":
+        from .models import fetch_smollm2
+
+        print(fetch_smollm2())
+        return 0
+
+    cfg = _config_from_args(args, args.command)
+    if args.command == "eval":
+        from .evaluate import evaluate
+        from .models import load_model
+        from .runtime import pick_device, pick_dtype
+        from .tasks import load_train_eval
+
+        device = pick_device(cfg.device)
+        model, tokenizer = load_model(cfg.model, device=device, dtype=pick_dtype(cfg.dtype, device))
+        _, eval_data = load_train_eval(cfg.task, cfg.train_size, max(args.n, 1), cfg.seed, **cfg.task_kwargs)
+        result = evaluate(model, tokenizer, eval_data, cfg, n=args.n)
+        result.update(task=cfg.task, model=cfg.model)
+        if args.json:
+            print(json.dumps(result))
+        else:
+            for key, value in result.items():
+                print(f"{key:<20}{value}")
+        return 0
+
+    out = args.out or f"runs/{args.command}-{cfg.algo if args.command == 'train' else 'sft'}-{cfg.task}"
+    log = lambda msg: print(msg, flush=True)  # noqa: E731
+    if args.command == "sft":
+        from .sft import run_sft
+
+        summary = run_sft(cfg, out, log=log)
+    else:
+        from .grpo import GRPOTrainer
+        from .ppo import PPOTrainer
+
+        if cfg.model == "tiny":
+            raise ConfigError("--model tiny is built by `minigrpo sft --preset tiny --out runs/sft`; "
+                              "then train with --model runs/sft")
+        trainer_cls = GRPOTrainer if cfg.algo == "grpo" else PPOTrainer
+        summary = trainer_cls(cfg, out, resume=args.resume, log=log).train()
+    _print_table(summary)
+    print(f"\nmodel saved in {out} (load it with --model {out})")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    from .models import ModelLoadError
+    from .runtime import TrainingError
+    from .tasks import TaskError
+    from .trace.schema import TraceError
+
+    args = _parser().parse_args(argv)
+    try:
+        return _run(args)
+    except (ConfigError, TaskError, ModelLoadError, TrainingError, TraceError) as exc:
+        print(f"minigrpo: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("minigrpo: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,271 @@
+"""One documented config for SFT, GRPO and PPO runs, with presets.
+
+Knob names follow TRL's ``GRPOConfig`` / ``PPOConfig`` wherever the meaning is the same
+(``num_generations``, ``beta``, ``epsilon``, ``epsilon_high``, ``loss_type``,
+``scale_rewards``, ``max_completion_length``, ``temperature``, ``learning_rate``,
+``gradient_accumulation_steps``, ``num_iterations``, ``per_device_train_batch_size``,
+``kl_coef``, ``vf_coef``, ``cliprange_value``, ``gamma``, ``lam``).
+
+Precedence: dataclass defaults < preset < config file (TOML/JSON) < command-line flags.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+
+class ConfigError(ValueError):
+    """An invalid configuration value; the message is one line naming the field and valid choices."""
+
+
+@dataclass
+class TrainConfig:
+    # --- what to train -------------------------------------------------------------
+    task: str = "syllogism"  # any reasoning-gym dataset name
+    task_kwargs: dict = field(default_factory=dict)  # passed to the dataset config (e.g. allow_some=false)
+    model: str = "tiny"  # "tiny" (embedded, built by `sft`), "smollm2-135m" (offline), a local folder or a hub id
+    algo: str = "grpo"  # grpo | ppo
+    seed: int = 0
+    train_size: int = 4000  # items in the training split
+    eval_size: int = 500  # held-out items (different seed)
+    device: str = "auto"  # auto | cpu | cuda
+    dtype: str = "auto"  # auto (bf16 on CUDA, fp32 on CPU) | float32 | bfloat16
+
+    # --- rollouts ------------------------------------------------------------------
+    num_generations: int = 6  # G completions per prompt
+    buffer_size: int = 500  # completions per rollout (replay buffer); rounded down to a multiple of G
+    max_prompt_length: int = 512
+    max_completion_length: int = 300
+    temperature: float = 0.7
+    top_p: float = 1.0
+    generation_batch_size: int = 64  # prompts*G sampled at once
+
+    # --- rewards -------------------------------------------------------------------
+    format_weight: float = 0.2
+    correctness_weight: float = 1.0
+    penalize_premise_copy: bool = True  # propositional_logic: restating a premise earns no correctness
+
+    # --- optimisation --------------------------------------------------------------
+    learning_rate: float = 1e-6
+    lr_scheduler_type: str = "constant"  # constant | linear | cosine
+    warmup_steps: int = 0
+    weight_decay: float = 0.0
+    adam_beta1: float = 0.9
+    adam_beta2: float = 0.99
+    max_grad_norm: float = 1.0
+    per_device_train_batch_size: int = 4  # completions per micro-batch
+    gradient_accumulation_steps: int = 12  # micro-batches per optimizer step
+    num_iterations: int = 2  # passes over each rollout buffer
+    max_steps: int = 100  # optimizer steps
+
+    # --- GRPO ----------------------------------------------------------------------
+    beta: float = 0.04  # weight of the k3 KL penalty to the reference policy
+    epsilon: float = 0.2  # lower clip: 1 - epsilon
+    epsilon_high: Optional[float] = None  # upper clip: 1 + epsilon_high (None: = epsilon)
+    loss_type: str = "grpo"  # grpo | dr_grpo | dapo | bnpo
+    scale_rewards: str = "group"  # group | batch | none
+    advantage_eps: float = 1e-4
+
+    # --- PPO -----------------------------------------------------------------------
+    critic: str = "separate"  # separate (value model = copy of the policy + head) | shared (head on the policy)
+    kl_coef: float = 0.05  # per-token KL reward shaping: r_t = -kl_coef * (logp - logp_ref)
+    vf_coef: float = 0.1
+    cliprange_value: float = 0.2
+    gamma: float = 1.0
+    lam: float = 0.95
+    whiten_advantages: bool = True
+
+    # --- SFT -----------------------------------------------------------------------
+    sft_steps: int = 200
+    sft_learning_rate: float = 1e-5
+    sft_batch_size: int = 16
+    sft_size: int = 2000  # items used for SFT (from the training split)
+
+    # --- recording / bookkeeping ---------------------------------------------------
+    trace: bool = True  # record every update to OUT/trace
+    probe_completions: int = 2  # completions probed per update (-1: all of the update's batch)
+    probe_top_k: int = 10
+    probe_moved_positions: int = 2  # positions whose sampled-token probability moved most
+    eval_every: int = 0  # evaluate on eval_n items every N steps (0: only before/after)
+    eval_n: int = 500
+    save_steps: int = 25  # checkpoint every N optimizer steps
+    logging_steps: int = 1
+
+    # ---------------------------------------------------------------------------------
+    @property
+    def epsilon_low(self) -> float:
+        return self.epsilon
+
+    @property
+    def epsilon_upper(self) -> float:
+        return self.epsilon if self.epsilon_high is None else self.epsilon_high
+
+    @property
+    def prompts_per_rollout(self) -> int:
+        return max(1, self.buffer_size // self.num_generations)
+
+    @property
+    def completions_per_step(self) -> int:
+        return self.per_device_train_batch_size * self.gradient_accumulation_steps
+
+    def validate(self) -> "TrainConfig":
+        def bad(name: str, why: str) -> None:
+            raise ConfigError(f"invalid --{name.replace('_', '-')}: {why}")
+
+        choices = {
+            "algo": ("grpo", "ppo"),
+            "loss_type": ("grpo", "dr_grpo", "dapo", "bnpo"),
+            "scale_rewards": ("group", "batch", "none"),
+            "lr_scheduler_type": ("constant", "linear", "cosine"),
+            "critic": ("separate", "shared"),
+            "device": ("auto", "cpu", "cuda"),
+            "dtype": ("auto", "float32", "bfloat16"),
+        }
+        for name, valid in choices.items():
+            value = getattr(self, name)
+            if value not in valid:
+                bad(name, f"{value!r} is not one of {', '.join(valid)}")
+        if self.num_generations < 2:
+            bad("num_generations", f"{self.num_generations} < 2; a group needs at least 2 completions (use 2 or more)")
+        positive = ["learning_rate", "sft_learning_rate", "epsilon", "temperature", "max_grad_norm",
+                    "cliprange_value", "advantage_eps"]
+        for name in positive:
+            value = getattr(self, name)
+            if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
+                bad(name, f"{value!r} must be a finite number > 0")
+        if self.epsilon_high is not None and not (math.isfinite(self.epsilon_high) and self.epsilon_high > 0):
+            bad("epsilon_high", f"{self.epsilon_high!r} must be a finite number > 0")
+        if self.epsilon >= 1:
+            bad("epsilon", f"{self.epsilon} must be < 1 so that 1 - epsilon > 0")
+        for name in ("beta", "kl_coef", "vf_coef", "weight_decay", "format_weight", "correctness_weight"):
+            value = getattr(self, name)
+            if not (math.isfinite(value) and value >= 0):
+                bad(name, f"{value!r} must be a finite number >= 0")
+        if not 0 < self.top_p <= 1:
+            bad("top_p", f"{self.top_p} must be in (0, 1]")
+        for name in ("gamma", "lam"):
+            if not 0 <= getattr(self, name) <= 1:
+                bad(name, f"{getattr(self, name)} must be in [0, 1]")
+        for name in ("buffer_size", "max_completion_length", "max_prompt_length", "per_device_train_batch_size",
+                     "gradient_accumulation_steps", "num_iterations", "max_steps", "train_size", "eval_size",
+                     "sft_batch_size", "sft_size", "probe_top_k", "generation_batch_size", "save_steps", "eval_n"):
+            if getattr(self, name) < 1:
+                bad(name, f"{getattr(self, name)} must be >= 1")
+        for name in ("sft_steps", "warmup_steps", "eval_every", "probe_moved_positions", "logging_steps"):
+            if getattr(self, name) < 0:
+                bad(name, f"{getattr(self, name)} must be >= 0")
+        if self.probe_completions < -1:
+            bad("probe_completions", f"{self.probe_completions} must be -1 (all) or >= 0")
+        if self.buffer_size < self.num_generations:
+            bad("buffer_size", f"{self.buffer_size} is smaller than one group (num_generations={self.num_generations})")
+        if not isinstance(self.task_kwargs, dict):
+            bad("task_kwargs", "must be a table/dict of the task's config knobs")
+        return self
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+# Seed recipe (the article's table): lr 1e-6, temperature 0.7, G = 6, buffer 500,
+# gradient accumulation 12, 300 new tokens.
+_SEED_RECIPE: dict[str, Any] = dict(
+    learning_rate=1e-6, temperature=0.7, num_generations=6, buffer_size=500,
+    gradient_accumulation_steps=12, max_completion_length=300, per_device_train_batch_size=4,
+    num_iterations=2, sft_learning_rate=1e-5, sft_steps=300, sft_batch_size=16,
+)
+
+PRESETS: dict[str, dict[str, Any]] = {
+    # The embedded model: tuned so that a 2-core CPU run visibly learns in minutes.
+    "tiny": dict(
+        model="tiny", learning_rate=1e-4, temperature=1.0, num_generations=8, buffer_size=64,
+        per_device_train_batch_size=16, gradient_accumulation_steps=2, num_iterations=2,
+        max_completion_length=48, max_prompt_length=160, max_steps=60, beta=0.02,
+        sft_steps=300, sft_learning_rate=3e-3, sft_batch_size=32, sft_size=3000,
+        generation_batch_size=64, save_steps=10, kl_coef=0.02, vf_coef=0.5, lam=0.95,
+    ),
+    "smollm2-135m": dict(model="smollm2-135m", **_SEED_RECIPE),
+    "smollm-135m": dict(model="HuggingFaceTB/SmolLM-135M-Instruct", **_SEED_RECIPE),
+    "smollm-360m": dict(model="HuggingFaceTB/SmolLM-360M-Instruct", **_SEED_RECIPE),
+    "qwen3-0.6b": dict(model="Qwen/Qwen3-0.6B", **_SEED_RECIPE),
+}
+
+
+def field_names() -> list[str]:
+    return [f.name for f in dataclasses.fields(TrainConfig)]
+
+
+def _coerce(name: str, value: Any) -> Any:
+    """Turn a string (from the command line) or a file value into the field's type."""
+    fld = {f.name: f for f in dataclasses.fields(TrainConfig)}[name]
+    default = fld.default if fld.default is not dataclasses.MISSING else fld.default_factory()  # type: ignore[misc]
+    if not isinstance(value, str):
+        if isinstance(default, float) and isinstance(value, int) and not isinstance(value, bool):
+            return float(value)
+        return value
+    text = value.strip()
+    if name == "task_kwargs":
+        try:
+            parsed = json.loads(text)
+        except json.JSONDecodeError:
+            raise ConfigError(f"invalid --task-kwargs: {value!r} is not a JSON object, e.g. '{{\"allow_some\": false}}'")
+        if not isinstance(parsed, dict):
+            raise ConfigError(f"invalid --task-kwargs: {value!r} is not a JSON object")
+        return parsed
+    try:
+        if isinstance(default, bool):
+            if text.lower() in ("1", "true", "yes", "on"):
+                return True
+            if text.lower() in ("0", "false", "no", "off"):
+                return False
+            raise ValueError
+        if isinstance(default, int):
+            return int(text)
+        if isinstance(default, float) or name == "epsilon_high":
+            return None if text.lower() == "none" else float(text)
+    except ValueError:
+        kind = "true/false" if isinstance(default, bool) else type(default).__name__ if default is not None else "float"
+        raise ConfigError(f"invalid --{name.replace('_', '-')}: {value!r} is not a {kind}")
+    return text
+
+
+def load_config_file(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file {str(path)!r} not found")
+    text = path.read_text()
+    try:
+        if path.suffix == ".json":
+            data = json.loads(text)
+        else:
+            import tomllib
+
+            data = tomllib.loads(text)
+    except Exception as exc:  # noqa: BLE001 - one line for any parse error
+        raise ConfigError(f"cannot parse config file {str(path)!r}: {exc}".splitlines()[0])
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {str(path)!r} must hold a table of fields")
+    return data
+
+
+def build_config(preset: Optional[str] = None, file: Optional[str] = None,
+                 overrides: Optional[dict[str, Any]] = None) -> TrainConfig:
+    """defaults < preset < file < overrides; validated."""
+    values: dict[str, Any] = {}
+    if preset is not None:
+        if preset not in PRESETS:
+            raise ConfigError(f"unknown preset {preset!r}: choose one of {', '.join(PRESETS)}")
+        values.update(PRESETS[preset])
+    for source in (load_config_file(file) if file else {}, overrides or {}):
+        for key, value in source.items():
+            name = key.replace("-", "_")
+            if name == "preset":
+                continue
+            if name not in field_names():
+                raise ConfigError(f"unknown config field {key!r}: see `minigrpo train --help` for the fields")
+            values[name] = _coerce(name, value)
+    return TrainConfig(**values).validate()

@@ -1,0 +1,28 @@
+"""Held-out evaluation: greedy answers on the eval split, next to the majority-class baseline."""
+
+from __future__ import annotations
+
+import math
+
+from .rollout import generate
+from .tasks import RewardConfig, TaskData, build_prompt, score_completion
+
+
+def evaluate(model, tokenizer, data: TaskData, cfg, n: int | None = None) -> dict:
+    items = [data[i] for i in range(min(n or len(data), len(data)))]
+    prompts = [build_prompt(item, tokenizer) for item in items]
+    rollout = generate(model, tokenizer, prompts, 1, cfg.max_completion_length, 1.0, 1.0,
+                       cfg.generation_batch_size, cfg.max_prompt_length, greedy=True)
+    reward_cfg = RewardConfig(format_weight=cfg.format_weight, correctness_weight=cfg.correctness_weight,
+                              penalize_premise_copy=cfg.penalize_premise_copy)
+    results = [score_completion(text, item, data, reward_cfg) for text, item in zip(rollout.completions, items)]
+    count = max(1, len(results))
+    baseline = TaskData(data.name, items, data.dataset).majority_baseline() if items else math.nan
+    return {
+        "accuracy": sum(r.correct for r in results) / count,
+        "mean_score": sum(r.parts["correctness"] for r in results) / count,
+        "format_rate": sum(r.formatted for r in results) / count,
+        "premise_copy_rate": sum(r.premise_copy for r in results) / count,
+        "majority_baseline": baseline,
+        "n": len(results),
+    }

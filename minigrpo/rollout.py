@@ -1,0 +1,134 @@
+"""Sampling G completions per prompt, and scoring token log-probabilities.
+
+Layout of a batch (N = prompts × G rows)::
+
+    [ pad pad p p p p | c c c c eos pad pad ]
+      prompt (left-padded)  completion (right-padded)
+
+``completion_mask`` is 1 on every generated token up to and including the first EOS.
+Position ids are computed from the attention mask, so a left-padded row is scored exactly
+as it was sampled.
+
+The policy is π(·|s) = softmax(z / temperature), z the model's logits: the same
+tempered distribution that sampled the tokens is the one the loss scores (as TRL does),
+so at the first pass over a fresh rollout ρ = π_θ/π_old is exactly 1.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+
+@dataclass
+class Rollout:
+    prompt_ids: torch.Tensor  # (N, Lp) left-padded
+    prompt_mask: torch.Tensor  # (N, Lp)
+    completion_ids: torch.Tensor  # (N, Lc) right-padded
+    completion_mask: torch.Tensor  # (N, Lc) float
+    completions: list[str]  # (N,) decoded text (special tokens removed)
+
+    def __len__(self) -> int:
+        return self.completion_ids.shape[0]
+
+    def select(self, index: torch.Tensor | list[int]) -> "Rollout":
+        idx = torch.as_tensor(index, dtype=torch.long)
+        return Rollout(self.prompt_ids[idx], self.prompt_mask[idx], self.completion_ids[idx],
+                       self.completion_mask[idx], [self.completions[i] for i in idx.tolist()])
+
+    def to(self, device) -> "Rollout":
+        return Rollout(self.prompt_ids.to(device), self.prompt_mask.to(device), self.completion_ids.to(device),
+                       self.completion_mask.to(device), self.completions)
+
+
+def tokenize_prompts(tokenizer, prompts: list[str], max_prompt_length: int, device) -> tuple[torch.Tensor, torch.Tensor]:
+    tokenizer.padding_side = "left"
+    tokenizer.truncation_side = "left"
+    enc = tokenizer(prompts, return_tensors="pt", padding=True, truncation=True,
+                    max_length=max_prompt_length, add_special_tokens=False)
+    return enc["input_ids"].to(device), enc["attention_mask"].to(device)
+
+
+def completion_mask_from_ids(completion_ids: torch.Tensor, eos_ids: set[int]) -> torch.Tensor:
+    """1 for tokens up to and including the first EOS of each row, 0 after."""
+    is_eos = torch.zeros_like(completion_ids, dtype=torch.bool)
+    for eos in eos_ids:
+        is_eos |= completion_ids == eos
+    after_eos = (is_eos.cumsum(dim=1) - is_eos.long()) > 0
+    return (~after_eos).float()
+
+
+def eos_token_ids(model, tokenizer) -> set[int]:
+    ids = set()
+    for source in (getattr(model.generation_config, "eos_token_id", None), tokenizer.eos_token_id):
+        if source is None:
+            continue
+        ids.update(source if isinstance(source, (list, tuple)) else [source])
+    return ids
+
+
+@torch.no_grad()
+def generate(model, tokenizer, prompts: list[str], num_generations: int, max_completion_length: int,
+             temperature: float, top_p: float = 1.0, batch_size: int = 64, max_prompt_length: int = 512,
+             greedy: bool = False) -> Rollout:
+    """Sample ``num_generations`` completions for each prompt (rows grouped by prompt)."""
+    device = next(model.parameters()).device
+    expanded = [p for p in prompts for _ in range(num_generations)]
+    eos_ids = eos_token_ids(model, tokenizer)
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else next(iter(eos_ids))
+    was_training = model.training
+    model.eval()
+    chunks = []
+    for start in range(0, len(expanded), batch_size):
+        prompt_ids, prompt_mask = tokenize_prompts(tokenizer, expanded[start:start + batch_size], max_prompt_length, device)
+        sampling = dict(do_sample=False) if greedy else dict(do_sample=True, temperature=temperature, top_p=top_p, top_k=0)
+        out = model.generate(input_ids=prompt_ids, attention_mask=prompt_mask, max_new_tokens=max_completion_length,
+                             pad_token_id=pad_id, eos_token_id=sorted(eos_ids), **sampling)
+        chunks.append((prompt_ids, prompt_mask, out[:, prompt_ids.shape[1]:]))
+    model.train(was_training)
+
+    lp = max(c[0].shape[1] for c in chunks)
+    lc = max(max(c[2].shape[1] for c in chunks), 1)
+    prompt_ids = torch.cat([F.pad(c[0], (lp - c[0].shape[1], 0), value=pad_id) for c in chunks])
+    prompt_mask = torch.cat([F.pad(c[1], (lp - c[1].shape[1], 0), value=0) for c in chunks])
+    completion_ids = torch.cat([F.pad(c[2], (0, lc - c[2].shape[1]), value=pad_id) for c in chunks])
+    completion_mask = completion_mask_from_ids(completion_ids, eos_ids)
+    texts = tokenizer.batch_decode(completion_ids * completion_mask.long() + pad_id * (1 - completion_mask.long()),
+                                   skip_special_tokens=True)
+    return Rollout(prompt_ids, prompt_mask, completion_ids, completion_mask, texts)
+
+
+def forward_completion(model, batch: Rollout, temperature: float, output_hidden: bool = False):
+    """Tempered logits (and optionally last hidden states) at the positions that predict each completion token.
+
+    Returns ``logits`` (N, Lc, V) in float32 and ``hidden`` (N, Lc, H) or None.
+    """
+    input_ids = torch.cat([batch.prompt_ids, batch.completion_ids], dim=1)
+    attention_mask = torch.cat([batch.prompt_mask, batch.completion_mask.to(batch.prompt_mask.dtype)], dim=1)
+    position_ids = (attention_mask.long().cumsum(dim=1) - 1).clamp(min=0)
+    out = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
+                output_hidden_states=output_hidden, use_cache=False)
+    lp, lc = batch.prompt_ids.shape[1], batch.completion_ids.shape[1]
+    logits = out.logits[:, lp - 1: lp - 1 + lc, :].float() / temperature
+    hidden = out.hidden_states[-1][:, lp - 1: lp - 1 + lc, :] if output_hidden else None
+    return logits, hidden
+
+
+def token_logprobs(logits: torch.Tensor, token_ids: torch.Tensor) -> torch.Tensor:
+    return torch.log_softmax(logits, dim=-1).gather(-1, token_ids.unsqueeze(-1)).squeeze(-1)
+
+
+@torch.no_grad()
+def score_logprobs(model, batch: Rollout, temperature: float, batch_size: int) -> torch.Tensor:
+    """log π(token) of every completion token, no gradient, in micro-batches. (N, Lc)"""
+    was_training = model.training
+    model.eval()
+    parts = []
+    for start in range(0, len(batch), batch_size):
+        sub = batch.select(list(range(start, min(start + batch_size, len(batch)))))
+        logits, _ = forward_completion(model, sub, temperature)
+        parts.append(token_logprobs(logits, sub.completion_ids))
+    model.train(was_training)
+    return torch.cat(parts) * batch.completion_mask

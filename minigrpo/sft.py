@@ -1,0 +1,104 @@
+"""Supervised warm-up: teach the format (and some of the task) before RL.
+
+The loss is the next-token cross-entropy on the target completion only (prompt tokens are
+masked out). With ``--model tiny`` the embedded model is first built from scratch: a
+byte-level BPE tokenizer trained on the task's own text and a small random Llama.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import shutil
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from . import runtime
+from .evaluate import evaluate
+from .models import build_tiny, load_model
+from .tasks import RewardConfig, build_prompt, load_train_eval, score_completion, sft_target, task_corpus
+
+
+def sft_examples(data, tokenizer, cfg) -> list[tuple[list[int], list[int]]]:
+    """(prompt ids, target ids + EOS) for the first items whose target the verifier accepts."""
+    reward_cfg = RewardConfig(penalize_premise_copy=cfg.penalize_premise_copy)
+    examples = []
+    for item in data.items:
+        if len(examples) >= cfg.sft_size:
+            break
+        target = sft_target(item, data.name)
+        if not score_completion(target, item, data, reward_cfg).correct:
+            continue  # e.g. propositional_logic example answers that only restate a premise
+        prompt_ids = tokenizer(build_prompt(item, tokenizer), add_special_tokens=False)["input_ids"]
+        target_ids = tokenizer(target, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+        examples.append((prompt_ids[-cfg.max_prompt_length:], target_ids[:cfg.max_completion_length]))
+    return examples
+
+
+def collate(examples, pad_id: int, device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    length = max(len(p) + len(t) for p, t in examples)
+    input_ids = torch.full((len(examples), length), pad_id, dtype=torch.long)
+    attention = torch.zeros((len(examples), length), dtype=torch.long)
+    labels = torch.full((len(examples), length), -100, dtype=torch.long)
+    for i, (p, t) in enumerate(examples):
+        seq = p + t
+        input_ids[i, :len(seq)] = torch.tensor(seq)
+        attention[i, :len(seq)] = 1
+        labels[i, len(p):len(seq)] = torch.tensor(t)
+    return input_ids.to(device), attention.to(device), labels.to(device)
+
+
+def run_sft(cfg, out_dir: str | Path, log=print) -> dict:
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    runtime.seed_everything(cfg.seed)
+    device = runtime.pick_device(cfg.device)
+    dtype = runtime.pick_dtype(cfg.dtype, device)
+    train, eval_data = load_train_eval(cfg.task, cfg.train_size, cfg.eval_size, cfg.seed, **cfg.task_kwargs)
+    model_spec = cfg.model
+    if cfg.model == "tiny":
+        base = out / ".tiny-base"
+        shutil.rmtree(base, ignore_errors=True)
+        corpus = task_corpus(cfg.task, 2000, cfg.seed, **cfg.task_kwargs)
+        model_spec = build_tiny(str(base), corpus, seed=cfg.seed)
+        log(f"built the tiny model (BPE tokenizer + random Llama) from {len(corpus)} task texts")
+    model, tokenizer = load_model(model_spec, device=device, dtype=dtype)
+    examples = sft_examples(train, tokenizer, cfg)
+    if not examples:
+        raise runtime.TrainingError(f"no usable SFT targets for task {cfg.task!r}; try a larger --sft-size")
+    before = evaluate(model, tokenizer, eval_data, cfg, n=cfg.eval_n)
+    log(f"eval before SFT: accuracy {before['accuracy']:.3f} (majority {before['majority_baseline']:.3f}), "
+        f"format {before['format_rate']:.3f}")
+    optimizer, scheduler = runtime.make_optimizer(model.parameters(), cfg, cfg.sft_learning_rate, cfg.sft_steps)
+    rng = random.Random(cfg.seed)
+    model.train()
+    started = time.time()
+    for step in range(1, cfg.sft_steps + 1):
+        batch = rng.sample(examples, min(cfg.sft_batch_size, len(examples)))
+        input_ids, attention, labels = collate(batch, tokenizer.pad_token_id, device)
+        logits = model(input_ids=input_ids, attention_mask=attention, use_cache=False).logits
+        loss = F.cross_entropy(logits[:, :-1].float().reshape(-1, logits.shape[-1]), labels[:, 1:].reshape(-1))
+        if not torch.isfinite(loss):
+            raise runtime.TrainingError(f"SFT loss became {loss.item()} at step {step}; lower --sft-learning-rate")
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
+        optimizer.step()
+        scheduler.step()
+        if step % max(1, cfg.sft_steps // 10) == 0 or step == cfg.sft_steps:
+            log(f"sft step {step:4d}/{cfg.sft_steps}  loss {loss.item():.4f}")
+    model.eval()
+    after = evaluate(model, tokenizer, eval_data, cfg, n=cfg.eval_n)
+    log(f"eval after SFT: accuracy {after['accuracy']:.3f} (majority {after['majority_baseline']:.3f}), "
+        f"format {after['format_rate']:.3f}")
+    runtime.save_final_model(model, tokenizer, out)
+    shutil.rmtree(out / ".tiny-base", ignore_errors=True)
+    summary = {"algo": "sft", "task": cfg.task, "model": cfg.model, "steps": cfg.sft_steps, "examples": len(examples),
+               "before": before, "after": after, "train_seconds": time.time() - started,
+               "peak_memory_mb": runtime.peak_memory_mb(device)}
+    (out / "summary.json").write_text(json.dumps(summary, indent=2))
+    (out / "train_config.json").write_text(json.dumps(cfg.to_dict(), indent=2))
+    return summary

@@ -1,0 +1,346 @@
+"""Reasoning-gym tasks: prompts, answer extraction, rewards and SFT targets.
+
+Output format. The model reasons inside ``<think>...</think>`` and then answers
+inside ``<answer>...</answer>``. ``format_reward`` pays 1.0 only for exactly
+that shape: one think block, then one non-empty answer block, nothing else
+outside them except whitespace, and no tags nested inside.
+
+Correctness. Scoring always uses reasoning-gym's own scorer,
+``dataset.score_answer(answer, entry)``, on the answer taken from the LAST
+``<answer>`` block. First the answer is normalised, so that the reward
+measures logic rather than spelling: surrounding whitespace is always
+stripped, and for syllogism a bare yes/no in any case, with or without
+closing punctuation or quotes (``yes.``, ``"NO"``), becomes ``Yes``/``No``.
+Without this, rg would score ``Yes.`` 0.75 and ``yes`` 0.0. For
+propositional_logic one trailing full stop is dropped. The ``correctness``
+part is the rg score itself, partial credit included (propositional_logic:
+valid non-trivial 1.0, trivial 0.25, non-entailed 0.05, unparseable 0.0).
+``correct`` means that score == 1.0. Correctness does not depend on format,
+and a scorer that raises counts as 0.0.
+
+Premise copying. The propositional_logic scorer pays 1.0 for a conclusion
+that just restates a premise. ``is_premise_copy`` detects this, comparing
+with whitespace removed and redundant parentheses ignored. Under
+``RewardConfig.penalize_premise_copy`` (on by default) a copy gets
+correctness 0.0. Every result reports ``premise_copy``, so a
+premise_copy_rate can be logged. Copies that are only logically equivalent
+to a premise, such as ``(Q ∧ Q)`` given ``Q``, are not caught.
+
+Splits. rg item ``i`` of a dataset with seed ``s`` is drawn from
+``Random(s + i)``. The train split uses ``seed`` and the eval split uses
+``seed + EVAL_SEED_OFFSET``, so their random streams do not overlap while
+``size < EVAL_SEED_OFFSET``. Small task spaces still repeat questions by
+chance: with propositional_logic at default settings, about 10% of eval
+questions also appear in a 2000-item train set. ``load_train_eval`` (or
+``load_split(..., exclude_questions=...)``) therefore skips eval items whose
+question occurs in train, and takes replacements from further along the
+eval stream.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import math
+import re
+from collections import Counter
+from dataclasses import dataclass
+from typing import Any, Iterable
+
+import reasoning_gym
+from reasoning_gym.factory import DATASETS
+from reasoning_gym.logic.propositional_logic import parse_expr
+
+EVAL_SEED_OFFSET = 1_000_003
+FIRST_CLASS_TASKS = ("syllogism", "propositional_logic")
+TAGS = ("<think>", "</think>", "<answer>", "</answer>")
+INSTRUCTION = "Answer with <think>reasoning</think> then <answer>answer</answer>."
+
+_INNER = r"(?:(?!</?think>|</?answer>).)*"  # text containing no tag
+_FORMAT_RE = re.compile(rf"\s*<think>{_INNER}</think>\s*<answer>({_INNER})</answer>\s*", re.DOTALL)
+
+
+class TaskError(ValueError):
+    """Bad task name, bad task config knob, or a task feature that is not supported."""
+
+
+# ----------------------------------------------------------------------------- data
+
+
+@dataclass
+class TaskData:
+    """A fixed list of rg entries plus the rg dataset that scores them."""
+
+    name: str
+    items: list[dict[str, Any]]
+    dataset: Any  # reasoning_gym ProceduralDataset; used for score_answer
+    split: str = "train"
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        return self.items[index]
+
+    def questions(self) -> list[str]:
+        return [item["question"] for item in self.items]
+
+    def majority_baseline(self) -> float:
+        """The fraction correct (score == 1.0) from always giving the most common reference answer.
+
+        For syllogism this is the share of the majority label. Returns NaN for an
+        empty split, or when an item has no reference answer (``answer is None``,
+        as in propositional_logic), because then there is no constant answer to
+        give. Ties go to the answer seen first.
+        """
+        answers = [item.get("answer") for item in self.items]
+        if not answers or any(a is None for a in answers):
+            return float("nan")
+        majority = Counter(answers).most_common(1)[0][0]
+        hits = sum(_rg_score(self.dataset, majority, item) == 1.0 for item in self.items)
+        return hits / len(self.items)
+
+
+def _check_task(name: str, task_kwargs: dict[str, Any]) -> None:
+    if name not in DATASETS:
+        close = difflib.get_close_matches(name, list(DATASETS), n=3, cutoff=0.6)
+        choices = list(dict.fromkeys([*close, *FIRST_CLASS_TASKS, *sorted(DATASETS)[:3]]))
+        raise TaskError(
+            f"unknown task {name!r}: choose one of {', '.join(choices)}, ... "
+            f"({len(DATASETS)} tasks; see reasoning_gym.factory.DATASETS)"
+        )
+    config_cls = DATASETS[name][1]
+    knobs = [f.name for f in dataclasses.fields(config_cls) if f.name not in ("seed", "size")]
+    for key in task_kwargs:
+        if key not in knobs:
+            raise TaskError(f"unknown config knob {key!r} for task {name!r}: valid knobs are {', '.join(knobs)}")
+
+
+def _create_dataset(name: str, size: int, seed: int, task_kwargs: dict[str, Any]):
+    _check_task(name, task_kwargs)
+    try:
+        return reasoning_gym.create_dataset(name, size=size, seed=seed, **task_kwargs)
+    except (AssertionError, TypeError, ValueError) as err:
+        raise TaskError(f"invalid config for task {name!r} {task_kwargs}: {err}") from None
+
+
+def load_split(
+    name: str,
+    split: str,
+    size: int,
+    seed: int,
+    *,
+    exclude_questions: Iterable[str] = (),
+    **task_kwargs: Any,
+) -> TaskData:
+    """Load ``size`` rg entries for ``split`` ("train" or "eval").
+
+    Train uses ``seed`` and eval uses ``seed + EVAL_SEED_OFFSET``. Entries whose
+    question is in ``exclude_questions`` are skipped, and replacements come from
+    further along the same seeded stream. ``task_kwargs`` go to the task's rg
+    config; unknown knobs raise TaskError.
+    """
+    if split not in ("train", "eval"):
+        raise TaskError(f"unknown split {split!r}: choose one of train, eval")
+    if size < 0:
+        raise TaskError(f"split size must be >= 0, got {size}")
+    excluded = set(exclude_questions)
+    stream_seed = seed if split == "train" else seed + EVAL_SEED_OFFSET
+    # Make the stream long enough to replace every excluded question once (and then some).
+    stream_len = size + (len(excluded) + 16 if excluded else 0)
+    dataset = _create_dataset(name, stream_len, stream_seed, task_kwargs)
+    items: list[dict[str, Any]] = []
+    for index in range(stream_len):
+        if len(items) == size:
+            break
+        item = dataset[index]
+        if item["question"] not in excluded:
+            items.append(item)
+    if len(items) < size:
+        raise TaskError(
+            f"task {name!r} produced only {len(items)} {split} items outside the excluded questions "
+            f"(wanted {size}); the task space is too small for these settings"
+        )
+    return TaskData(name=name, items=items, dataset=dataset, split=split)
+
+
+def load_train_eval(name: str, train_size: int, eval_size: int, seed: int, **task_kwargs: Any):
+    """(train, eval), where no eval question is also a train question. The eval set depends on train_size."""
+    train = load_split(name, "train", train_size, seed, **task_kwargs)
+    evaluation = load_split(name, "eval", eval_size, seed, exclude_questions=train.questions(), **task_kwargs)
+    return train, evaluation
+
+
+# ----------------------------------------------------------------------------- prompt / parsing
+
+
+def build_prompt(item: dict[str, Any], tokenizer: Any = None) -> str:
+    """The question plus a one-line format instruction.
+
+    If the tokenizer has a chat template, both go in a single user message, with
+    no system role because some templates reject one, and the template adds the
+    generation prompt. Otherwise the result is plain text ending in "Assistant:\\n".
+    """
+    user_text = f"{item['question'].strip()}\n{INSTRUCTION}"
+    if tokenizer is not None and getattr(tokenizer, "chat_template", None):
+        messages = [{"role": "user", "content": user_text}]
+        return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    return f"{user_text}\nAssistant:\n"
+
+
+def extract_answer(completion: str) -> str | None:
+    """Stripped text of the last ``<answer>...</answer>`` block, or None when there is no closed block."""
+    end = completion.rfind("</answer>")
+    if end < 0:
+        return None
+    start = completion.rfind("<answer>", 0, end)
+    if start < 0:
+        return None
+    return completion[start + len("<answer>") : end].strip()
+
+
+def format_reward(completion: str) -> float:
+    """1.0 iff the completion is exactly ``<think>..</think><answer>..</answer>`` (whitespace allowed around)."""
+    match = _FORMAT_RE.fullmatch(completion)
+    return 1.0 if match is not None and match.group(1).strip() else 0.0
+
+
+def normalize_answer(answer: str | None, task_name: str) -> str | None:
+    """Tidy the answer before rg scores it (see the module docstring)."""
+    if answer is None:
+        return None
+    answer = answer.strip()
+    if task_name == "syllogism":
+        bare = answer.strip(" \t\n.!?\"'`*").lower()
+        if bare in ("yes", "no"):
+            return bare.capitalize()
+    elif task_name == "propositional_logic" and answer.endswith("."):
+        answer = answer[:-1].rstrip()
+    return answer
+
+
+# ----------------------------------------------------------------------------- premise copying
+
+
+def _strip_outer_parens(text: str) -> str:
+    while text.startswith("(") and text.endswith(")"):
+        depth = 0
+        for position, char in enumerate(text):
+            depth += {"(": 1, ")": -1}.get(char, 0)
+            if depth == 0 and position < len(text) - 1:
+                return text  # the first "(" closes before the end: "(P) ∧ (Q)"
+        text = text[1:-1]
+    return text
+
+
+def _canonical_formula(text: str) -> str:
+    squashed = _strip_outer_parens(re.sub(r"\s+", "", text))
+    try:  # rg's own parser: also ignores redundant parentheses inside the formula
+        return str(parse_expr(squashed))
+    except (ValueError, IndexError, RecursionError):
+        return squashed
+
+
+def is_premise_copy(answer: str | None, item: dict[str, Any]) -> bool:
+    """True iff a propositional_logic answer equals one of the premises (up to whitespace and parentheses)."""
+    metadata = item.get("metadata", {})
+    if answer is None or metadata.get("source_dataset") != "propositional_logic":
+        return False
+    candidate = normalize_answer(answer, "propositional_logic")
+    if not candidate:
+        return False
+    target = _canonical_formula(candidate)
+    return any(_canonical_formula(premise) == target for premise in metadata.get("premises", []))
+
+
+# ----------------------------------------------------------------------------- rewards
+
+
+@dataclass
+class RewardConfig:
+    format_weight: float = 0.2
+    correctness_weight: float = 1.0
+    penalize_premise_copy: bool = True
+
+
+@dataclass
+class RewardResult:
+    parts: dict[str, float]  # unweighted: {"format": 0/1, "correctness": rg score in [0, 1]}
+    total: float  # format_weight * format + correctness_weight * correctness
+    correct: bool  # rg score == 1.0 (and not a penalised premise copy)
+    formatted: bool
+    premise_copy: bool
+    answer: str | None  # the extracted answer before normalisation
+
+
+def _rg_score(dataset: Any, answer: str | None, item: dict[str, Any]) -> float:
+    try:
+        return float(dataset.score_answer(answer, item))
+    except Exception:  # noqa: BLE001 - model output must never crash training; it just scores 0
+        return 0.0
+
+
+def score_completion(completion: str, item: dict[str, Any], task: TaskData, cfg: RewardConfig) -> RewardResult:
+    formatted = format_reward(completion)
+    answer = extract_answer(completion)
+    normalized = normalize_answer(answer, task.name)
+    correctness = _rg_score(task.dataset, normalized, item) if normalized is not None else 0.0
+    premise_copy = is_premise_copy(answer, item)
+    if premise_copy and cfg.penalize_premise_copy:
+        correctness = 0.0
+    total = cfg.format_weight * formatted + cfg.correctness_weight * correctness
+    return RewardResult(
+        parts={"format": formatted, "correctness": correctness},
+        total=total,
+        correct=correctness == 1.0,
+        formatted=formatted == 1.0,
+        premise_copy=premise_copy,
+        answer=answer,
+    )
+
+
+# ----------------------------------------------------------------------------- SFT
+
+
+_CONVERSION_RULES = (  # (prefix of the inverted premise, rule); "Some ... not" must come before "Some"
+    (re.compile(r"Some .+ are not "), "'Some A are not B' does not convert."),
+    (re.compile(r"All "), "'All A are B' converts only to 'Some B are A'."),
+    (re.compile(r"No "), "'No A are B' converts to 'No B are A'."),
+    (re.compile(r"Some "), "'Some A are B' converts to 'Some B are A'."),
+)
+
+
+def _syllogism_reasoning(metadata: dict[str, Any]) -> str:
+    verdict = "follows" if metadata["is_valid"] else "does not follow"
+    if metadata.get("type") == "inversion":
+        premise = metadata["premise1"] if metadata.get("selected_premise", 1) == 1 else metadata["premise2"]
+        rule = next(text for pattern, text in _CONVERSION_RULES if pattern.match(premise))
+        return f"Invert '{premise}': {rule} So '{metadata['conclusion']}' {verdict}."
+    link = "form a valid syllogism" if metadata["is_valid"] else "do not force it"
+    return f"1. {metadata['premise1']}. 2. {metadata['premise2']}. These {link}, so '{metadata['conclusion']}' {verdict}."
+
+
+def sft_target(item: dict[str, Any], task_name: str) -> str:
+    """A deterministic reference completion ``<think>..</think><answer>..</answer>``."""
+    metadata = item.get("metadata", {})
+    if task_name == "syllogism":
+        return f"<think>{_syllogism_reasoning(metadata)}</think><answer>{item['answer']}</answer>"
+    if task_name == "propositional_logic":
+        conclusion = metadata["example_answer"]
+        return f"<think>Checking the premises, {conclusion} holds whenever they all do.</think><answer>{conclusion}</answer>"
+    if isinstance(item.get("answer"), str):
+        return f"<think>Solve step by step.</think><answer>{item['answer']}</answer>"
+    raise TaskError(f"no SFT target for task {task_name!r}: its items have no string answer")
+
+
+def task_corpus(name: str, n: int, seed: int, **task_kwargs: Any) -> list[str]:
+    """Texts for training a small BPE tokenizer: plain prompts, SFT targets (where defined) and the tags."""
+    task = load_split(name, "train", n, seed, **task_kwargs)
+    texts = list(TAGS) + [INSTRUCTION]
+    for item in task.items:
+        texts.append(build_prompt(item))
+        try:
+            texts.append(sft_target(item, name))
+        except TaskError:
+            pass
+    return texts

@@ -1,0 +1,246 @@
+"""The RL loop shared by GRPO and PPO: rollout → buffer → several passes of optimizer steps.
+
+    for each rollout:
+        sample P prompts × G completions, score them (verifier), compute log π_old, log π_ref
+        algorithm.prepare(experience)              # GRPO: z-scores; PPO: values, GAE
+        for pass in range(num_iterations):
+            for each chunk of per_device_train_batch_size × gradient_accumulation_steps rows:
+                for each micro-batch: loss = algorithm.micro_loss(...); loss.backward()
+                clip grads, optimizer.step()           # ← one optimizer update, one trace line
+
+Subclasses (``grpo.GRPOTrainer``, ``ppo.PPOTrainer``) supply the loss; this file owns the
+bookkeeping: trace, checkpoints, NaN guard, interrupts, progress.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+import random
+import sys
+import time
+from collections import defaultdict
+from pathlib import Path
+
+import torch
+
+from . import runtime
+from .evaluate import evaluate
+from .experience import Experience, collect, trace_groups
+from .models import load_model
+from .probes import ProbeRecorder
+from .tasks import load_train_eval
+from .trace.schema import FORMAT_NAME, FORMAT_VERSION, Meta, Step
+
+
+class RLTrainer:
+    algo = "base"
+
+    def __init__(self, cfg, out_dir: str | Path, resume: bool = False, log=print):
+        self.cfg, self.out, self.resume, self.log = cfg, Path(out_dir), resume, log
+        runtime.seed_everything(cfg.seed)
+        self.device = runtime.pick_device(cfg.device)
+        self.dtype = runtime.pick_dtype(cfg.dtype, self.device)
+        model_source = str(self.out / "checkpoint") if resume else cfg.model
+        self.policy, self.tokenizer = load_model(model_source, device=self.device, dtype=self.dtype)
+        self.policy.train()
+        self.ref = copy.deepcopy(self.policy).eval().requires_grad_(False)
+        self.train_data, self.eval_data = load_train_eval(cfg.task, cfg.train_size, cfg.eval_size, cfg.seed,
+                                                          **cfg.task_kwargs)
+        self.extra_modules: dict[str, torch.nn.Module] = {}
+        self.setup_algorithm()
+        params = [p for p in self.policy.parameters() if p.requires_grad]
+        for module in self.extra_modules.values():
+            params += [p for p in module.parameters() if p.requires_grad and all(p is not q for q in params)]
+        self.optimizer, self.scheduler = runtime.make_optimizer(params, cfg, cfg.learning_rate, cfg.max_steps)
+        self.rng = random.Random(cfg.seed)
+        self.probes = ProbeRecorder(self.tokenizer, cfg)
+        self.step, self.rollout_id = 0, 0
+        self.history: list[dict] = []
+        self.step_times: list[float] = []
+
+    # --- to be supplied by the algorithm ------------------------------------------------
+    def setup_algorithm(self) -> None: ...
+
+    def prepare(self, exp: Experience) -> None:
+        """Add algorithm-specific tensors to a fresh rollout (advantages, values, ...)."""
+
+    def micro_loss(self, exp: Experience, rows: list[int], normalizer: dict) -> tuple[torch.Tensor, dict]:
+        """Loss of one micro-batch (already divided for accumulation) and per-token stats to log."""
+        raise NotImplementedError
+
+    # --- the loop ------------------------------------------------------------------------
+    def train(self) -> dict:
+        cfg = self.cfg
+        self.out.mkdir(parents=True, exist_ok=True)
+        if self.resume:
+            state = runtime.load_checkpoint_state(self.out, self.optimizer, self.scheduler, self.extra_modules)
+            # a checkpoint may fall mid-rollout: resume with a fresh rollout after it
+            self.step, self.rollout_id = state["step"], state["rollout_id"] + 1
+            self.history = state.get("history", [])
+            self.log(f"resuming {self.out} at step {self.step}")
+        writer = self._open_trace()
+        before = self.history[0]["eval"] if self.resume and self.history else None
+        if before is None:
+            before = evaluate(self.policy, self.tokenizer, self.eval_data, cfg, n=cfg.eval_n)
+            self.history.append({"step": 0, "eval": before})
+            self.log(_eval_line("before", before))
+        started = time.time()
+        try:
+            while self.step < cfg.max_steps:
+                self._one_rollout(writer)
+        except KeyboardInterrupt:
+            self._checkpoint()
+            if writer:
+                writer.close()
+            raise runtime.TrainingError(
+                f"interrupted at step {self.step}; checkpoint and trace kept in {self.out}: "
+                f"continue with the same command plus --resume")
+        if writer:
+            writer.close()
+        after = evaluate(self.policy, self.tokenizer, self.eval_data, cfg, n=cfg.eval_n)
+        self.history.append({"step": self.step, "eval": after})
+        self._save_final()
+        summary = self._summary(before, after, time.time() - started)
+        (self.out / "summary.json").write_text(json.dumps(summary, indent=2))
+        return summary
+
+    def _one_rollout(self, writer) -> None:
+        cfg = self.cfg
+        self.rng.seed(cfg.seed + 7919 * self.rollout_id)
+        t0 = time.perf_counter()
+        exp = collect(self.policy, self.ref, self.tokenizer, self.train_data, cfg, self.rng)
+        self.prepare(exp)
+        rollout_time = time.perf_counter() - t0
+        rollout_metrics = exp.rollout_metrics()
+        if writer:
+            writer.write_rollout(self.rollout_id, trace_groups(exp))
+        n = len(exp.rollout)
+        per_step = cfg.completions_per_step
+        for it in range(cfg.num_iterations):
+            order = torch.randperm(n, generator=torch.Generator().manual_seed(cfg.seed * 1000 + self.rollout_id * 31 + it)).tolist()
+            for start in range(0, n, per_step):
+                if self.step >= cfg.max_steps:
+                    return
+                rows = order[start:start + per_step]
+                metrics = self._update(exp, rows)
+                metrics.update(rollout_metrics)
+                metrics["rollout_time"] = rollout_time
+                rollout_time = 0.0
+                metrics["pass"] = it
+                self.step += 1
+                t_rec = time.perf_counter()
+                probes = self.probes.finish(self.policy, self.ref, exp.rollout, exp.num_generations,
+                                            exp.logp_old, exp.logp_ref) if writer else []
+                if writer:
+                    metrics["trace_time"] = time.perf_counter() - t_rec + self._probe_start_time
+                    writer.write_step(Step(step=self.step, rollout=self.rollout_id, metrics=metrics, probes=probes))
+                    metrics["trace_bytes"] = writer.bytes_written
+                self.step_times.append(metrics["step_time"])
+                self._log_step(metrics)
+                if cfg.save_steps and self.step % cfg.save_steps == 0:
+                    self._checkpoint()
+                if cfg.eval_every and self.step % cfg.eval_every == 0:
+                    result = evaluate(self.policy, self.tokenizer, self.eval_data, cfg, n=cfg.eval_n)
+                    self.history.append({"step": self.step, "eval": result})
+                    self.log(_eval_line(f"step {self.step}", result))
+        self.rollout_id += 1
+
+    def _update(self, exp: Experience, rows: list[int]) -> dict:
+        cfg = self.cfg
+        t_probe = time.perf_counter()
+        self.probes.start(self.policy, exp.rollout, rows, self.sequence_advantages(exp))
+        self._probe_start_time = time.perf_counter() - t_probe
+        t0 = time.perf_counter()
+        micro = cfg.per_device_train_batch_size
+        chunks = [rows[i:i + micro] for i in range(0, len(rows), micro)]
+        normalizer = {"num_micro": len(chunks),
+                      "num_items_in_batch": exp.rollout.completion_mask[rows].sum().item()}
+        sums: dict[str, float] = defaultdict(float)
+        self.optimizer.zero_grad(set_to_none=True)
+        for chunk in chunks:
+            loss, stats = self.micro_loss(exp, chunk, normalizer)
+            if not torch.isfinite(loss):
+                raise runtime.TrainingError(
+                    f"loss became {loss.item()} at step {self.step + 1}; stopped. The last good checkpoint is "
+                    f"{self.out / 'checkpoint'}: lower --learning-rate or raise --max-grad-norm guards, then --resume")
+            loss.backward()
+            for key, value in stats.items():
+                sums[key] += float(value)
+        grad_norm = torch.nn.utils.clip_grad_norm_(
+            [p for g in self.optimizer.param_groups for p in g["params"]], cfg.max_grad_norm)
+        if not torch.isfinite(grad_norm):
+            raise runtime.TrainingError(
+                f"gradient norm became {grad_norm.item()} at step {self.step + 1}; stopped. The last good checkpoint is "
+                f"{self.out / 'checkpoint'}: lower --learning-rate, then --resume")
+        lr = self.scheduler.get_last_lr()[0]
+        self.optimizer.step()
+        self.scheduler.step()
+        tokens = sums.pop("num_tokens")
+        metrics = {key: value / tokens for key, value in sums.items() if key.startswith("sum:")}
+        metrics = {key[4:]: value for key, value in metrics.items()}
+        metrics.update({key: value for key, value in sums.items() if not key.startswith("sum:")})
+        metrics["clip_ratio/region_mean"] = metrics["clip_ratio/low_mean"] + metrics["clip_ratio/high_mean"]
+        metrics.update(grad_norm=grad_norm.item(), learning_rate=lr, num_tokens=tokens,
+                       step_time=time.perf_counter() - t0, peak_memory_mb=runtime.peak_memory_mb(self.device),
+                       train_state_mb=runtime.train_state_mb([self.policy, *self.extra_modules.values()], self.optimizer))
+        return metrics
+
+    def sequence_advantages(self, exp: Experience) -> torch.Tensor:
+        return exp.advantages
+
+    # --- bookkeeping ---------------------------------------------------------------------
+    def _open_trace(self):
+        if not self.cfg.trace:
+            return None
+        from .trace.writer import TraceWriter
+
+        path = self.out / "trace"
+        prov = runtime.provenance(self.device, self.dtype)
+        meta = Meta(format=FORMAT_NAME, version=FORMAT_VERSION, algo=self.algo, model=self.cfg.model,
+                    task=self.cfg.task, config=self.cfg.to_dict(),
+                    tokenizer=getattr(self.tokenizer, "name_or_path", "") or self.cfg.model,
+                    minigrpo_version=prov.pop("minigrpo_version"), git_commit=prov.pop("git_commit"),
+                    created=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), extra=prov)
+        try:
+            writer = TraceWriter(path, meta, resume=self.resume)
+        except FileExistsError:
+            raise runtime.TrainingError(f"{path} already holds a trace; choose a new --out, or add --resume "
+                                        f"to continue that run") from None
+        if self.resume:  # drop what was recorded after the checkpoint: those updates are redone
+            writer.rewind(self.step, self.rollout_id - 1)
+        return writer
+
+    def _checkpoint(self) -> None:
+        runtime.save_checkpoint(self.out, self.policy, self.tokenizer, self.optimizer, self.scheduler,
+                                {"step": self.step, "rollout_id": self.rollout_id, "history": self.history},
+                                self.extra_modules)
+
+    def _save_final(self) -> None:
+        """The final policy in Hugging Face format directly in OUT (loadable with --model OUT)."""
+        runtime.save_final_model(self.policy, self.tokenizer, self.out)
+        (self.out / "train_config.json").write_text(json.dumps(self.cfg.to_dict(), indent=2))
+
+    def _log_step(self, m: dict) -> None:
+        if self.cfg.logging_steps and self.step % self.cfg.logging_steps == 0:
+            self.log(f"step {self.step:4d}/{self.cfg.max_steps}  reward {m['reward']:.3f}  acc {m['accuracy']:.3f}  "
+                     f"loss {m['loss']:+.4f}  kl {m['kl']:.4f}  clip {m['clip_ratio/region_mean']:.3f}  "
+                     f"{m['step_time']:.2f}s")
+
+    def _summary(self, before: dict, after: dict, seconds: float) -> dict:
+        return {"algo": self.algo, "task": self.cfg.task, "model": self.cfg.model, "steps": self.step,
+                "before": before, "after": after, "train_seconds": seconds,
+                "mean_step_time": sum(self.step_times) / max(1, len(self.step_times)),
+                "peak_memory_mb": runtime.peak_memory_mb(self.device),
+                "train_state_mb": runtime.train_state_mb([self.policy, *self.extra_modules.values()], self.optimizer)}
+
+
+def _eval_line(label: str, result: dict) -> str:
+    base = result.get("majority_baseline", math.nan)
+    return (f"eval {label}: accuracy {result['accuracy']:.3f} (majority baseline {base:.3f}), "
+            f"mean score {result['mean_score']:.3f}, format {result['format_rate']:.3f}, n={result['n']}")
+
+
+def stderr_log(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)

@@ -1,0 +1,278 @@
+import math
+
+import pytest
+
+from minigrpo.tasks import (
+    EVAL_SEED_OFFSET,
+    TAGS,
+    RewardConfig,
+    TaskData,
+    TaskError,
+    build_prompt,
+    extract_answer,
+    format_reward,
+    is_premise_copy,
+    load_split,
+    load_train_eval,
+    score_completion,
+    sft_target,
+    task_corpus,
+)
+
+
+def wrap(answer: str, think: str = "ok") -> str:
+    return f"<think>{think}</think><answer>{answer}</answer>"
+
+
+@pytest.fixture(scope="module")
+def syllogism():
+    return load_split("syllogism", "train", 60, seed=3)
+
+
+@pytest.fixture(scope="module")
+def logic():
+    return load_split("propositional_logic", "train", 60, seed=3)
+
+
+# ----------------------------------------------------------------------------- extraction / format
+
+
+@pytest.mark.parametrize(
+    "completion, expected",
+    [
+        ("<think>x</think><answer> Yes </answer>", "Yes"),
+        ("<answer>a</answer> junk <answer>b</answer>", "b"),  # last block wins
+        ("<answer>a<answer>b</answer>", "b"),  # innermost opening before the last close
+        ("<answer>\n(P ∨ Q)\n</answer>", "(P ∨ Q)"),
+        ("<answer></answer>", ""),
+        ("<think>no answer</think>", None),
+        ("<answer>unterminated", None),
+        ("stray </answer> only", None),
+        ("", None),
+    ],
+)
+def test_extract_answer(completion, expected):
+    assert extract_answer(completion) == expected
+
+
+@pytest.mark.parametrize(
+    "completion",
+    [
+        "<think>reason</think><answer>Yes</answer>",
+        "  <think>multi\nline</think>\n\n<answer>No</answer>\n",
+        "<think></think><answer>(P ∧ Q)</answer>",
+    ],
+)
+def test_format_reward_positive(completion):
+    assert format_reward(completion) == 1.0
+
+
+@pytest.mark.parametrize(
+    "completion",
+    [
+        "<answer>Yes</answer>",  # no think
+        "<think>x</think>",  # no answer
+        "<answer>Yes</answer><think>x</think>",  # wrong order
+        "Sure! <think>x</think><answer>Yes</answer>",  # text before
+        "<think>x</think><answer>Yes</answer> done",  # text after
+        "<think>x</think> between <answer>Yes</answer>",  # text between
+        "<think>x</think><answer>Yes</answer><answer>No</answer>",  # two answers
+        "<think>a</think><think>b</think><answer>Yes</answer>",  # two thinks
+        "<think>a<think>b</think></think><answer>Yes</answer>",  # nested
+        "<think>x <answer>Yes</answer></think><answer>Yes</answer>",  # answer tag inside think
+        "<think>x</think><answer>  </answer>",  # blank answer
+        "<think>x</think><answer>Yes",  # truncated
+    ],
+)
+def test_format_reward_negative(completion):
+    assert format_reward(completion) == 0.0
+
+
+# ----------------------------------------------------------------------------- syllogism scoring
+
+
+def test_syllogism_normalisation(syllogism):
+    cfg = RewardConfig()
+    item = next(i for i in syllogism if i["answer"] == "Yes")
+    assert syllogism.dataset.score_answer("Yes.", item) < 1.0  # rg alone is picky about surface form
+    reference = score_completion(wrap("Yes"), item, syllogism, cfg)
+    for variant in ["yes.", "YES", " yes ", "Yes!", '"yes"']:
+        result = score_completion(wrap(variant), item, syllogism, cfg)
+        assert result.parts == reference.parts == {"format": 1.0, "correctness": 1.0}
+        assert result.correct and result.formatted
+    wrong = score_completion(wrap("no."), item, syllogism, cfg)
+    assert wrong.parts["correctness"] == 0.0 and not wrong.correct
+    assert wrong.total == pytest.approx(cfg.format_weight)
+    assert not wrong.premise_copy
+
+
+def test_reward_weights_and_missing_answer(syllogism):
+    item = syllogism[0]
+    cfg = RewardConfig(format_weight=0.5, correctness_weight=2.0)
+    good = score_completion(wrap(item["answer"]), item, syllogism, cfg)
+    assert good.total == pytest.approx(2.5) and good.answer == item["answer"]
+    unformatted = score_completion(f"The answer is <answer>{item['answer']}</answer>", item, syllogism, cfg)
+    assert unformatted.parts == {"format": 0.0, "correctness": 1.0} and unformatted.total == pytest.approx(2.0)
+    missing = score_completion("<think>hmm</think>", item, syllogism, cfg)
+    assert missing.answer is None and missing.total == 0.0 and not missing.correct
+
+
+# ----------------------------------------------------------------------------- propositional logic scoring
+
+
+def make_logic_item(premises, variables):
+    return {
+        "question": "Given: " + "; ".join(premises),
+        "answer": None,
+        "metadata": {
+            "source_dataset": "propositional_logic",
+            "premises": premises,
+            "variables": variables,
+            "example_answer": "(P ∧ Q)",
+        },
+    }
+
+
+def test_propositional_logic_scores_match_rg(logic):
+    item = make_logic_item(["P", "Q"], ["P", "Q"])
+    cfg = RewardConfig()
+    cases = {
+        "(P ∧ Q)": 1.0,  # valid, non-trivial
+        "(Q ∨ P)": 1.0,  # a different valid conclusion
+        "(P ∨ ¬P)": 0.25,  # tautology: trivial
+        "(P ∧ ¬Q)": 0.05,  # not entailed
+        "banana": 0.05,  # parses as an unknown atom: rg pays the non-entailed floor
+        "BANANA": 0.0,  # variables not in the problem
+        "(P ∧": 0.0,  # unparseable
+    }
+    for answer, expected in cases.items():
+        assert logic.dataset.score_answer(answer, item) == expected  # pins rg's behaviour
+        result = score_completion(wrap(answer), item, logic, cfg)
+        assert result.parts["correctness"] == expected, answer
+        assert result.correct == (expected == 1.0)
+        assert not result.premise_copy
+
+
+def test_premise_copy_detected_and_penalised(logic):
+    item = make_logic_item(["(P ∨ P)", "(P → Q)"], ["P", "Q"])
+    assert logic.dataset.score_answer("(P ∨ P)", item) == 1.0  # the hack rg pays for
+    for copy in ["(P ∨ P)", "P∨P", "((P ∨ P))", " ( P ∨ P ) ", "(P → Q)."]:
+        assert is_premise_copy(copy, item), copy
+    for fresh in ["Q", "(P ∧ Q)", "(Q ∨ P)", None, ""]:
+        assert not is_premise_copy(fresh, item), fresh
+
+    penalised = score_completion(wrap("(P ∨ P)"), item, logic, RewardConfig(penalize_premise_copy=True))
+    assert penalised.premise_copy and penalised.parts["correctness"] == 0.0 and not penalised.correct
+    paid = score_completion(wrap("(P ∨ P)"), item, logic, RewardConfig(penalize_premise_copy=False))
+    assert paid.premise_copy and paid.parts["correctness"] == 1.0 and paid.correct
+    honest = score_completion(wrap("(P ∧ Q)"), item, logic, RewardConfig())
+    assert not honest.premise_copy and honest.correct
+
+
+def test_premise_copy_false_for_other_tasks(syllogism):
+    item = syllogism[0]
+    assert not is_premise_copy(item["metadata"]["premise1"], item)
+
+
+# ----------------------------------------------------------------------------- splits / baseline / errors
+
+
+@pytest.mark.parametrize("name", ["syllogism", "propositional_logic"])
+def test_train_eval_disjoint(name):
+    train, evaluation = load_train_eval(name, 400, 150, seed=7)
+    assert len(train) == 400 and len(evaluation) == 150
+    assert train.split == "train" and evaluation.split == "eval"
+    assert not set(train.questions()) & set(evaluation.questions())
+    assert evaluation.dataset.seed == 7 + EVAL_SEED_OFFSET
+
+
+def test_load_split_is_deterministic_and_passes_knobs():
+    a = load_split("syllogism", "train", 20, seed=1, inversion_probability=0.0, invalid_ratio=0.0)
+    b = load_split("syllogism", "train", 20, seed=1, inversion_probability=0.0, invalid_ratio=0.0)
+    assert a.questions() == b.questions()
+    assert all(i["metadata"]["type"] == "syllogism" for i in a)
+    p = load_split("propositional_logic", "eval", 10, seed=1, min_vars=2, max_vars=2, max_statements=2)
+    assert all(len(i["metadata"]["variables"]) == 2 and len(i["metadata"]["premises"]) <= 2 for i in p)
+
+
+def test_majority_baseline(syllogism):
+    items = [{"question": str(k), "answer": a, "metadata": {}} for k, a in enumerate("Yes Yes Yes No".split())]
+    task = TaskData(name="syllogism", items=items, dataset=syllogism.dataset)
+    assert task.majority_baseline() == pytest.approx(0.75)
+    assert math.isnan(TaskData("propositional_logic", [make_logic_item(["P"], ["P"])], None).majority_baseline())
+    assert math.isnan(TaskData("syllogism", [], syllogism.dataset).majority_baseline())
+
+
+def test_unknown_task_and_knob_errors():
+    with pytest.raises(TaskError) as err:
+        load_split("syllogsm", "train", 5, seed=0)
+    message = str(err.value)
+    assert "\n" not in message and "unknown task 'syllogsm'" in message
+    assert "syllogism" in message and "propositional_logic" in message
+    with pytest.raises(TaskError) as err:
+        load_split("propositional_logic", "train", 5, seed=0, max_var=3)
+    message = str(err.value)
+    assert "\n" not in message and "'max_var'" in message and "max_vars" in message and "min_complexity" in message
+    with pytest.raises(TaskError, match="invalid config"):
+        load_split("propositional_logic", "train", 5, seed=0, min_vars=3, max_vars=2)
+    with pytest.raises(TaskError, match="unknown split"):
+        load_split("syllogism", "test", 5, seed=0)
+    assert issubclass(TaskError, ValueError)
+
+
+# ----------------------------------------------------------------------------- prompts / SFT
+
+
+def tiny_tokenizer(chat_template=None):
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {"[UNK]": 0, "<eos>": 1}
+    core = Tokenizer(models.WordLevel(vocab=vocab, unk_token="[UNK]"))
+    core.pre_tokenizer = pre_tokenizers.Whitespace()
+    tok = PreTrainedTokenizerFast(tokenizer_object=core, unk_token="[UNK]", eos_token="<eos>")
+    tok.chat_template = chat_template
+    return tok
+
+
+def test_build_prompt_plain_and_chat(syllogism):
+    item = syllogism[0]
+    plain = build_prompt(item)
+    assert plain == build_prompt(item, tiny_tokenizer())  # no chat template -> plain text
+    assert plain.startswith(item["question"].strip()) and plain.endswith("\nAssistant:\n")
+    assert "<think>" in plain and "<answer>" in plain
+
+    template = (
+        "{% for m in messages %}<|{{ m['role'] }}|>{{ m['content'] }}<|end|>{% endfor %}"
+        "{% if add_generation_prompt %}<|assistant|>{% endif %}"
+    )
+    chat = build_prompt(item, tiny_tokenizer(template))
+    assert chat.startswith("<|user|>" + item["question"].strip()) and chat.endswith("<|end|><|assistant|>")
+
+
+@pytest.mark.parametrize("name", ["syllogism", "propositional_logic"])
+def test_sft_target_round_trip(name, syllogism, logic):
+    task = syllogism if name == "syllogism" else logic
+    for item in task:
+        target = sft_target(item, name)
+        assert target.startswith("<think>") and format_reward(target) == 1.0
+        expected = item["answer"] if name == "syllogism" else item["metadata"]["example_answer"]
+        assert extract_answer(target) == expected
+        assert target == sft_target(item, name)  # deterministic
+        if name == "syllogism":
+            assert len(target.split()) <= 35
+            assert score_completion(target, item, task, RewardConfig()).correct
+
+
+def test_sft_target_other_tasks():
+    item = {"question": "1+1?", "answer": "2", "metadata": {}}
+    assert extract_answer(sft_target(item, "basic_arithmetic")) == "2"
+    with pytest.raises(TaskError):
+        sft_target({"question": "?", "answer": None, "metadata": {}}, "some_task")
+
+
+def test_task_corpus():
+    texts = task_corpus("syllogism", 5, seed=0)
+    assert set(TAGS) <= set(texts)
+    assert sum(t.startswith("<think>") and t.endswith("</answer>") for t in texts) == 5
+    assert task_corpus("syllogism", 5, seed=0) == texts

@@ -1,0 +1,138 @@
+"""The trainer end to end on the tiny model: outputs, CLI, bad input, NaN guard, resume."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from minigrpo.cli import main
+from minigrpo.config import ConfigError, build_config
+from minigrpo.trace import load
+
+from conftest import FAST, fast_config
+
+
+def run_cli(*argv, env=None):
+    return subprocess.run([sys.executable, "-m", "minigrpo.cli", *argv], capture_output=True, text=True,
+                          env={**os.environ, "HF_HUB_OFFLINE": "1", **(env or {})}, timeout=600)
+
+
+def test_grpo_run_writes_model_trace_and_summary(grpo_run):
+    out, cfg, summary = grpo_run
+    assert (out / "config.json").is_file() and (out / "summary.json").is_file()
+    assert summary["steps"] == 3 and "accuracy" in summary["after"]
+    assert 0 <= summary["after"]["majority_baseline"] <= 1
+    trace = load(out / "trace")
+    assert len(trace.steps) == 3
+    for key in ("loss", "policy_loss", "kl", "entropy", "clip_ratio/low_mean", "clip_ratio/high_mean",
+                "clip_ratio/region_mean", "grad_norm", "reward", "reward_std", "frac_reward_zero_std",
+                "learning_rate", "step_time", "num_tokens", "peak_memory_mb"):
+        assert key in trace.steps[0].metrics, key
+
+
+def test_final_model_is_loadable_by_model_flag(grpo_run):
+    from minigrpo.models import load_model
+
+    out, _, _ = grpo_run
+    model, tok = load_model(str(out))
+    assert model.config.vocab_size == len(tok)
+
+
+def test_ppo_has_a_critic_and_costs_more_state(ppo_run, grpo_run):
+    _, _, ppo = ppo_run
+    _, _, grpo = grpo_run
+    # separate value model: parameters, grads and Adam state of a second network
+    assert ppo["train_state_mb"] > 1.8 * grpo["train_state_mb"]
+
+
+def test_eval_json_prints_one_object(sft_model):
+    result = run_cli("eval", "--task", "syllogism", "--model", sft_model, "--n", "20", "--json",
+                     "--train-size", "300", "--max-completion-length", "24")
+    assert result.returncode == 0, result.stderr
+    data = json.loads(result.stdout.strip().splitlines()[-1])
+    for key in ("accuracy", "mean_score", "format_rate", "majority_baseline", "n"):
+        assert key in data
+    assert data["n"] == 20
+
+
+@pytest.mark.parametrize("argv, needle", [
+    (["train", "--task", "no_such_task", "--model", "x"], "unknown task"),
+    (["train", "--preset", "tiny", "--model", "/nonexistent/model"], "cannot load model"),
+    (["train", "--preset", "tiny", "--num-generations", "1"], "num-generations"),
+    (["train", "--preset", "tiny", "--epsilon", "0"], "epsilon"),
+    (["train", "--preset", "tiny", "--learning-rate", "-1e-5"], "learning-rate"),
+    (["train", "--preset", "tiny", "--loss-type", "foo"], "grpo, dr_grpo, dapo, bnpo"),
+    (["train", "--preset", "nope"], "unknown preset"),
+    (["train", "--preset", "tiny", "--model", "Qwen/Qwen3-0.6B"], "cannot load model"),
+    (["train", "--preset", "tiny"], "minigrpo sft"),
+])
+def test_bad_input_is_one_clear_line(argv, needle, capsys, tmp_path):
+    code = main([*argv, "--out", str(tmp_path / "o")])
+    err = capsys.readouterr().err.strip()
+    assert code == 2
+    assert len(err.splitlines()) == 1 and err.startswith("minigrpo: error:")
+    assert needle in err
+
+
+def test_config_precedence_and_file(tmp_path):
+    path = tmp_path / "run.toml"
+    path.write_text('num_generations = 5\nlearning_rate = 2e-5\n[task_kwargs]\nallow_some = false\n')
+    cfg = build_config("tiny", str(path), {"learning_rate": "3e-5"})
+    assert cfg.num_generations == 5 and cfg.learning_rate == 3e-5 and cfg.task_kwargs == {"allow_some": False}
+    with pytest.raises(ConfigError, match="unknown config field"):
+        build_config(None, None, {"no_such_field": 1})
+
+
+def test_nan_loss_stops_and_keeps_last_good_checkpoint(sft_model, tmp_path, monkeypatch):
+    from minigrpo import grpo
+    from minigrpo.runtime import TrainingError
+
+    real = grpo.GRPOTrainer.micro_loss
+
+    def poisoned(self, exp, rows, normalizer):
+        loss, stats = real(self, exp, rows, normalizer)
+        return (loss * float("nan"), stats) if self.step >= 2 else (loss, stats)
+
+    monkeypatch.setattr(grpo.GRPOTrainer, "micro_loss", poisoned)
+    cfg = fast_config(model=sft_model, max_steps=4, save_steps=1)
+    with pytest.raises(TrainingError, match="loss became nan at step 3"):
+        grpo.GRPOTrainer(cfg, tmp_path, log=lambda *_: None).train()
+    state = json.loads((tmp_path / "checkpoint" / "state.json").read_text())
+    assert state["step"] == 2
+    assert [s.step for s in load(tmp_path / "trace").steps] == [1, 2]
+    assert all(torch.isfinite(p).all() for p in
+               __import__("minigrpo.models", fromlist=["x"]).load_model(str(tmp_path / "checkpoint"))[0].parameters())
+
+
+def test_resume_continues_the_trace(sft_model, tmp_path):
+    from minigrpo.grpo import GRPOTrainer
+
+    cfg = fast_config(model=sft_model, max_steps=2, save_steps=1)
+    GRPOTrainer(cfg, tmp_path, log=lambda *_: None).train()
+    with pytest.raises(Exception, match="already holds a trace"):
+        GRPOTrainer(fast_config(model=sft_model, max_steps=3), tmp_path, log=lambda *_: None).train()
+    cfg3 = fast_config(model=sft_model, max_steps=4, save_steps=1)
+    GRPOTrainer(cfg3, tmp_path, resume=True, log=lambda *_: None).train()
+    steps = load(tmp_path / "trace").steps
+    assert [s.step for s in steps] == [1, 2, 3, 4]
+    assert steps[2].rollout > steps[1].rollout
+
+
+def test_training_is_deterministic_on_cpu(sft_model, tmp_path):
+    from minigrpo.grpo import GRPOTrainer
+
+    losses = []
+    for name in ("a", "b"):
+        cfg = fast_config(model=sft_model, max_steps=2, eval_n=4)
+        GRPOTrainer(cfg, tmp_path / name, log=lambda *_: None).train()
+        losses.append(load(tmp_path / name / "trace").metric("loss").tolist())
+    assert losses[0] == losses[1]
+
+
+def test_fast_preset_values_are_valid():
+    assert fast_config().num_generations == FAST["num_generations"]
