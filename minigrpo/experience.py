@@ -71,8 +71,8 @@ def collect(policy, ref, tokenizer, data: TaskData, cfg, rng: random.Random) -> 
                       flag("premise_copy"), advantages, logp_old, logp_ref)
 
 
-def trace_groups(exp: Experience) -> list[Group]:
-    """The rollout's groups as trace records."""
+def trace_groups(exp: Experience, advantages: torch.Tensor) -> list[Group]:
+    """The rollout's groups as trace records, with each completion's sequence-level advantage."""
     g = exp.num_generations
     mean, std = group_stats(exp.rewards, g)
     lengths = exp.rollout.completion_mask.sum(1).long().tolist()
@@ -90,7 +90,7 @@ def trace_groups(exp: Experience) -> list[Group]:
             reward_parts={k: v[rows].cpu().numpy().astype(np.float32) for k, v in exp.parts.items()},
             rewards=exp.rewards[rows].cpu().numpy().astype(np.float32),
             mean=float(mean[p]), std=float(std[p]),
-            advantages=exp.advantages[rows].cpu().numpy().astype(np.float32),
+            advantages=advantages[rows].cpu().numpy().astype(np.float32),
             correct=exp.correct[rows].cpu().numpy().astype(bool),
         ))
     return groups

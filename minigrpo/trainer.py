@@ -42,12 +42,12 @@ class RLTrainer:
         runtime.seed_everything(cfg.seed)
         self.device = runtime.pick_device(cfg.device)
         self.dtype = runtime.pick_dtype(cfg.dtype, self.device)
+        self.train_data, self.eval_data = load_train_eval(cfg.task, cfg.train_size, cfg.eval_size, cfg.seed,
+                                                          **cfg.task_kwargs)
         model_source = str(self.out / "checkpoint") if resume else cfg.model
         self.policy, self.tokenizer = load_model(model_source, device=self.device, dtype=self.dtype)
         self.policy.train()
         self.ref = copy.deepcopy(self.policy).eval().requires_grad_(False)
-        self.train_data, self.eval_data = load_train_eval(cfg.task, cfg.train_size, cfg.eval_size, cfg.seed,
-                                                          **cfg.task_kwargs)
         self.extra_modules: dict[str, torch.nn.Module] = {}
         self.setup_algorithm()
         params = [p for p in self.policy.parameters() if p.requires_grad]
@@ -115,7 +115,7 @@ class RLTrainer:
         rollout_time = time.perf_counter() - t0
         rollout_metrics = exp.rollout_metrics()
         if writer:
-            writer.write_rollout(self.rollout_id, trace_groups(exp))
+            writer.write_rollout(self.rollout_id, trace_groups(exp, self.sequence_advantages(exp)))
         n = len(exp.rollout)
         per_step = cfg.completions_per_step
         for it in range(cfg.num_iterations):

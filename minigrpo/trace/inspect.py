@@ -1,0 +1,158 @@
+"""Human summaries and CSV export of traces (behind ``minigrpo trace inspect|export``)."""
+
+from __future__ import annotations
+
+import csv
+import math
+import os
+import sys
+import warnings
+from collections import Counter
+
+import numpy as np
+
+from .reader import TraceWarning, load, probe_counts
+from .schema import Trace, TraceError
+from .writer import META_FILE, PAYLOAD_DIR, ROLLOUTS_FILE, STEPS_FILE, TMP_PREFIX, TMP_SUFFIX
+
+__all__ = ["summary", "export_csv", "metric_names", "payload_bytes", "cli_inspect", "cli_export"]
+
+
+def metric_names(trace: Trace) -> list[str]:
+    """Every metric name of the trace, in order of first appearance."""
+    names: dict[str, None] = {}
+    for s in trace.steps:
+        for name in s.metrics:
+            names.setdefault(name, None)
+    return list(names)
+
+
+def payload_bytes(path: str) -> tuple[int, int]:
+    """(bytes, files) of the npz payloads of the trace directory (temp files excluded)."""
+    directory = os.path.join(path, PAYLOAD_DIR)
+    total = count = 0
+    if os.path.isdir(directory):
+        for entry in os.scandir(directory):
+            if entry.is_file() and entry.name.endswith(".npz") and not (
+                    entry.name.startswith(TMP_PREFIX) and entry.name.endswith(TMP_SUFFIX)):
+                total += entry.stat().st_size
+                count += 1
+    return total, count
+
+
+def _size(n: int) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n < 1024 or unit == "GiB":
+            return f"{n} B" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n} B"  # pragma: no cover
+
+
+def _fmt(x: float) -> str:
+    return "nan" if math.isnan(x) else f"{x:.6g}"
+
+
+def summary(trace: Trace) -> str:
+    """A few lines: provenance, sizes, probes, and first/last/min/max of every metric."""
+    m = trace.meta
+    steps = trace.steps
+    lines = [
+        f"trace      {trace.path}",
+        f"format     {m.format} v{m.version}, written by minigrpo {m.minigrpo_version}"
+        + (f" (commit {m.git_commit[:12]})" if m.git_commit else "") + f", created {m.created}",
+        f"algo       {m.algo}",
+        f"model      {m.model} (tokenizer {m.tokenizer})",
+        f"task       {m.task}",
+    ]
+    if steps:
+        lines.append(f"steps      {len(steps)} (step {steps[0].step}..{steps[-1].step})")
+    else:
+        lines.append("steps      0")
+    rollouts = trace.rollouts or {s.rollout: s.groups for s in steps}
+    completions = sum(len(g.completions) for groups in rollouts.values() for g in groups)
+    lines.append(f"rollouts   {len(rollouts)} ({completions} completions)")
+    per_step = [probe_counts(s) for s in steps]  # no payload is read for this
+    counts = Counter(len(c) for c in per_step)
+    if steps:
+        n_pos = [n for c in per_step for n in c]
+        per = ", ".join(f"{k} probes x {v} steps" for k, v in sorted(counts.items()))
+        lines.append(f"probes     {per}" + (f"; {sum(n_pos) / len(n_pos):.3g} positions per probe" if n_pos else ""))
+    nbytes, nfiles = payload_bytes(trace.path)
+    json_bytes = sum(os.path.getsize(os.path.join(trace.path, f)) for f in (META_FILE, ROLLOUTS_FILE, STEPS_FILE)
+                     if os.path.isfile(os.path.join(trace.path, f)))
+    lines.append(f"payloads   {nbytes} bytes ({_size(nbytes)}) in {nfiles} files; JSON {json_bytes} bytes")
+    names = metric_names(trace)
+    if names:
+        width = max(len(n) for n in names)
+        lines.append("metrics    " + f"{'name':<{width}}  {'n':>5}  {'first':>12}  {'last':>12}  {'min':>12}  {'max':>12}")
+        for name in names:
+            values = trace.metric(name)
+            present = [s.metrics[name] for s in steps if name in s.metrics]
+            finite = values[np.isfinite(values)]
+            lo = _fmt(float(finite.min())) if finite.size else "nan"
+            hi = _fmt(float(finite.max())) if finite.size else "nan"
+            lines.append(f"           {name:<{width}}  {finite.size:>5}  {_fmt(present[0]):>12}  "
+                         f"{_fmt(present[-1]):>12}  {lo:>12}  {hi:>12}")
+    return "\n".join(lines)
+
+
+def export_csv(trace: Trace, out_path: str | os.PathLike) -> int:
+    """One row per step: ``step, rollout`` then every metric (first-appearance order).
+
+    A metric a step did not record is an empty cell; a recorded non-finite value (stored
+    as JSON null) is ``nan``; floats are written with repr (exact round trip). Returns the
+    number of rows written.
+    """
+    names = metric_names(trace)
+    with open(out_path, "w", newline="", encoding="utf-8") as f:
+        writer = csv.writer(f)
+        writer.writerow(["step", "rollout", *names])
+        for s in trace.steps:
+            row: list = [s.step, s.rollout]
+            for name in names:
+                v = s.metrics.get(name)
+                row.append("" if v is None else ("nan" if math.isnan(v) else repr(float(v))))
+            writer.writerow(row)
+    return len(trace.steps)
+
+
+def _load_for_cli(path: str, lazy: bool) -> Trace:
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", TraceWarning)
+        trace = load(path, lazy=lazy)
+    for w in caught:
+        if issubclass(w.category, TraceWarning):
+            print(f"warning: {w.message}", file=sys.stderr)
+        else:
+            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+    return trace
+
+
+def cli_inspect(path: str | os.PathLike) -> int:
+    """Print the summary of the trace at ``path``; on a bad trace print ``error: ...`` (one line) and return 2.
+
+    Every payload is read (lazy=False), so a damaged trace is reported here.
+    """
+    try:
+        trace = _load_for_cli(os.fspath(path), lazy=False)
+    except TraceError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(summary(trace))
+    return 0
+
+
+def cli_export(path: str | os.PathLike, out: str | os.PathLike) -> int:
+    """Write the per-step metrics CSV of the trace at ``path`` to ``out``; errors: one line, return 2."""
+    try:
+        trace = _load_for_cli(os.fspath(path), lazy=True)  # metrics only: no step payload is read
+    except TraceError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    try:
+        rows = export_csv(trace, out)
+    except OSError as e:
+        print(f"error: cannot write {os.fspath(out)}: {e.strerror or e}", file=sys.stderr)
+        return 2
+    print(f"wrote {rows} rows x {2 + len(metric_names(trace))} columns to {os.fspath(out)}")
+    return 0

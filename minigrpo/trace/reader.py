@@ -1,0 +1,723 @@
+"""Reading and validating minigrpo traces (format ``minigrpo-trace`` version 1).
+
+Nothing is unpickled or evaluated: JSON goes through ``json.loads`` only and arrays through
+``np.load(..., allow_pickle=False)``. Every problem raises :class:`TraceError` with one line
+``FILE[ line N]: field F: what is wrong; what to do``. A last line of a ``.jsonl`` file that
+has no trailing newline and does not parse is a torn write (the writer was killed): it is
+dropped with a :class:`TraceWarning`, so a crashed run loads up to its last complete update.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import warnings
+from dataclasses import dataclass, field
+from typing import Any, Iterable, Optional, Union
+
+import numpy as np
+
+from .schema import FORMAT_NAME, FORMAT_VERSION, Group, Meta, Probe, ProbePosition, Step, Trace, TraceError
+from .writer import (
+    META_FILE,
+    OPTIONAL_PROBE_ARRAYS,
+    PAYLOAD_DIR,
+    POSITION_ARRAYS,
+    POSITION_SCALARS,
+    PROBE_ARRAYS,
+    ROLLOUTS_FILE,
+    STEPS_FILE,
+    ROLLOUT_IDS_KEY,
+    ROLLOUT_LENGTHS_KEY,
+    position_key,
+    probe_key,
+    probe_shape_problems,
+)
+
+__all__ = ["TraceWarning", "LazyStep", "load", "validate", "read_meta", "read_index", "probe_counts",
+           "semantic_problems", "StepSelection"]
+
+StepSelection = Union[None, int, slice, range, Iterable[int]]
+
+FIX_DAMAGED = "the file is damaged: re-record the run or restore the trace from a copy"
+FIX_WRITER = "the trace was not written by a compatible minigrpo TraceWriter: re-record it with this minigrpo"
+FIX_PAYLOAD = "copy the whole trace directory, payloads/ included, or re-record the run"
+FIX_MIDDLE = ("the file is damaged at this line: restore it from a copy, or cut the file just before this line "
+              "to keep the records before it")
+
+
+class TraceWarning(UserWarning):
+    """A recoverable problem (e.g. a torn last line dropped after a crash)."""
+
+
+def _one_line(text: str) -> str:
+    return " ".join(str(text).splitlines())
+
+
+class _Where:
+    """A place in a trace, to build one-line errors."""
+
+    def __init__(self, file: str, line: Optional[int] = None):
+        self.file = file
+        self.line = line
+
+    def error(self, field_name: Optional[str], problem: str, fix: str) -> TraceError:
+        loc = self.file + (f" line {self.line}" if self.line is not None else "")
+        what = f"field {field_name}: " if field_name else ""
+        return TraceError(_one_line(f"{loc}: {what}{problem}; {fix}"))
+
+
+# ----------------------------------------------------------------------------- typed getters
+def _type_name(v: Any) -> str:
+    return {dict: "an object", list: "a list", str: "a string", bool: "a boolean", type(None): "null",
+            int: "an integer", float: "a number"}.get(type(v), type(v).__name__)
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_num(v: Any) -> bool:
+    return v is None or (isinstance(v, (int, float)) and not isinstance(v, bool))
+
+
+def _get(d: dict, key: str, w: _Where, prefix: str):
+    if key not in d:
+        raise w.error(prefix + key, "is missing", FIX_WRITER)
+    return d[key]
+
+
+def _bad(w: _Where, name: str, want: str, v: Any) -> TraceError:
+    return w.error(name, f"must be {want}, got {_type_name(v)}", FIX_WRITER)
+
+
+def _int(d, key, w, prefix="", minimum=None) -> int:
+    v = _get(d, key, w, prefix)
+    if not _is_int(v):
+        raise _bad(w, prefix + key, "an integer", v)
+    if minimum is not None and v < minimum:
+        raise w.error(prefix + key, f"{v} is below {minimum}", FIX_WRITER)
+    return v
+
+
+def _str(d, key, w, prefix="", nullable=False) -> Optional[str]:
+    v = _get(d, key, w, prefix)
+    if v is None and nullable:
+        return None
+    if not isinstance(v, str):
+        raise _bad(w, prefix + key, "a string" + (" or null" if nullable else ""), v)
+    return v
+
+
+def _num(d, key, w, prefix="") -> float:
+    v = _get(d, key, w, prefix)
+    if not _is_num(v):
+        raise _bad(w, prefix + key, "a number or null", v)
+    return math.nan if v is None else float(v)
+
+
+def _list(d, key, w, prefix="") -> list:
+    v = _get(d, key, w, prefix)
+    if not isinstance(v, list):
+        raise _bad(w, prefix + key, "a list", v)
+    return v
+
+
+def _dict(d, key, w, prefix="") -> dict:
+    v = _get(d, key, w, prefix)
+    if not isinstance(v, dict):
+        raise _bad(w, prefix + key, "an object", v)
+    return v
+
+
+def _str_list(d, key, w, prefix="") -> list[str]:
+    v = _list(d, key, w, prefix)
+    for i, x in enumerate(v):
+        if not isinstance(x, str):
+            raise _bad(w, f"{prefix}{key}[{i}]", "a string", x)
+    return v
+
+
+def _num_array(v: Any, w: _Where, name: str) -> np.ndarray:
+    if not isinstance(v, list):
+        raise _bad(w, name, "a list of numbers", v)
+    for i, x in enumerate(v):
+        if not _is_num(x):
+            raise _bad(w, f"{name}[{i}]", "a number or null", x)
+    return np.array([math.nan if x is None else x for x in v], dtype=np.float64).reshape(len(v))
+
+
+def _bool_array(v: Any, w: _Where, name: str) -> np.ndarray:
+    if not isinstance(v, list):
+        raise _bad(w, name, "a list of booleans", v)
+    for i, x in enumerate(v):
+        if not isinstance(x, bool):
+            raise _bad(w, f"{name}[{i}]", "a boolean", x)
+    return np.array(v, dtype=np.bool_).reshape(len(v))
+
+
+def _payload_name(d, key, w, nullable=False) -> Optional[str]:
+    rel = _str(d, key, w, nullable=nullable)
+    if rel is None:
+        return None
+    parts = rel.split("/")
+    if (len(parts) != 2 or parts[0] != PAYLOAD_DIR or not parts[1].endswith(".npz") or parts[1].startswith(".")
+            or "\\" in rel or parts[1] in ("", "..")):
+        raise w.error(key, f"{rel!r} is not a payload name of the form payloads/NAME.npz", FIX_WRITER)
+    return rel
+
+
+# ----------------------------------------------------------------------------- files
+def _check_dir(path: str) -> None:
+    if not os.path.exists(path):
+        raise TraceError(_one_line(f"{path}: no such trace directory; check the path "
+                                   f"(a trace is the directory a run recorded into)"))
+    if not os.path.isdir(path):
+        raise TraceError(_one_line(f"{path}: is a file, not a trace directory; pass the directory "
+                                   f"that holds meta.json"))
+    try:
+        entries = os.listdir(path)
+    except OSError as e:
+        raise TraceError(_one_line(f"{path}: cannot list the directory ({e.strerror}); check its permissions"))
+    if not entries:
+        raise TraceError(_one_line(f"{path}: the directory is empty, not a trace; pass a directory "
+                                   f"written by a minigrpo run (a run killed before it wrote meta.json "
+                                   f"leaves nothing to read)"))
+    if META_FILE not in entries:
+        raise TraceError(_one_line(f"{os.path.join(path, META_FILE)}: missing, so {path} is not a minigrpo "
+                                   f"trace; pass the directory that holds meta.json"))
+
+
+def _read_bytes(file: str) -> bytes:
+    try:
+        with open(file, "rb") as f:
+            return f.read()
+    except OSError as e:
+        raise TraceError(_one_line(f"{file}: cannot read ({e.strerror}); check that it is a readable file"))
+
+
+def _parse_json(raw: bytes, w: _Where) -> Any:
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise w.error(None, f"is not UTF-8 text ({e.reason} at byte {e.start})", FIX_DAMAGED if w.line is None
+                      else FIX_MIDDLE)
+    if not text.strip():
+        raise w.error(None, "is an empty line", FIX_MIDDLE)
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as e:
+        where = f"line {e.lineno} column {e.colno}" if w.line is None else f"column {e.colno}"
+        raise w.error(None, f"malformed JSON ({e.msg} at {where})", FIX_DAMAGED if w.line is None else FIX_MIDDLE)
+    except RecursionError:
+        raise w.error(None, "malformed JSON (nested too deeply)", FIX_DAMAGED)
+
+
+def _read_jsonl(file: str, notes: list[str]) -> list[tuple[int, dict]]:
+    """(line number, object) for every complete line; a torn last line is dropped with a warning."""
+    if not os.path.exists(file):  # a run killed right after meta.json: no records yet
+        return []
+    parts = _read_bytes(file).split(b"\n")
+    out: list[tuple[int, dict]] = []
+    for n, raw in enumerate(parts[:-1], start=1):
+        w = _Where(file, n)
+        obj = _parse_json(raw, w)
+        if not isinstance(obj, dict):
+            raise w.error(None, f"is {_type_name(obj)}, not a JSON object", FIX_MIDDLE)
+        out.append((n, obj))
+    tail = parts[-1]
+    if tail:  # no trailing newline: complete only if it parses
+        n = len(parts)
+        try:
+            obj = json.loads(tail.decode("utf-8"))
+            if not isinstance(obj, dict):
+                raise ValueError
+            out.append((n, obj))
+        except (UnicodeDecodeError, ValueError, RecursionError):
+            note = (f"{file} line {n}: dropped a torn last line ({len(tail)} bytes without a trailing newline: "
+                    f"the writer was killed mid-write); the trace is read up to line {n - 1}")
+            notes.append(note)
+            warnings.warn(note, TraceWarning, stacklevel=4)
+    return out
+
+
+# ----------------------------------------------------------------------------- index (JSON only)
+@dataclass
+class RolloutRecord:
+    rollout: int
+    line: int
+    groups: list[dict]  # validated group fields (arrays as numpy), without completion_ids
+    payload: str
+
+
+@dataclass
+class StepRecord:
+    step: int
+    rollout: int
+    line: int
+    metrics: dict[str, float]
+    probes: list[dict]  # validated probe descriptions (JSON part)
+    payload: Optional[str]
+
+
+@dataclass
+class TraceIndex:
+    """The JSON part of a trace (no payload read): enough to list steps, metrics, probes."""
+
+    path: str
+    meta: Meta
+    rollouts: dict[int, RolloutRecord]
+    steps: list[StepRecord]
+    notes: list[str] = field(default_factory=list)  # recoverable problems (torn lines dropped)
+
+
+def read_meta(path: str | os.PathLike) -> Meta:
+    """The Meta of a trace directory (format and version checked)."""
+    path = os.fspath(path)
+    _check_dir(path)
+    file = os.path.join(path, META_FILE)
+    w = _Where(file)
+    d = _parse_json(_read_bytes(file), w)
+    if not isinstance(d, dict):
+        raise w.error(None, f"is {_type_name(d)}, not a JSON object", FIX_DAMAGED)
+    fmt = d.get("format")
+    if fmt != FORMAT_NAME:
+        raise w.error("format", f"{fmt!r} is not {FORMAT_NAME!r}, so this is not a minigrpo trace",
+                      "pass a directory written by a minigrpo run")
+    version = _get(d, "version", w, "")
+    if not _is_int(version) or version < 1:
+        raise w.error("version", f"{version!r} is not a trace version (an integer >= 1)", FIX_DAMAGED)
+    if version > FORMAT_VERSION:
+        raise TraceError(f"{file}: field version: trace version {version} is newer than this minigrpo reads "
+                         f"({FORMAT_VERSION}): upgrade minigrpo")
+    extra = d.get("extra", {})
+    if not isinstance(extra, dict):
+        raise _bad(w, "extra", "an object", extra)
+    return Meta(
+        format=fmt,
+        version=version,
+        algo=_str(d, "algo", w),
+        model=_str(d, "model", w),
+        task=_str(d, "task", w),
+        config=_dict(d, "config", w),
+        tokenizer=_str(d, "tokenizer", w),
+        minigrpo_version=_str(d, "minigrpo_version", w),
+        git_commit=_str(d, "git_commit", w, nullable=True),
+        created=_str(d, "created", w),
+        extra=extra,
+    )
+
+
+def _parse_group(g: Any, w: _Where, prefix: str) -> dict:
+    if not isinstance(g, dict):
+        raise _bad(w, prefix.rstrip("."), "an object", g)
+    completions = _str_list(g, "completions", w, prefix)
+    G = len(completions)
+    out = {
+        "prompt": _str(g, "prompt", w, prefix),
+        "question": _str(g, "question", w, prefix),
+        "answer": _str(g, "answer", w, prefix, nullable=True),
+        "completions": completions,
+        "mean": _num(g, "mean", w, prefix),
+        "std": _num(g, "std", w, prefix),
+    }
+    for name in ("rewards", "advantages"):
+        out[name] = _num_array(_get(g, name, w, prefix), w, prefix + name)
+    out["correct"] = _bool_array(_get(g, "correct", w, prefix), w, prefix + "correct")
+    parts = _dict(g, "reward_parts", w, prefix)
+    out["reward_parts"] = {k: _num_array(v, w, f"{prefix}reward_parts.{k}") for k, v in parts.items()}
+    for name, a in [(n, out[n]) for n in ("rewards", "advantages", "correct")] + [
+            (f"reward_parts.{k}", v) for k, v in out["reward_parts"].items()]:
+        if a.shape != (G,):
+            raise w.error(prefix + name, f"has {a.shape[0]} entries but completions has {G}", FIX_WRITER)
+    return out
+
+
+def _parse_probe(p: Any, w: _Where, prefix: str) -> dict:
+    if not isinstance(p, dict):
+        raise _bad(w, prefix.rstrip("."), "an object", p)
+    positions = []
+    for j, q in enumerate(_list(p, "positions", w, prefix)):
+        qp = f"{prefix}positions[{j}]."
+        if not isinstance(q, dict):
+            raise _bad(w, qp.rstrip("."), "an object", q)
+        positions.append({
+            "pos": _int(q, "pos", w, qp),
+            "kind": _str(q, "kind", w, qp),
+            "sampled_token_id": _int(q, "sampled_token_id", w, qp),
+            "tokens": _str_list(q, "tokens", w, qp),
+            **{s: _num(q, s, w, qp) for s in POSITION_SCALARS},
+        })
+    return {
+        "group": _int(p, "group", w, prefix, minimum=0),
+        "index": _int(p, "index", w, prefix, minimum=0),
+        "text": _str(p, "text", w, prefix),
+        "tokens": _str_list(p, "tokens", w, prefix),
+        "positions": positions,
+    }
+
+
+def read_index(path: str | os.PathLike) -> TraceIndex:
+    """Meta plus every rollout and step record, from the JSON files only (no npz is opened)."""
+    path = os.fspath(path)
+    meta = read_meta(path)
+    notes: list[str] = []
+    rfile = os.path.join(path, ROLLOUTS_FILE)
+    rollouts: dict[int, RolloutRecord] = {}
+    for n, d in _read_jsonl(rfile, notes):
+        w = _Where(rfile, n)
+        rid = _int(d, "rollout", w, minimum=0)
+        if rid in rollouts:
+            raise w.error("rollout", f"rollout {rid} is recorded twice (first on line {rollouts[rid].line})",
+                          FIX_MIDDLE)
+        groups = [_parse_group(g, w, f"groups[{i}].") for i, g in enumerate(_list(d, "groups", w))]
+        rollouts[rid] = RolloutRecord(rid, n, groups, _payload_name(d, "payload", w))
+    sfile = os.path.join(path, STEPS_FILE)
+    steps: list[StepRecord] = []
+    for n, d in _read_jsonl(sfile, notes):
+        w = _Where(sfile, n)
+        k = _int(d, "step", w, minimum=1)
+        if steps and k <= steps[-1].step:
+            raise w.error("step", f"step {k} does not follow step {steps[-1].step} (steps must increase)", FIX_MIDDLE)
+        rid = _int(d, "rollout", w, minimum=0)
+        if rid not in rollouts:
+            raise w.error("rollout", f"step {k} trains on rollout {rid}, which {ROLLOUTS_FILE} does not hold",
+                          FIX_DAMAGED)
+        metrics = {}
+        for name, v in _dict(d, "metrics", w).items():
+            if not _is_num(v):
+                raise _bad(w, f"metrics.{name}", "a number or null", v)
+            metrics[name] = math.nan if v is None else float(v)
+        probes = [_parse_probe(p, w, f"probes[{i}].") for i, p in enumerate(_list(d, "probes", w))]
+        payload = _payload_name(d, "payload", w, nullable=True)
+        if payload is None and probes:
+            raise w.error("payload", f"is null but the step has {len(probes)} probes", FIX_WRITER)
+        steps.append(StepRecord(k, rid, n, metrics, probes, payload))
+    return TraceIndex(path, meta, rollouts, steps, notes)
+
+
+# ----------------------------------------------------------------------------- payloads
+class _Npz:
+    """An open npz payload with checked, typed access to its arrays."""
+
+    def __init__(self, path: str, rel: str, w: _Where, field_name: str):
+        self.full = full = os.path.join(path, rel)
+        if not os.path.isfile(full):
+            raise w.error(field_name, f"payload file {rel} is missing ({full})", FIX_PAYLOAD)
+        try:
+            npz = np.load(full, allow_pickle=False)
+        except Exception as e:  # noqa: BLE001 - any unreadable payload is one TraceError
+            raise TraceError(_one_line(f"{full}: cannot be read as an npz archive ({type(e).__name__}: {e}); "
+                                       f"{FIX_DAMAGED}"))
+        if not isinstance(npz, np.lib.npyio.NpzFile):
+            raise TraceError(_one_line(f"{full}: is a single .npy array, not an npz archive; {FIX_DAMAGED}"))
+        self.npz = npz
+        self.keys = set(npz.files)
+
+    def __enter__(self) -> "_Npz":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.npz.close()
+
+    def get(self, key: str, kind: str) -> np.ndarray:
+        if key not in self.keys:
+            raise TraceError(_one_line(f"{self.full}: key {key} is missing; the payload does not match its JSON "
+                                       f"record: {FIX_DAMAGED}"))
+        try:
+            a = self.npz[key]
+        except ValueError as e:
+            if "pickle" in str(e).lower() or "object arrays" in str(e).lower():
+                raise TraceError(_one_line(f"{self.full}: key {key}: holds a Python-object array, which minigrpo "
+                                           f"never writes and will not unpickle; the file is not a minigrpo "
+                                           f"payload: re-record the run"))
+            raise TraceError(_one_line(f"{self.full}: key {key}: cannot be read ({e}); {FIX_DAMAGED}"))
+        except Exception as e:  # noqa: BLE001 - corrupt zip member, CRC error, truncated file...
+            raise TraceError(_one_line(f"{self.full}: key {key}: cannot be read ({type(e).__name__}: {e}); "
+                                       f"{FIX_DAMAGED}"))
+        if a.ndim != 1:
+            raise TraceError(_one_line(f"{self.full}: key {key}: shape {a.shape}, expected a 1-D array; "
+                                       f"{FIX_DAMAGED}"))
+        ok = {"i": a.dtype.kind in "iu", "b": a.dtype == np.bool_, "f": a.dtype.kind == "f"}[kind]
+        if not ok:
+            want = {"i": "int64 token ids", "b": "bool flags", "f": "floats"}[kind]
+            raise TraceError(_one_line(f"{self.full}: key {key}: dtype {a.dtype}, expected {want}; {FIX_DAMAGED}"))
+        return a.astype(np.int64, copy=False) if kind == "i" else a
+
+
+def _load_groups(path: str, rec: RolloutRecord) -> list[Group]:
+    w = _Where(os.path.join(path, ROLLOUTS_FILE), rec.line)
+    sizes = [len(g["completions"]) for g in rec.groups]
+    with _Npz(path, rec.payload, w, "payload") as npz:
+        flat = npz.get(ROLLOUT_IDS_KEY, "i")
+        lengths = npz.get(ROLLOUT_LENGTHS_KEY, "i")
+    if lengths.shape != (sum(sizes),) or (lengths < 0).any() or int(lengths.sum()) != flat.shape[0]:
+        raise TraceError(_one_line(
+            f"{npz.full}: key {ROLLOUT_LENGTHS_KEY}: {lengths.shape[0]} lengths summing to {int(lengths.sum())} do "
+            f"not split {flat.shape[0]} token ids into the rollout's {sum(sizes)} completions; {FIX_DAMAGED}"))
+    ids = np.split(flat, np.cumsum(lengths)[:-1]) if lengths.size else []
+    groups, start = [], 0
+    for g, G in zip(rec.groups, sizes):
+        groups.append(Group(completion_ids=list(ids[start:start + G]), **g))
+        start += G
+    return groups
+
+
+def _load_probes(path: str, rec: StepRecord, groups: list[Group]) -> list[Probe]:
+    if not rec.probes:
+        return []
+    sfile = os.path.join(path, STEPS_FILE)
+    probes = []
+    with _Npz(path, rec.payload, _Where(sfile, rec.line), "payload") as npz:
+        for i, pj in enumerate(rec.probes):
+            arrays = {name: npz.get(probe_key(i, name), kind) for name, kind in PROBE_ARRAYS.items()}
+            for name, kind in OPTIONAL_PROBE_ARRAYS.items():
+                key = probe_key(i, name)
+                arrays[name] = npz.get(key, kind) if key in npz.keys else None
+            positions = [
+                ProbePosition(**q, **{name: npz.get(position_key(i, j, name), kind)
+                                      for name, kind in POSITION_ARRAYS.items()})
+                for j, q in enumerate(pj["positions"])
+            ]
+            probe = Probe(group=pj["group"], index=pj["index"], text=pj["text"], tokens=pj["tokens"],
+                          positions=positions, **arrays)
+            problems = probe_shape_problems(probe, [len(g.completions) for g in groups])
+            if problems:
+                name, msg = problems[0]
+                raise TraceError(_one_line(f"{npz.full}: field probes[{i}].{name} (step {rec.step}, {sfile} line "
+                                           f"{rec.line}): {msg}; {FIX_DAMAGED}"))
+            probes.append(probe)
+    return probes
+
+
+def _select(index: TraceIndex, steps: StepSelection) -> list[StepRecord]:
+    records = index.steps
+    if steps is None:
+        return list(records)
+    if isinstance(steps, slice):
+        return records[steps]
+    if isinstance(steps, (int, np.integer)) and not isinstance(steps, bool):
+        found = [r for r in records if r.step == int(steps)]
+        if not found:
+            held = f"steps {records[0].step}..{records[-1].step}" if records else "no steps"
+            raise TraceError(_one_line(f"{os.path.join(index.path, STEPS_FILE)}: step {int(steps)} is not recorded "
+                                       f"(the trace holds {held}); ask for a recorded step"))
+        return found
+    wanted = steps if isinstance(steps, range) else {int(s) for s in steps}
+    return [r for r in records if r.step in wanted]
+
+
+class LazyStep(Step):
+    """A Step whose probes are read from their npz payload on first access of ``.probes``.
+
+    It is a :class:`Step` in every respect (fields, equality, ``dataclasses.replace``); a
+    payload problem raises :class:`TraceError` at that first access. Pickles as a plain Step.
+    """
+
+    @property  # type: ignore[override]
+    def probes(self) -> list[Probe]:
+        d = self.__dict__
+        if "_probes" not in d:
+            d["_probes"] = d["_loader"]()
+            del d["_loader"]
+        return d["_probes"]
+
+    @probes.setter
+    def probes(self, value: list[Probe]) -> None:
+        self.__dict__["_probes"] = value
+        self.__dict__.pop("_loader", None)
+
+    @property
+    def probes_loaded(self) -> bool:
+        return "_probes" in self.__dict__
+
+    def __eq__(self, other):
+        if not isinstance(other, Step):
+            return NotImplemented
+        return ((self.step, self.rollout, self.metrics, self.probes, self.groups)
+                == (other.step, other.rollout, other.metrics, other.probes, other.groups))
+
+    __hash__ = None  # type: ignore[assignment]  # as the dataclass: mutable, unhashable
+
+    def __reduce__(self):
+        return (Step, (self.step, self.rollout, self.metrics, self.probes, self.groups))
+
+
+def probe_counts(step: Step) -> list[int]:
+    """Number of positions of each probe of ``step``, without reading an unloaded payload."""
+    if isinstance(step, LazyStep) and not step.probes_loaded:
+        return list(step.__dict__["_position_counts"])
+    return [len(p.positions) for p in step.probes]
+
+
+def _make_step(path: str, rec: StepRecord, groups: list[Group], lazy: bool) -> Step:
+    if not lazy:
+        return Step(step=rec.step, rollout=rec.rollout, metrics=rec.metrics,
+                    probes=_load_probes(path, rec, groups), groups=groups)
+    if rec.payload is not None and not os.path.isfile(os.path.join(path, rec.payload)):
+        raise _Where(os.path.join(path, STEPS_FILE), rec.line).error(
+            "payload", f"payload file {rec.payload} is missing ({os.path.join(path, rec.payload)})", FIX_PAYLOAD)
+    step = LazyStep.__new__(LazyStep)
+    step.__dict__.update(step=rec.step, rollout=rec.rollout, metrics=rec.metrics, groups=groups,
+                         _loader=lambda: _load_probes(path, rec, groups),
+                         _position_counts=[len(p["positions"]) for p in rec.probes])
+    return step
+
+
+def _load(path: str | os.PathLike, steps: StepSelection = None, lazy: bool = True) -> tuple[Trace, TraceIndex]:
+    path = os.fspath(path)
+    index = read_index(path)
+    selected = _select(index, steps)
+    needed = sorted(index.rollouts) if steps is None else sorted({r.rollout for r in selected})
+    rollouts = {rid: _load_groups(path, index.rollouts[rid]) for rid in needed}
+    out = [_make_step(path, r, rollouts[r.rollout], lazy) for r in selected]
+    return Trace(path=path, meta=index.meta, steps=out, rollouts=rollouts), index
+
+
+def load(path: str | os.PathLike, steps: StepSelection = None, lazy: bool = True) -> Trace:
+    """Load a trace directory into schema objects (arrays as numpy).
+
+    ``steps`` selects which updates to load: ``None`` all; a ``slice`` indexes the recorded
+    steps in order (``slice(-10, None)``: the last ten); an ``int`` is one step number
+    (TraceError if absent); a ``range`` or any other iterable is a set of step numbers
+    (absent ones are skipped). Only the rollouts the selected steps train on are loaded
+    (all of them when ``steps`` is None).
+
+    All JSON, meta and rollout payloads are read and checked here, and the step payload
+    files must exist. With ``lazy=True`` (default) each step's probe arrays are read on
+    first access of ``step.probes`` (a damaged payload raises TraceError then); with
+    ``lazy=False`` every payload is read and checked now.
+    """
+    return _load(path, steps, lazy)[0]
+
+
+# ----------------------------------------------------------------------------- validation
+def _close(a: np.ndarray, b: np.ndarray, rtol: float, atol: float) -> np.ndarray:
+    a = np.asarray(a, dtype=np.float64)
+    b = np.asarray(b, dtype=np.float64)
+    same_nan = np.isnan(a) & np.isnan(b)
+    return same_nan | (np.abs(a - b) <= atol + rtol * np.abs(b))
+
+
+def _first_bad(ok: np.ndarray) -> str:
+    bad = np.flatnonzero(~ok)
+    return f"{bad.size} of {ok.size} tokens (first at token {bad[0]})"
+
+
+def semantic_problems(trace: Trace, index: Optional[TraceIndex] = None) -> list[str]:
+    """Consistency of the recorded numbers with their formulas (docs/trace-format.md)."""
+    problems: list[str] = []
+    sfile = os.path.join(trace.path, STEPS_FILE)
+    rfile = os.path.join(trace.path, ROLLOUTS_FILE)
+    lines = {r.step: r.line for r in index.steps} if index else {}
+    rlines = {rid: r.line for rid, r in index.rollouts.items()} if index else {}
+    cfg = trace.meta.config
+    eps_low = cfg.get("epsilon")
+    eps_high = cfg.get("epsilon_high")
+    if eps_high is None:
+        eps_high = eps_low
+    have_eps = all(isinstance(e, (int, float)) and not isinstance(e, bool) for e in (eps_low, eps_high))
+
+    for rid, groups in trace.rollouts.items():
+        where = f"{rfile} line {rlines.get(rid, '?')} (rollout {rid})"
+        for gi, g in enumerate(groups):
+            r = g.rewards
+            if r.size and np.isfinite(r).all():
+                if not _close(g.mean, r.mean(), 1e-5, 1e-6):
+                    problems.append(f"{where}: field groups[{gi}].mean: {g.mean} != mean of rewards {r.mean()}")
+                if r.size >= 2 and not _close(g.std, r.std(ddof=1), 1e-5, 1e-6):
+                    problems.append(f"{where}: field groups[{gi}].std: {g.std} != unbiased std of rewards "
+                                    f"{r.std(ddof=1)}")
+
+    for s in trace.steps:
+        where = f"{sfile} line {lines.get(s.step, '?')} (step {s.step})"
+        m = s.metrics
+        keys = ("clip_ratio/low_mean", "clip_ratio/high_mean", "clip_ratio/region_mean")
+        if all(k in m and math.isfinite(m[k]) for k in keys):
+            if abs(m[keys[2]] - m[keys[0]] - m[keys[1]]) > 1e-6:
+                problems.append(f"{where}: field metrics.clip_ratio/region_mean: {m[keys[2]]} != low + high = "
+                                f"{m[keys[0]] + m[keys[1]]}")
+        for i, p in enumerate(s.probes):
+            f = f"{where}: field probes[{i}]"
+            lp, old, ref = (np.asarray(x, np.float64) for x in (p.logp, p.logp_old, p.logp_ref))
+            ok = _close(p.ratio, np.exp(lp - old), 1e-4, 1e-6)
+            if not ok.all():
+                problems.append(f"{f}.ratio: != exp(logp - logp_old) at {_first_bad(ok)}")
+            d = ref - lp
+            k3 = np.exp(d) - d - 1
+            ok = _close(p.kl, k3, 1e-4, 1e-5 * (1 + np.abs(d)))
+            if not ok.all():
+                problems.append(f"{f}.kl: != exp(logp_ref - logp) - (logp_ref - logp) - 1 at {_first_bad(ok)}")
+            A = np.asarray(p.advantage, np.float64)
+            ratio = np.asarray(p.ratio, np.float64)
+            for name, flag, sign_ok, side_ok in (
+                    ("clipped_low", p.clipped_low, A < 0, ratio < 1),
+                    ("clipped_high", p.clipped_high, A > 0, ratio > 1)):
+                ok = ~flag | (sign_ok & side_ok)
+                if not ok.all():
+                    problems.append(f"{f}.{name}: set where the advantage sign or the ratio side is wrong at "
+                                    f"{_first_bad(ok)}")
+            if have_eps:
+                for name, flag, expect, edge in (
+                        ("clipped_low", p.clipped_low, (ratio < 1 - eps_low) & (A < 0), 1 - eps_low),
+                        ("clipped_high", p.clipped_high, (ratio > 1 + eps_high) & (A > 0), 1 + eps_high)):
+                    ok = (flag == expect) | (np.abs(ratio - edge) < 1e-6)
+                    if not ok.all():
+                        problems.append(f"{f}.{name}: disagrees with the ratio and epsilon of meta.config at "
+                                        f"{_first_bad(ok)}")
+            if p.group < len(s.groups) and p.index < len(s.groups[p.group].completion_ids):
+                g = s.groups[p.group]
+                ids = g.completion_ids[p.index]
+                if ids.shape != p.token_ids.shape or not np.array_equal(ids, p.token_ids):
+                    problems.append(f"{f}.token_ids: differ from completion {p.index} of group {p.group} of rollout "
+                                    f"{s.rollout}")
+                if trace.meta.algo == "grpo":
+                    ok = _close(A, g.advantages[p.index], 1e-5, 1e-6)
+                    if not ok.all():
+                        problems.append(f"{f}.advantage: != the group's advantage {g.advantages[p.index]} at "
+                                        f"{_first_bad(ok)}")
+            per_token = {"before": p.logp, "after": p.logp_new, "ref": p.logp_ref}
+            for j, q in enumerate(p.positions):
+                fq = f"{f}.positions[{j}]"
+                if 0 <= q.pos < p.token_ids.shape[0] and p.token_ids[q.pos] != q.sampled_token_id:
+                    problems.append(f"{fq}.sampled_token_id: {q.sampled_token_id} != token_ids[{q.pos}] = "
+                                    f"{p.token_ids[q.pos]}")
+                where_sampled = np.flatnonzero(q.token_ids == q.sampled_token_id)
+                if where_sampled.size == 0:
+                    problems.append(f"{fq}.token_ids: do not contain the sampled token {q.sampled_token_id}")
+                for side in ("before", "after", "ref"):
+                    probs = np.asarray(getattr(q, f"probs_{side}"), np.float64)
+                    logits = np.asarray(getattr(q, f"logits_{side}"), np.float64)
+                    other = getattr(q, f"other_{side}")
+                    if ((probs < 0) | (probs > 1)).any() or probs.sum() > 1 + 1e-4:
+                        problems.append(f"{fq}.probs_{side}: not probabilities (outside [0, 1] or summing above 1)")
+                        continue
+                    if math.isfinite(other) and abs(other - (1 - probs.sum())) > 1e-4:
+                        problems.append(f"{fq}.other_{side}: {other} != 1 - sum(probs_{side}) = {1 - probs.sum()}")
+                    live = (probs > 1e-30) & np.isfinite(logits)
+                    if live.sum() >= 2:
+                        shift = np.log(probs[live]) - logits[live]
+                        if shift.max() - shift.min() > 1e-3:
+                            problems.append(f"{fq}.probs_{side}: not the softmax of logits_{side} "
+                                            f"(log p - logit varies by {shift.max() - shift.min():.3g})")
+                    if where_sampled.size and 0 <= q.pos < p.token_ids.shape[0]:
+                        p_tok = probs[where_sampled[0]]
+                        p_seq = math.exp(float(per_token[side][q.pos]))
+                        if abs(p_tok - p_seq) > 0.02 + 0.05 * p_seq:
+                            problems.append(f"{fq}.probs_{side}: p(sampled) = {p_tok:.6g} but the per-token "
+                                            f"log-prob gives {p_seq:.6g}")
+    return [_one_line(p) for p in problems]
+
+
+def validate(path: str | os.PathLike) -> list[str]:
+    """Load every record and payload (raises TraceError on the first structural problem),
+    then check the numbers against their formulas. Returns the recoverable and semantic
+    problems found, one line each (an empty list: the trace is consistent)."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        trace, index = _load(path, lazy=False)
+    for w in caught:
+        if not issubclass(w.category, TraceWarning):
+            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+    return list(index.notes) + semantic_problems(trace, index)
