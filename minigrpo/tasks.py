@@ -302,22 +302,30 @@ def score_completion(completion: str, item: dict[str, Any], task: TaskData, cfg:
 # ----------------------------------------------------------------------------- SFT
 
 
-_CONVERSION_RULES = (  # (prefix of the inverted premise, rule); "Some ... not" must come before "Some"
-    (re.compile(r"Some .+ are not "), "'Some A are not B' does not convert."),
-    (re.compile(r"All "), "'All A are B' converts only to 'Some B are A'."),
-    (re.compile(r"No "), "'No A are B' converts to 'No B are A'."),
-    (re.compile(r"Some "), "'Some A are B' converts to 'Some B are A'."),
-)
+_STATEMENT = re.compile(r"^(All|No|Some) (.+?) are (not )?(.+?)\.?$")
+
+
+def _abstract_form(statements: list[str]) -> list[str]:
+    """'Some teachers are not parents' -> 'some-not A-B', terms lettered in order of appearance."""
+    letters: dict[str, str] = {}
+    out = []
+    for text in statements:
+        match = _STATEMENT.match(text.strip())
+        if match is None:
+            return [text]  # unknown wording: keep it verbatim
+        quantifier, subject, negated, predicate = match.groups()
+        code = quantifier.lower() + ("-not" if negated else "")
+        terms = [letters.setdefault(term, "ABCDEFGH"[len(letters)]) for term in (subject, predicate)]
+        out.append(f"{code} {terms[0]}-{terms[1]}")
+    return out
 
 
 def _syllogism_reasoning(metadata: dict[str, Any]) -> str:
-    verdict = "follows" if metadata["is_valid"] else "does not follow"
-    if metadata.get("type") == "inversion":
-        premise = metadata["premise1"] if metadata.get("selected_premise", 1) == 1 else metadata["premise2"]
-        rule = next(text for pattern, text in _CONVERSION_RULES if pattern.match(premise))
-        return f"Invert '{premise}': {rule} So '{metadata['conclusion']}' {verdict}."
-    link = "form a valid syllogism" if metadata["is_valid"] else "do not force it"
-    return f"1. {metadata['premise1']}. 2. {metadata['premise2']}. These {link}, so '{metadata['conclusion']}' {verdict}."
+    """The argument's abstract form; validity depends on the form alone, so the answer is a
+    function of this short string. The verdict is left to the answer token on purpose: the
+    decision the lecture scenes zoom in on is the first token inside <answer>."""
+    p1, p2, conclusion = _abstract_form([metadata["premise1"], metadata["premise2"], metadata["conclusion"]])
+    return f"Form: {p1}, {p2}; conclusion {conclusion}."
 
 
 def sft_target(item: dict[str, Any], task_name: str) -> str:

@@ -1,0 +1,147 @@
+"""``minigrpo render``: run the Manim scenes of ``scenes/`` on a trace.
+
+Each scene is rendered by Manim in a subprocess (``python -m manim render -q? scenes/NAME.py
+Class``) from the repository root, so ``manim.cfg`` (media_dir = renders) applies; the
+trace, step range and probe travel as environment variables that the scenes read
+(``scenes/components/data.py``):
+
+=====================  ==============================================
+``MINIGRPO_TRACE``      trace directory (GRPO for most scenes)
+``MINIGRPO_PPO_TRACE``  PPO trace (``ppo_vs_grpo`` only)
+``MINIGRPO_STEPS``      ``a:b`` (a <= step < b), ``a:`` or ``a``
+``MINIGRPO_PROBE``      probe index inside the first chosen step
+=====================  ==============================================
+
+Videos land in ``renders/videos/<scene>/<quality>/<Class>.mp4``.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Optional, Union
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+SCENES_DIR = REPO_ROOT / "scenes"
+
+# scene name (file scenes/NAME.py) -> Scene class
+SCENES: dict[str, str] = {
+    "ppo_logits": "PPOLogits",
+    "grpo_advantage": "GRPOAdvantage",
+    "clip_surrogate": "ClipSurrogate",
+    "kl_penalty": "KLPenalty",
+    "ppo_vs_grpo": "PPOvsGRPO",
+    "training_overview": "TrainingOverview",
+}
+QUALITIES = {"l": "480p15", "m": "720p30", "h": "1080p60", "k": "2160p60"}
+_STEPS = re.compile(r"^\s*(\d+)?\s*:\s*(\d+)?\s*$|^\s*\d+\s*$")
+
+
+def _err(msg: str) -> int:
+    print(f"minigrpo: {msg}", file=sys.stderr)
+    return 2
+
+
+def scene_name(name: str) -> Optional[str]:
+    """Canonical scene name for ``name`` (file stem, path, or class name, any case), else None."""
+    stem = Path(str(name)).stem if str(name).endswith(".py") else Path(str(name)).name
+    low = stem.lower()
+    for k, cls in SCENES.items():
+        if low in (k, cls.lower()):
+            return k
+    return None
+
+
+def _steps_text(steps) -> Optional[str]:
+    if steps is None:
+        return None
+    if isinstance(steps, slice):
+        return f"{'' if steps.start is None else steps.start}:{'' if steps.stop is None else steps.stop}"
+    if isinstance(steps, range):
+        return f"{steps.start}:{steps.stop}"
+    if isinstance(steps, (tuple, list)) and len(steps) == 2:
+        a, b = steps
+        return f"{'' if a is None else a}:{'' if b is None else b}"
+    return str(steps)
+
+
+def video_path(scene: str, quality: str = "l") -> Path:
+    """Where Manim writes the video of ``scene`` at ``quality`` (with manim.cfg's media_dir)."""
+    return REPO_ROOT / "renders" / "videos" / scene / QUALITIES[quality] / f"{SCENES[scene]}.mp4"
+
+
+def render(
+    scene: Optional[str],
+    trace: Optional[str],
+    quality: str = "l",
+    steps: Union[str, tuple, slice, range, None] = None,
+    probe: Union[int, str, None] = None,
+    all_scenes: bool = False,
+    ppo_trace: Optional[str] = None,
+    preview: bool = False,
+    media_dir: Optional[str] = None,
+) -> int:
+    """Render one scene (or every scene with ``all_scenes``); returns Manim's exit code.
+
+    ``trace`` / ``ppo_trace`` default to the demo traces under ``traces/``; ``steps`` is
+    ``"a:b"`` (a <= step < b), ``"a:"`` or a single step; ``probe`` an index into the first
+    chosen step's probes; ``media_dir`` overrides manim.cfg's ``renders``. Bad arguments return 2 with a one-line message; a scene that
+    fails on its input exits 1 with a one-line ``minigrpo: ...`` message.
+    """
+    valid = ", ".join(SCENES)
+    if all_scenes:
+        names = list(SCENES)
+    elif not scene:
+        return _err(f"no scene given; pass --scene NAME (one of: {valid}) or --all")
+    else:
+        name = scene_name(scene)
+        if name is None:
+            return _err(f"unknown scene {scene!r}; valid scenes: {valid}")
+        names = [name]
+    quality = str(quality).lstrip("-q") or "l"
+    if quality not in QUALITIES:
+        return _err(f"quality {quality!r} is not one of l, m, h, k (480p15, 720p30, 1080p60, 2160p60)")
+
+    env = os.environ.copy()
+    env.setdefault("PYTHONPATH", "")
+    env["PYTHONPATH"] = os.pathsep.join([str(REPO_ROOT)] + ([env["PYTHONPATH"]] if env["PYTHONPATH"] else []))
+    for var, path in (("MINIGRPO_TRACE", trace), ("MINIGRPO_PPO_TRACE", ppo_trace)):
+        if path:
+            p = Path(path).expanduser()
+            if not p.exists():
+                flag = "--trace" if var == "MINIGRPO_TRACE" else "--ppo-trace"
+                return _err(f"no trace at {p}; pass {flag} a trace directory written by `minigrpo train`")
+            env[var] = str(p.resolve())
+    st = _steps_text(steps)
+    if st is not None:
+        if not _STEPS.match(st):
+            return _err(f"--steps {st!r} is not a step range; use a:b (a <= step < b), a: or a single step")
+        env["MINIGRPO_STEPS"] = st
+    if probe is not None and str(probe).strip() != "":
+        try:
+            env["MINIGRPO_PROBE"] = str(int(probe))
+        except ValueError:
+            return _err(f"--probe {probe!r} is not an integer probe index")
+
+    if media_dir:
+        extra = ["--media_dir", str(Path(media_dir).resolve())]
+    else:
+        extra = [] if (REPO_ROOT / "manim.cfg").exists() else ["--media_dir", "renders"]
+    rc = 0
+    for name in names:
+        cmd = [sys.executable, "-m", "manim", "render", f"-q{quality}", *extra, *(["-p"] if preview else []),
+               str(Path("scenes") / f"{name}.py"), SCENES[name]]
+        t0 = time.perf_counter()
+        rc = subprocess.call(cmd, cwd=str(REPO_ROOT), env=env)
+        if rc != 0:
+            if len(names) > 1:
+                print(f"minigrpo: scene {name} failed (exit {rc}); stopped", file=sys.stderr)
+            return rc
+        out = (Path(media_dir).resolve() / "videos" / name / QUALITIES[quality] / f"{SCENES[name]}.mp4"
+               if media_dir else video_path(name, quality))
+        print(f"minigrpo: rendered {name} in {time.perf_counter() - t0:.1f}s -> {out}")
+    return rc

@@ -1,0 +1,339 @@
+"""The Manim scenes draw what the trace says.
+
+Every scene is constructed on a small synthetic trace (tests/trace_factory.py) with
+animations skipped (fast, no video) and its on-screen state is compared with the trace:
+bar heights of ppo_logits after each replayed update, the numbers of the GRPO group
+table, the points of the clip plot, ... One real ``-ql`` render of ppo_logits is checked
+with ffprobe. Bad input (no trace, an invalid trace, a GRPO trace where PPO is needed)
+must give one ``minigrpo: ...`` line and a non-zero exit.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+for p in (str(ROOT), str(ROOT / "tests")):
+    if p not in sys.path:
+        sys.path.insert(0, p)
+
+manim = pytest.importorskip("manim")
+from manim import tempconfig  # noqa: E402
+
+from trace_factory import make_synthetic_trace  # noqa: E402
+
+from minigrpo.render import SCENES, render  # noqa: E402
+from minigrpo.trace import load  # noqa: E402
+from scenes.components import data as D  # noqa: E402
+
+ENV_VARS = ("MINIGRPO_TRACE", "MINIGRPO_PPO_TRACE", "MINIGRPO_STEPS", "MINIGRPO_PROBE", "MINIGRPO_FOLLOW",
+            "MINIGRPO_NO_LATEX")
+
+
+# ----------------------------------------------------------------------------- fixtures
+@pytest.fixture(scope="module")
+def traces(tmp_path_factory):
+    base = tmp_path_factory.mktemp("scene_traces")
+    return {
+        "grpo": make_synthetic_trace(base / "grpo", "grpo", n_steps=5, fsync=False),
+        "ppo": make_synthetic_trace(base / "ppo", "ppo", n_steps=4, fsync=False),
+        # this seed/shape has a group whose rewards are all equal (std = 0) in rollout 1
+        "zero": make_synthetic_trace(base / "zero", "grpo", n_steps=4, G=4, n_groups=2, T=10, K=5, seed=1,
+                                     fsync=False),
+    }
+
+
+@pytest.fixture(scope="module")
+def media(tmp_path_factory):
+    return tmp_path_factory.mktemp("scene_media")
+
+
+@pytest.fixture
+def scene_env(monkeypatch):
+    for v in ENV_VARS:
+        monkeypatch.delenv(v, raising=False)
+
+    def set_env(**kw):
+        for k, v in kw.items():
+            monkeypatch.setenv(k, str(v))
+
+    return set_env
+
+
+def construct(cls, media_dir):
+    """Run ``cls.construct`` with every animation skipped (no frames, no video)."""
+    with tempconfig({"dry_run": True, "progress_bar": "none", "verbosity": "ERROR", "media_dir": str(media_dir),
+                     "disable_caching": True}):
+        scene = cls(skip_animations=True)
+        scene.render()
+    return scene
+
+
+def pos_of(probe, pos):
+    return next(p for p in probe.positions if p.pos == pos)
+
+
+# ----------------------------------------------------------------------------- ppo_logits
+def test_ppo_logits_bars_follow_the_trace(traces, media, scene_env):
+    from scenes.ppo_logits import PPOLogits
+
+    scene_env(MINIGRPO_TRACE=traces["grpo"])
+    tr = load(traces["grpo"])
+    scene = construct(PPOLogits, media)
+    assert len(scene.record) >= 2, "the flagship should replay the first update and follow at least one more"
+    steps_seen = [r["step"] for r in scene.record]
+    assert steps_seen == sorted(steps_seen) and len(set(steps_seen)) == len(steps_seen)
+    eps, eps_high = D.clip_epsilons(tr)
+    for rec in scene.record:
+        st = tr.steps[rec["step_index"]]
+        assert st.step == rec["step"]
+        pr = st.probes[rec["probe_index"]]
+        pp = pos_of(pr, rec["pos"])
+        ids = [int(x) for x in pp.token_ids]
+        slots = rec["slots"]
+        assert int(pp.sampled_token_id) in slots, "the sampled token must have a bar"
+        for which, shown in (("before", rec["shown_before"]), ("after", rec["shown_after"])):
+            probs = np.asarray(getattr(pp, f"probs_{which}"), float)
+            expect = np.array([probs[ids.index(t)] if t not in (None, -1) else 0.0 for t in slots])
+            expect[-1] = 1.0 - expect[:-1].sum()  # "other": every token without its own bar
+            np.testing.assert_allclose(shown, expect, atol=2e-3, err_msg=f"step {st.step} bars ({which})")
+        logits = np.asarray(pp.logits_after, float)
+        for i, t in enumerate(slots[:-1]):
+            if t is not None:
+                assert rec["shown_logits_after"][i] == pytest.approx(logits[ids.index(t)], abs=1e-4)
+        assert rec["rho_loss"] == pytest.approx(float(pr.ratio[pp.pos]), rel=1e-6)
+        assert rec["rho_new"] == pytest.approx(float(np.exp(pr.logp_new[pp.pos] - pr.logp_old[pp.pos])), rel=1e-5)
+        assert rec["clipped"] == bool(pr.clipped_low[pp.pos] or pr.clipped_high[pp.pos])
+    # the chart on screen at the end is the last update's "after"
+    np.testing.assert_allclose(scene.chart.displayed_probs(), scene.record[-1]["shown_after"], atol=1e-9)
+
+
+def test_ppo_logits_probe_and_steps_from_env(traces, media, scene_env):
+    from scenes.ppo_logits import PPOLogits
+
+    scene_env(MINIGRPO_TRACE=traces["grpo"], MINIGRPO_STEPS="2:4", MINIGRPO_PROBE=1, MINIGRPO_FOLLOW=1)
+    scene = construct(PPOLogits, media)
+    assert [r["step"] for r in scene.record] == [2, 3]
+    assert scene.record[0]["probe_index"] == 1
+
+
+# ----------------------------------------------------------------------------- grpo_advantage
+def test_grpo_advantage_table_shows_trace_numbers(traces, media, scene_env):
+    from scenes.grpo_advantage import GRPOAdvantage
+
+    scene_env(MINIGRPO_TRACE=traces["grpo"])
+    tr = load(traces["grpo"])
+    scene = construct(GRPOAdvantage, media)
+    s = scene.shown
+    g = tr.steps[s["step_index"]].groups[s["group"]]
+    n = len(s["rewards"])
+    assert n == min(len(g.rewards), 8)
+    np.testing.assert_allclose(s["rewards"], g.rewards[:n], atol=1e-9)
+    np.testing.assert_allclose(s["advantages"], g.advantages[:n], atol=1e-9)
+    for part, vals in s["parts"].items():
+        np.testing.assert_allclose(vals, np.asarray(g.reward_parts[part])[:n], atol=1e-9)
+    assert s["mean"] == pytest.approx(g.mean) and s["std"] == pytest.approx(g.std)
+    # the strings drawn are those numbers, rounded for display
+    assert [r.string for r in scene.table.r_readouts] == [f"{x:.2f}".replace("-", "−") for x in g.rewards[:n]]
+    signed = [("0.00" if round(x, 2) == 0 else f"{x:+.2f}").replace("-", "−") for x in g.advantages[:n]]
+    assert [a.string for a in scene.table.a_readouts] == signed
+    if not D.zero_std_groups(tr):
+        assert s["zero_std"] is None
+
+
+def test_grpo_advantage_zero_std_group(traces, media, scene_env):
+    from scenes.grpo_advantage import GRPOAdvantage
+
+    scene_env(MINIGRPO_TRACE=traces["zero"])
+    tr = load(traces["zero"])
+    zeros = D.zero_std_groups(tr)
+    assert zeros, "fixture trace should contain a group with std == 0"
+    scene = construct(GRPOAdvantage, media)
+    assert scene.shown["zero_std"] == zeros[0]
+    si, gi = zeros[0]
+    assert tr.steps[si].groups[gi].std == 0
+    np.testing.assert_array_equal(scene.shown["zero_advantages"], 0.0)
+
+
+# ----------------------------------------------------------------------------- clip_surrogate
+def test_clip_surrogate_points_are_trace_tokens(traces, media, scene_env):
+    from scenes.clip_surrogate import ClipSurrogate, surrogate
+
+    scene_env(MINIGRPO_TRACE=traces["grpo"], MINIGRPO_NO_LATEX=1)
+    tr = load(traces["grpo"])
+    eps, eps_high = D.clip_epsilons(tr)
+    tokens = {}
+    for st in tr.steps:
+        for pr in st.probes:
+            for t in range(len(pr.ratio)):
+                tokens.setdefault((round(float(pr.ratio[t]), 6), round(float(pr.advantage[t]), 6)), set()).add(
+                    bool(pr.clipped_low[t] or pr.clipped_high[t]))
+    scene = construct(ClipSurrogate, media)
+    assert scene.dots_data, "no token was drawn"
+    assert any(c for _, _, c, _, _ in scene.dots_data) == any(any(v) for v in tokens.values())
+    for rho, a, clipped, sign, dot in scene.dots_data:
+        assert (round(rho, 6), round(a, 6)) in tokens, "a drawn point is not a token of the trace"
+        assert clipped in tokens[(round(rho, 6), round(a, 6))]
+        assert np.sign(a) == sign
+        x, y = scene.axes[sign].p2c(dot.get_center())[:2]
+        assert x == pytest.approx(rho, abs=1e-6)
+        assert y == pytest.approx(float(surrogate(rho, a, eps, eps_high)) / abs(a), abs=1e-6)
+    for k in ("low_mean", "high_mean", "region_mean"):
+        assert scene.clip_metrics[k] == pytest.approx(np.nanmean(tr.metric(f"clip_ratio/{k}")))
+
+
+# ----------------------------------------------------------------------------- kl, overview, ppo_vs_grpo
+def test_kl_penalty_bars_are_probe_kl(traces, media, scene_env):
+    from scenes.kl_penalty import KLPenalty
+
+    scene_env(MINIGRPO_TRACE=traces["grpo"])
+    tr = load(traces["grpo"])
+    scene = construct(KLPenalty, media)
+    pr = tr.steps[scene.shown["step_index"]].probes[scene.shown["probe_index"]]
+    np.testing.assert_allclose(scene.shown["kl"], np.asarray(pr.kl, float)[scene.shown["tokens"]], rtol=1e-6)
+    for i, kl, drawn in scene.bar_data:  # bar height (as KL) == the probe's kl
+        assert drawn == pytest.approx(float(pr.kl[i]), abs=1e-3 * max(1e-9, float(np.max(pr.kl))) + 1e-9)
+    assert scene.shown["beta"] == tr.meta.config["beta"]
+
+
+def test_training_overview_curves_are_metrics(traces, media, scene_env):
+    from scenes.training_overview import METRICS, TrainingOverview
+
+    scene_env(MINIGRPO_TRACE=traces["grpo"])
+    tr = load(traces["grpo"])
+    scene = construct(TrainingOverview, media)
+    for name, _, _ in METRICS:
+        c = scene.curves[name]
+        np.testing.assert_array_equal(c.xs, tr.step_numbers)
+        np.testing.assert_allclose(c.ys, tr.metric(name))
+        assert c.k.get_value() == tr.step_numbers[-1]  # marker swept to the last step
+        assert c.readout.value == pytest.approx(tr.metric(name)[-1])
+
+
+def test_ppo_vs_grpo_numbers(traces, media, scene_env):
+    from scenes.ppo_vs_grpo import PPOvsGRPO
+
+    scene_env(MINIGRPO_TRACE=traces["grpo"], MINIGRPO_PPO_TRACE=traces["ppo"])
+    g, p = load(traces["grpo"]), load(traces["ppo"])
+    scene = construct(PPOvsGRPO, media)
+    s = scene.shown
+    pr = p.steps[s["ppo"]["step_index"]].probes[s["ppo"]["probe_index"]]
+    T = len(s["ppo"]["values"])
+    np.testing.assert_allclose(s["ppo"]["values"], pr.values[:T], rtol=1e-6)
+    np.testing.assert_allclose(s["ppo"]["returns"], pr.returns[:T], rtol=1e-6)
+    np.testing.assert_allclose(s["ppo"]["advantage"], pr.advantage[:T], rtol=1e-6)
+    gp = g.steps[s["grpo"]["step_index"]].probes[s["grpo"]["probe_index"]]
+    np.testing.assert_allclose(s["grpo"]["advantage"], gp.advantage[: len(s["grpo"]["advantage"])])
+    assert s["peak_memory_mb"] == pytest.approx((np.mean(p.metric("peak_memory_mb")), np.mean(g.metric("peak_memory_mb"))))
+    assert s["step_time"] == pytest.approx((np.mean(p.metric("step_time")), np.mean(g.metric("step_time"))))
+    # the drawn value line passes through the critic's values
+    ax = scene.axes["ppo"][0]
+    ys = [ax.p2c(pt)[1] for pt in scene.lines["values"].get_start_anchors()]
+    np.testing.assert_allclose(ys, pr.values[: len(ys)], atol=1e-6)
+
+
+# ----------------------------------------------------------------------------- bad input
+def test_data_helpers_reject_bad_input(tmp_path, traces, scene_env):
+    with pytest.raises(D.SceneInputError, match="no trace at"):
+        D.load_trace(tmp_path / "missing")
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    (bad / "meta.json").write_text("{not json")
+    with pytest.raises(D.SceneInputError, match="not a valid minigrpo trace"):
+        D.load_trace(bad)
+    with pytest.raises(D.SceneInputError, match="selects no step"):
+        D.load_trace(traces["grpo"], (90, 99))
+    with pytest.raises(D.SceneInputError, match="needs a PPO trace"):
+        D.require_algo(load(traces["grpo"]), "ppo", "MINIGRPO_PPO_TRACE", "x")
+    assert D.parse_steps("10:40") == (10, 40) and D.parse_steps("10:") == (10, None)
+    assert D.parse_steps("7") == (7, 8) and D.parse_steps(None) == (None, None)
+    for s in ("a:b", "5:2"):
+        with pytest.raises(D.SceneInputError):
+            D.parse_steps(s)
+    scene_env(MINIGRPO_PROBE="x")
+    with pytest.raises(D.SceneInputError, match="not an integer"):
+        D.env_int("MINIGRPO_PROBE")
+
+
+def test_scene_exits_with_one_line_on_invalid_trace(tmp_path, media, scene_env):
+    from scenes.kl_penalty import KLPenalty
+
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    scene_env(MINIGRPO_TRACE=bad)
+    with pytest.raises(SystemExit) as e:
+        construct(KLPenalty, media)
+    msg = str(e.value.code)
+    assert msg.startswith("minigrpo: ") and "\n" not in msg
+
+
+def test_render_rejects_bad_arguments(capfd):
+    assert render("no_such_scene", None) == 2
+    err = capfd.readouterr().err
+    assert "unknown scene" in err and all(name in err for name in SCENES)
+    assert render("ppo_logits", "/definitely/not/here") == 2
+    assert "no trace at" in capfd.readouterr().err
+    assert render("ppo_logits", None, quality="x") == 2
+
+
+def _one_line_error(err: str) -> str:
+    lines = [ln for ln in err.splitlines() if ln.startswith("minigrpo: ")]
+    assert len(lines) == 1, err
+    assert "Traceback" not in err, err
+    return lines[0]
+
+
+def test_render_grpo_trace_for_ppo_panel_fails_clearly(traces, tmp_path, capfd, scene_env):
+    rc = render("ppo_vs_grpo", traces["grpo"], ppo_trace=traces["grpo"], media_dir=str(tmp_path / "media"))
+    assert rc != 0
+    assert "needs a PPO trace" in _one_line_error(capfd.readouterr().err)
+
+
+def test_render_invalid_trace_fails_clearly(tmp_path, capfd, scene_env):
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    (bad / "meta.json").write_text("{}")
+    rc = render("training_overview", str(bad), media_dir=str(tmp_path / "media"))
+    assert rc != 0
+    assert "not a valid minigrpo trace" in _one_line_error(capfd.readouterr().err)
+
+
+def test_formulas_fall_back_without_latex(monkeypatch, capsys, media):
+    from manim import MathTex, Text
+
+    from scenes.components import title
+
+    monkeypatch.setattr(title, "_warned", False)
+    monkeypatch.setenv("MINIGRPO_NO_LATEX", "1")
+    with tempconfig({"media_dir": str(media)}):
+        m = title.formula(r"\rho", "ρ")
+    assert isinstance(m, Text) and not isinstance(m, MathTex)
+    assert "LaTeX" in capsys.readouterr().err
+    monkeypatch.delenv("MINIGRPO_NO_LATEX")
+    monkeypatch.setattr(title.shutil, "which", lambda name: None)
+    assert not title.latex_available()
+
+
+# ----------------------------------------------------------------------------- a real render
+@pytest.mark.skipif(shutil.which("ffprobe") is None, reason="ffprobe not installed")
+def test_render_ppo_logits_mp4(traces, tmp_path, scene_env):
+    scene_env(MINIGRPO_FOLLOW=1)
+    out = tmp_path / "media"
+    rc = render("ppo_logits", traces["grpo"], quality="l", steps="1:3", media_dir=str(out))
+    assert rc == 0
+    mp4 = out / "videos" / "ppo_logits" / "480p15" / "PPOLogits.mp4"
+    assert mp4.exists()
+    info = json.loads(subprocess.run(
+        ["ffprobe", "-v", "error", "-show_entries", "format=duration:stream=codec_type,width,height",
+         "-of", "json", str(mp4)], capture_output=True, text=True, check=True).stdout)
+    assert float(info["format"]["duration"]) > 0
+    video = [s for s in info["streams"] if s["codec_type"] == "video"]
+    assert video and video[0]["width"] == 854 and video[0]["height"] == 480
