@@ -150,13 +150,29 @@ def _run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _join_negative_numbers(argv: list[str]) -> list[str]:
+    """``--learning-rate -1e-5`` -> ``--learning-rate=-1e-5`` (argparse would read -1e-5 as a flag)."""
+    out: list[str] = []
+    for arg in argv:
+        if out and out[-1].startswith("--") and "=" not in out[-1] and arg.startswith("-"):
+            try:
+                float(arg)
+            except ValueError:
+                pass
+            else:
+                out[-1] = f"{out[-1]}={arg}"
+                continue
+        out.append(arg)
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     from .models import ModelLoadError
     from .runtime import TrainingError
     from .tasks import TaskError
     from .trace.schema import TraceError
 
-    args = _parser().parse_args(argv)
+    args = _parser().parse_args(_join_negative_numbers(sys.argv[1:] if argv is None else argv))
     try:
         return _run(args)
     except (ConfigError, TaskError, ModelLoadError, TrainingError, TraceError) as exc:

@@ -182,11 +182,11 @@ _SEED_RECIPE: dict[str, Any] = dict(
 PRESETS: dict[str, dict[str, Any]] = {
     # The embedded model: tuned so that a 2-core CPU run visibly learns in minutes.
     "tiny": dict(
-        model="tiny", learning_rate=1e-4, temperature=1.0, num_generations=8, buffer_size=64,
-        per_device_train_batch_size=16, gradient_accumulation_steps=2, num_iterations=2,
-        max_completion_length=48, max_prompt_length=160, max_steps=60, beta=0.02,
-        sft_steps=300, sft_learning_rate=3e-3, sft_batch_size=32, sft_size=3000,
-        generation_batch_size=64, save_steps=10, kl_coef=0.02, vf_coef=0.5, lam=0.95,
+        model="tiny", learning_rate=3e-4, temperature=1.0, num_generations=8, buffer_size=256,
+        per_device_train_batch_size=64, gradient_accumulation_steps=2, num_iterations=2,
+        max_completion_length=48, max_prompt_length=160, max_steps=300, beta=0.04,
+        sft_steps=200, sft_learning_rate=3e-3, sft_batch_size=32, sft_size=3000,
+        generation_batch_size=256, save_steps=50, kl_coef=0.02, vf_coef=0.5, lam=0.95,
     ),
     "smollm2-135m": dict(model="smollm2-135m", **_SEED_RECIPE),
     "smollm-135m": dict(model="HuggingFaceTB/SmolLM-135M-Instruct", **_SEED_RECIPE),

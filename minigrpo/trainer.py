@@ -204,7 +204,7 @@ class RLTrainer:
                     minigrpo_version=prov.pop("minigrpo_version"), git_commit=prov.pop("git_commit"),
                     created=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), extra=prov)
         try:
-            writer = TraceWriter(path, meta, resume=self.resume)
+            writer = TraceWriter(path, meta, resume=self.resume, compress=True)
         except FileExistsError:
             raise runtime.TrainingError(f"{path} already holds a trace; choose a new --out, or add --resume "
                                         f"to continue that run") from None
