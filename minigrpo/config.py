@@ -184,7 +184,7 @@ PRESETS: dict[str, dict[str, Any]] = {
     "tiny": dict(
         model="tiny", learning_rate=3e-4, temperature=1.0, num_generations=8, buffer_size=256,
         per_device_train_batch_size=64, gradient_accumulation_steps=2, num_iterations=2,
-        max_completion_length=48, max_prompt_length=160, max_steps=300, beta=0.04,
+        max_completion_length=48, max_prompt_length=160, max_steps=400, beta=0.04,
         sft_steps=200, sft_learning_rate=3e-3, sft_batch_size=32, sft_size=3000,
         generation_batch_size=256, save_steps=50, kl_coef=0.02, vf_coef=0.5, lam=0.95,
     ),

@@ -156,6 +156,13 @@ class ClipSurrogate(Scene):
 
         cands = [(1 - eps, 0), (1 + eps_high, 0), (1.0, 1), (lo, 2), (hi, 2)]  # (value, priority)
         placed, out = [], VGroup()
+        if abs(ax.c2p(1 + eps_high, y0)[0] - ax.c2p(1 - eps, y0)[0]) < 1.4:
+            # a narrow band: one label "[1-ε, 1+ε_high]" under its middle instead of two colliding ones
+            m = label(f"[{txt(1 - eps)}, {txt(1 + eps_high)}]", P.TINY, P.MUTED, mono=True)
+            m.next_to(ax.c2p(1.0, y0), DOWN, buff=0.1)
+            placed.append((m.get_x(), m.width))
+            out.add(m)
+            cands = [(lo, 2), (hi, 2)]
         for v, _ in sorted(cands, key=lambda c: c[1]):
             m = label(txt(v), P.TINY, P.MUTED, mono=True).next_to(ax.c2p(v, y0), DOWN, buff=0.1)
             if any(abs(m.get_x() - x) < (m.width + w) / 2 + 0.12 for x, w in placed):
