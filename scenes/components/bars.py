@@ -45,9 +45,7 @@ def fmt_prob(p: float) -> str:
         return f"{p:.2f}"
     if p >= 0.001:
         return f"{p:.3f}"
-    if p >= 0.0001:
-        return f"{p:.4f}"
-    return "<1e-4"
+    return "<.001"  # keeps neighbouring labels of near-zero bars from running together
 
 
 def fmt_logit(z: float) -> str:
