@@ -70,7 +70,8 @@ class GRPOAdvantage(Scene):
         q.next_to(title, DOWN, buff=0.25).align_to(title, LEFT)
         self.play(FadeIn(title), FadeIn(q), run_time=0.8)
 
-        table = RewardGroup(group, max_rows=8, width=13.2, row_h=0.47, weights=D.reward_weights(trace))
+        row_h = 0.47 if len(group.rewards) <= 6 else 0.40  # 8 rows must leave room for the μ/σ line
+        table = RewardGroup(group, max_rows=8, width=13.2, row_h=row_h, weights=D.reward_weights(trace))
         table.next_to(q, DOWN, buff=0.3)
         table.set_x(0)
         a_col = table.detach_advantages()
