@@ -21,6 +21,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from .losses import logprobs_from_logits
+
 
 @dataclass
 class Rollout:
@@ -116,10 +118,6 @@ def forward_completion(model, batch: Rollout, temperature: float, output_hidden:
     return logits, hidden
 
 
-def token_logprobs(logits: torch.Tensor, token_ids: torch.Tensor) -> torch.Tensor:
-    return torch.log_softmax(logits, dim=-1).gather(-1, token_ids.unsqueeze(-1)).squeeze(-1)
-
-
 @torch.no_grad()
 def score_logprobs(model, batch: Rollout, temperature: float, batch_size: int) -> torch.Tensor:
     """log π(token) of every completion token, no gradient, in micro-batches. (N, Lc)"""
@@ -129,6 +127,6 @@ def score_logprobs(model, batch: Rollout, temperature: float, batch_size: int) -
     for start in range(0, len(batch), batch_size):
         sub = batch.select(list(range(start, min(start + batch_size, len(batch)))))
         logits, _ = forward_completion(model, sub, temperature)
-        parts.append(token_logprobs(logits, sub.completion_ids))
+        parts.append(logprobs_from_logits(logits, sub.completion_ids))
     model.train(was_training)
     return torch.cat(parts) * batch.completion_mask

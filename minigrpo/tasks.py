@@ -41,7 +41,6 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
-import math
 import re
 from collections import Counter
 from dataclasses import dataclass
