@@ -288,11 +288,7 @@ class LogitBarChart(VGroup):
         if sampled_color is not None and self.sampled_slot is not None:
             cols[self.sampled_slot] = sampled_color
         self._retarget(p, z, cols)
-        if run_time == 0:
-            self.t.set_value(1.0)
-            self._sync()
-            return []
-        return [self.t.animate(run_time=run_time).set_value(1.0)]
+        return self._run_to_target(run_time)
 
     def set_target(self, probs, logits=None, colors=None, run_time: float = 2.0):
         """Low-level: animate the current slots to ``probs`` (one per slot, "other" last).
@@ -307,6 +303,10 @@ class LogitBarChart(VGroup):
         t = float(self.t.get_value())
         cols = colors or [interpolate_color(a, b, t) for a, b in zip(self.c_from, self.c_to)]
         self._retarget(p, z, cols)
+        return self._run_to_target(run_time)
+
+    def _run_to_target(self, run_time: float) -> list:
+        """The animation that moves the bars to their target (applied at once when run_time == 0)."""
         if run_time == 0:
             self.t.set_value(1.0)
             self._sync()
