@@ -1,4 +1,4 @@
-"""Plumbing shared by the loops: device, seeds, optimiser, checkpoints, memory, provenance."""
+"""Plumbing shared by the loops: device, seeds, optimiser, checkpoints, memory, run facts."""
 
 from __future__ import annotations
 
@@ -8,14 +8,12 @@ import os
 import random
 import resource
 import shutil
-import subprocess
 import sys
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from . import __version__
 
 
 class TrainingError(RuntimeError):
@@ -82,15 +80,6 @@ def train_state_mb(modules, optimizer) -> float:
     return total / 2**20
 
 
-def git_commit() -> str | None:
-    try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).resolve().parent,
-                             capture_output=True, text=True, timeout=5)
-        return out.stdout.strip() or None if out.returncode == 0 else None
-    except (OSError, subprocess.SubprocessError):
-        return None
-
-
 def save_final_model(model, tokenizer, out_dir: Path) -> None:
     """save_pretrained into OUT/.final.tmp, then move the files into OUT (loadable with --model OUT).
 
@@ -140,7 +129,8 @@ def load_checkpoint_state(out_dir: Path, optimizer, scheduler, extra_modules=Non
     return json.loads((ckpt / "state.json").read_text())
 
 
-def provenance(device: torch.device, dtype: torch.dtype) -> dict:
-    return {"minigrpo_version": __version__, "git_commit": git_commit(), "device": str(device),
+def run_facts(device: torch.device, dtype: torch.dtype) -> dict:
+    """Where a run ran, for the trace's meta.extra (version and git commit are new_meta's)."""
+    return {"device": str(device),
             "dtype": str(dtype).replace("torch.", ""), "torch": torch.__version__,
             "threads": torch.get_num_threads()}

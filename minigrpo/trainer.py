@@ -31,7 +31,7 @@ from .experience import Experience, collect, trace_groups
 from .models import load_model
 from .probes import ProbeRecorder
 from .tasks import load_train_eval
-from .trace.schema import FORMAT_NAME, FORMAT_VERSION, Meta, Step
+from .trace.schema import Step
 
 
 class RLTrainer:
@@ -134,7 +134,7 @@ class RLTrainer:
                 probes = self.probes.finish(self.policy, self.ref, exp.rollout, exp.num_generations,
                                             exp.logp_old, exp.logp_ref) if writer else []
                 if writer:
-                    metrics["trace_time"] = time.perf_counter() - t_rec + self._probe_start_time
+                    metrics["trace_time"] += time.perf_counter() - t_rec
                     writer.write_step(Step(step=self.step, rollout=self.rollout_id, metrics=metrics, probes=probes))
                     metrics["trace_bytes"] = writer.bytes_written
                 self.step_times.append(metrics["step_time"])
@@ -151,7 +151,7 @@ class RLTrainer:
         cfg = self.cfg
         t_probe = time.perf_counter()
         self.probes.start(self.policy, exp.rollout, rows, self.sequence_advantages(exp))
-        self._probe_start_time = time.perf_counter() - t_probe
+        probe_seconds = time.perf_counter() - t_probe
         t0 = time.perf_counter()
         micro = cfg.per_device_train_batch_size
         chunks = [rows[i:i + micro] for i in range(0, len(rows), micro)]
@@ -184,7 +184,8 @@ class RLTrainer:
         metrics["clip_ratio/region_mean"] = metrics["clip_ratio/low_mean"] + metrics["clip_ratio/high_mean"]
         metrics.update(grad_norm=grad_norm.item(), learning_rate=lr, num_tokens=tokens,
                        step_time=time.perf_counter() - t0, peak_memory_mb=runtime.peak_memory_mb(self.device),
-                       train_state_mb=runtime.train_state_mb([self.policy, *self.extra_modules.values()], self.optimizer))
+                       train_state_mb=runtime.train_state_mb([self.policy, *self.extra_modules.values()], self.optimizer),
+                       trace_time=probe_seconds)  # recording time so far: choosing probes, their logits before
         return metrics
 
     def sequence_advantages(self, exp: Experience) -> torch.Tensor:
@@ -194,15 +195,12 @@ class RLTrainer:
     def _open_trace(self):
         if not self.cfg.trace:
             return None
-        from .trace.writer import TraceWriter
+        from .trace.writer import TraceWriter, new_meta
 
         path = self.out / "trace"
-        prov = runtime.provenance(self.device, self.dtype)
-        meta = Meta(format=FORMAT_NAME, version=FORMAT_VERSION, algo=self.algo, model=self.cfg.model,
-                    task=self.cfg.task, config=self.cfg.to_dict(),
-                    tokenizer=getattr(self.tokenizer, "name_or_path", "") or self.cfg.model,
-                    minigrpo_version=prov.pop("minigrpo_version"), git_commit=prov.pop("git_commit"),
-                    created=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), extra=prov)
+        meta = new_meta(self.algo, self.cfg.model, self.cfg.task, self.cfg.to_dict(),
+                        getattr(self.tokenizer, "name_or_path", "") or self.cfg.model,
+                        extra=runtime.run_facts(self.device, self.dtype))
         try:
             writer = TraceWriter(path, meta, resume=self.resume, compress=True)
         except FileExistsError:
