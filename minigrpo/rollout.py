@@ -16,6 +16,7 @@ so at the first pass over a fresh rollout ρ = π_θ/π_old is exactly 1.
 
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass
 
 import torch
@@ -106,16 +107,60 @@ def forward_completion(model, batch: Rollout, temperature: float, output_hidden:
     """Tempered logits (and optionally last hidden states) at the positions that predict each completion token.
 
     Returns ``logits`` (N, Lc, V) in float32 and ``hidden`` (N, Lc, H) or None.
+
+    Rows that share a prompt (the G completions of a group) share its forward pass: the
+    prompt is run once, its key/value cache is indexed out to every row, and the completions
+    are run on top of it. Gradients flow back through the shared cache, so the result is the
+    same function as one full forward per row, at a fraction of the cost.
     """
+    prompt_key = torch.cat([batch.prompt_ids, batch.prompt_mask.to(batch.prompt_ids.dtype)], dim=1)
+    unique_prompts, row_prompt = torch.unique(prompt_key, dim=0, return_inverse=True)
+    if unique_prompts.shape[0] == len(batch):
+        return _forward_full(model, batch, temperature, output_hidden)
+    lp = batch.prompt_ids.shape[1]
+    prompt_ids, prompt_mask = unique_prompts[:, :lp], unique_prompts[:, lp:].to(batch.prompt_mask.dtype)
+    prompt_out = model(input_ids=prompt_ids, attention_mask=prompt_mask, position_ids=_positions(prompt_mask),
+                       output_hidden_states=output_hidden, use_cache=True, logits_to_keep=1)
+    cache = _cache_of(prompt_out)
+    cache.batch_select_indices(row_prompt)
+    attention_mask = torch.cat([batch.prompt_mask, batch.completion_mask.to(batch.prompt_mask.dtype)], dim=1)
+    out = model(input_ids=batch.completion_ids, attention_mask=attention_mask,
+                position_ids=_positions(attention_mask)[:, lp:], output_hidden_states=output_hidden, use_cache=True,
+                **{_cache_arg(model): cache})
+    # position lp-1 (last prompt token) predicts completion token 0; completion token t predicts t+1
+    logits = torch.cat([prompt_out.logits[row_prompt, -1:], out.logits[:, :-1]], dim=1).float() / temperature
+    hidden = None
+    if output_hidden:
+        hidden = torch.cat([prompt_out.hidden_states[-1][row_prompt, -1:], out.hidden_states[-1][:, :-1]], dim=1)
+    return logits, hidden
+
+
+def _forward_full(model, batch: Rollout, temperature: float, output_hidden: bool):
+    """One forward pass over prompt + completion for every row."""
     input_ids = torch.cat([batch.prompt_ids, batch.completion_ids], dim=1)
     attention_mask = torch.cat([batch.prompt_mask, batch.completion_mask.to(batch.prompt_mask.dtype)], dim=1)
-    position_ids = (attention_mask.long().cumsum(dim=1) - 1).clamp(min=0)
-    out = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
+    out = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=_positions(attention_mask),
                 output_hidden_states=output_hidden, use_cache=False)
     lp, lc = batch.prompt_ids.shape[1], batch.completion_ids.shape[1]
     logits = out.logits[:, lp - 1: lp - 1 + lc, :].float() / temperature
     hidden = out.hidden_states[-1][:, lp - 1: lp - 1 + lc, :] if output_hidden else None
     return logits, hidden
+
+
+def _positions(attention_mask: torch.Tensor) -> torch.Tensor:
+    """Position ids counted over real tokens, so a left-padded row is scored as it was sampled."""
+    return (attention_mask.long().cumsum(dim=1) - 1).clamp(min=0)
+
+
+def _cache_of(output):
+    cache = getattr(output, "cache", None)
+    return cache if cache is not None else output.past_key_values
+
+
+def _cache_arg(model) -> str:
+    """transformers ≥ 5.2x names the forward's cache argument ``cache``; earlier ones ``past_key_values``."""
+    forward = getattr(model, "module", model).forward  # unwrap DistributedDataParallel
+    return "cache" if "cache" in inspect.signature(forward).parameters else "past_key_values"
 
 
 @torch.no_grad()

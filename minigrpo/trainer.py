@@ -119,7 +119,7 @@ class RLTrainer:
         n = len(exp.rollout)
         per_step = cfg.completions_per_step
         for it in range(cfg.num_iterations):
-            order = torch.randperm(n, generator=torch.Generator().manual_seed(cfg.seed * 1000 + self.rollout_id * 31 + it)).tolist()
+            order = _group_order(n, exp.num_generations, cfg.seed * 1000 + self.rollout_id * 31 + it)
             for start in range(0, n, per_step):
                 if self.step >= cfg.max_steps:
                     return
@@ -242,3 +242,15 @@ def _eval_line(label: str, result: dict) -> str:
 
 def stderr_log(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
+
+
+def _group_order(n: int, group_size: int, seed: int) -> list[int]:
+    """A random order of the buffer's rows that keeps each group's rows together.
+
+    Groups are shuffled (and rows within a group), so an optimizer step sees whole groups:
+    their advantages sum to zero within the step, and rows that share a prompt share its
+    forward pass (``rollout.forward_completion``).
+    """
+    gen = torch.Generator().manual_seed(seed)
+    groups = torch.randperm(n // group_size, generator=gen).tolist()
+    return [g * group_size + r for g in groups for r in torch.randperm(group_size, generator=gen).tolist()]

@@ -1,0 +1,57 @@
+"""Scoring completions: the prompt-sharing forward pass is the same function as one full pass per row."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from minigrpo.losses import logprobs_from_logits
+from minigrpo.models import load_model
+from minigrpo.rollout import _forward_full, forward_completion, generate
+from minigrpo.tasks import build_prompt, load_train_eval
+
+
+@pytest.fixture(scope="module")
+def grouped_rollout(sft_model):
+    torch.manual_seed(0)
+    model, tok = load_model(sft_model)
+    train, _ = load_train_eval("syllogism", 40, 4, 0)
+    # prompts of different lengths, so rows are left-padded by different amounts
+    prompts = [build_prompt(item, tok) for item in train[:6]]
+    rollout = generate(model, tok, prompts, num_generations=3, max_completion_length=20, temperature=1.0,
+                       batch_size=18, max_prompt_length=160)
+    assert len(set(rollout.prompt_mask.sum(1).tolist())) > 1, "want mixed prompt lengths"
+    return model, rollout
+
+
+def _grads(model, logits, batch):
+    model.zero_grad(set_to_none=True)
+    (logprobs_from_logits(logits, batch.completion_ids) * batch.completion_mask).sum().backward()
+    return [p.grad.clone() for p in model.parameters() if p.grad is not None]
+
+
+@pytest.mark.parametrize("rows", [list(range(18)), [17, 0, 5, 3, 4, 12, 1, 9, 16, 2]])
+def test_shared_prompt_forward_equals_full_forward(grouped_rollout, rows):
+    model, rollout = grouped_rollout
+    batch = rollout.select(rows)
+    model.train()
+    shared, shared_hidden = forward_completion(model, batch, temperature=0.7, output_hidden=True)
+    full, full_hidden = _forward_full(model, batch, temperature=0.7, output_hidden=True)
+    mask = batch.completion_mask.bool()
+    assert shared.shape == full.shape and shared_hidden.shape == full_hidden.shape
+    torch.testing.assert_close(shared[mask], full[mask], rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(shared_hidden[mask], full_hidden[mask], rtol=1e-5, atol=1e-5)
+    grads_shared, grads_full = _grads(model, shared, batch), _grads(model, full, batch)
+    assert len(grads_shared) == len(grads_full)
+    for g_shared, g_full in zip(grads_shared, grads_full):
+        # the same sums in a different order: equal up to float32 rounding
+        assert (g_shared - g_full).norm() <= 1e-5 * g_full.norm() + 1e-8
+
+
+def test_rows_with_distinct_prompts_take_the_full_pass(grouped_rollout, monkeypatch):
+    model, rollout = grouped_rollout
+    batch = rollout.select([0, 3, 6, 9])  # one row from each of four groups
+    calls = []
+    monkeypatch.setattr(model, "forward", lambda *a, **kw: calls.append(kw) or type(model).forward(model, *a, **kw))
+    forward_completion(model, batch, temperature=1.0)
+    assert len(calls) == 1 and calls[0]["input_ids"].shape[1] == batch.prompt_ids.shape[1] + batch.completion_ids.shape[1]
