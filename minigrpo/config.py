@@ -44,6 +44,7 @@ class TrainConfig:
     temperature: float = 0.7
     top_p: float = 1.0
     generation_batch_size: int = 64  # prompts*G sampled at once
+    rollout_backend: str = "hf"  # hf (transformers generate) | fast (own decode loop: static KV cache, CUDA graphs)
 
     # --- rewards -------------------------------------------------------------------
     format_weight: float = 0.2
@@ -125,6 +126,7 @@ class TrainConfig:
             "critic": ("separate", "shared"),
             "device": ("auto", "cpu", "cuda"),
             "dtype": ("auto", "float32", "bfloat16"),
+            "rollout_backend": ("hf", "fast"),
         }
         for name, valid in choices.items():
             value = getattr(self, name)

@@ -54,7 +54,8 @@ def collect(policy, ref, tokenizer, data: TaskData, cfg, rng: random.Random) -> 
     items = sample_items(data, cfg.prompts_per_rollout, rng)
     prompts = [build_prompt(item, tokenizer) for item in items]
     rollout = generate(policy, tokenizer, prompts, cfg.num_generations, cfg.max_completion_length,
-                       cfg.temperature, cfg.top_p, cfg.generation_batch_size, cfg.max_prompt_length)
+                       cfg.temperature, cfg.top_p, cfg.generation_batch_size, cfg.max_prompt_length,
+                       backend=cfg.rollout_backend)
     reward_cfg = RewardConfig(format_weight=cfg.format_weight, correctness_weight=cfg.correctness_weight,
                               penalize_premise_copy=cfg.penalize_premise_copy)
     results = [score_completion(text, items[i // cfg.num_generations], data, reward_cfg)
@@ -65,8 +66,10 @@ def collect(policy, ref, tokenizer, data: TaskData, cfg, rng: random.Random) -> 
              for name in results[0].parts}
     flag = lambda attr: torch.tensor([getattr(r, attr) for r in results], dtype=torch.bool, device=device)  # noqa: E731
     advantages = group_advantages(rewards, cfg.num_generations, cfg.scale_rewards, cfg.advantage_eps)
-    logp_old = score_logprobs(policy, rollout, cfg.temperature, cfg.per_device_train_batch_size * 2)
-    logp_ref = score_logprobs(ref, rollout, cfg.temperature, cfg.per_device_train_batch_size * 2) if ref is not None else None
+    # scoring holds no (N, Lc, V) logits (completion_logprobs), so the fast backend scores a whole generation batch at once
+    score_batch = cfg.generation_batch_size if cfg.rollout_backend == "fast" else cfg.per_device_train_batch_size * 2
+    logp_old = score_logprobs(policy, rollout, cfg.temperature, score_batch)
+    logp_ref = score_logprobs(ref, rollout, cfg.temperature, score_batch) if ref is not None else None
     return Experience(items, prompts, rollout, rewards, parts, flag("correct"), flag("formatted"),
                       flag("premise_copy"), advantages, logp_old, logp_ref)
 

@@ -12,6 +12,10 @@ as it was sampled.
 The policy is π(·|s) = softmax(z / temperature), z the model's logits: the same
 tempered distribution that sampled the tokens is the one the loss scores (as TRL does),
 so at the first pass over a fresh rollout ρ = π_θ/π_old is exactly 1.
+
+Two samplers fill the same layout: ``backend="hf"`` calls ``model.generate``;
+``backend="fast"`` runs our own decode loop (minigrpo/decode.py: static KV cache, CUDA
+graphs on a GPU), which also returns the log-probs of the tokens it sampled.
 """
 
 from __future__ import annotations
@@ -32,18 +36,21 @@ class Rollout:
     completion_ids: torch.Tensor  # (N, Lc) right-padded
     completion_mask: torch.Tensor  # (N, Lc) float
     completions: list[str]  # (N,) decoded text (special tokens removed)
+    sampling_logprobs: torch.Tensor | None = None  # (N, Lc) log π(token) at sampling time (fast backend), 0 off the mask
 
     def __len__(self) -> int:
         return self.completion_ids.shape[0]
 
     def select(self, index: torch.Tensor | list[int]) -> "Rollout":
         idx = torch.as_tensor(index, dtype=torch.long)
+        logps = None if self.sampling_logprobs is None else self.sampling_logprobs[idx.to(self.sampling_logprobs.device)]
         return Rollout(self.prompt_ids[idx], self.prompt_mask[idx], self.completion_ids[idx],
-                       self.completion_mask[idx], [self.completions[i] for i in idx.tolist()])
+                       self.completion_mask[idx], [self.completions[i] for i in idx.tolist()], logps)
 
     def to(self, device) -> "Rollout":
+        logps = None if self.sampling_logprobs is None else self.sampling_logprobs.to(device)
         return Rollout(self.prompt_ids.to(device), self.prompt_mask.to(device), self.completion_ids.to(device),
-                       self.completion_mask.to(device), self.completions)
+                       self.completion_mask.to(device), self.completions, logps)
 
 
 def tokenize_prompts(tokenizer, prompts: list[str], max_prompt_length: int, device) -> tuple[torch.Tensor, torch.Tensor]:
@@ -72,11 +79,16 @@ def eos_token_ids(model, tokenizer) -> set[int]:
     return ids
 
 
+BACKENDS = ("hf", "fast")
+
+
 @torch.no_grad()
 def generate(model, tokenizer, prompts: list[str], num_generations: int, max_completion_length: int,
              temperature: float, top_p: float = 1.0, batch_size: int = 64, max_prompt_length: int = 512,
-             greedy: bool = False) -> Rollout:
+             greedy: bool = False, backend: str = "hf") -> Rollout:
     """Sample ``num_generations`` completions for each prompt (rows grouped by prompt)."""
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
     device = next(model.parameters()).device
     expanded = [p for p in prompts for _ in range(num_generations)]
     eos_ids = eos_token_ids(model, tokenizer)
@@ -86,10 +98,17 @@ def generate(model, tokenizer, prompts: list[str], num_generations: int, max_com
     chunks = []
     for start in range(0, len(expanded), batch_size):
         prompt_ids, prompt_mask = tokenize_prompts(tokenizer, expanded[start:start + batch_size], max_prompt_length, device)
-        sampling = dict(do_sample=False) if greedy else dict(do_sample=True, temperature=temperature, top_p=top_p, top_k=0)
-        out = model.generate(input_ids=prompt_ids, attention_mask=prompt_mask, max_new_tokens=max_completion_length,
-                             pad_token_id=pad_id, eos_token_id=sorted(eos_ids), **sampling)
-        chunks.append((prompt_ids, prompt_mask, out[:, prompt_ids.shape[1]:]))
+        if backend == "fast":
+            from .decode import decode
+
+            completion, logps = decode(model, prompt_ids, prompt_mask, max_completion_length, temperature, top_p,
+                                       greedy, eos_ids, pad_id)
+        else:
+            sampling = dict(do_sample=False) if greedy else dict(do_sample=True, temperature=temperature, top_p=top_p, top_k=0)
+            out = model.generate(input_ids=prompt_ids, attention_mask=prompt_mask, max_new_tokens=max_completion_length,
+                                 pad_token_id=pad_id, eos_token_id=sorted(eos_ids), **sampling)
+            completion, logps = out[:, prompt_ids.shape[1]:], None
+        chunks.append((prompt_ids, prompt_mask, completion, logps))
     model.train(was_training)
 
     lp = max(c[0].shape[1] for c in chunks)
@@ -98,45 +117,84 @@ def generate(model, tokenizer, prompts: list[str], num_generations: int, max_com
     prompt_mask = torch.cat([F.pad(c[1], (lp - c[1].shape[1], 0), value=0) for c in chunks])
     completion_ids = torch.cat([F.pad(c[2], (0, lc - c[2].shape[1]), value=pad_id) for c in chunks])
     completion_mask = completion_mask_from_ids(completion_ids, eos_ids)
+    sampling_logprobs = None
+    if backend == "fast":
+        sampling_logprobs = torch.cat([F.pad(c[3], (0, lc - c[3].shape[1])) for c in chunks]) * completion_mask
     texts = tokenizer.batch_decode(completion_ids * completion_mask.long() + pad_id * (1 - completion_mask.long()),
                                    skip_special_tokens=True)
-    return Rollout(prompt_ids, prompt_mask, completion_ids, completion_mask, texts)
+    return Rollout(prompt_ids, prompt_mask, completion_ids, completion_mask, texts, sampling_logprobs)
 
 
 def forward_completion(model, batch: Rollout, temperature: float, output_hidden: bool = False):
     """Tempered logits (and optionally last hidden states) at the positions that predict each completion token.
 
     Returns ``logits`` (N, Lc, V) in float32 and ``hidden`` (N, Lc, H) or None.
+    """
+    if _softcapped(model):
+        return _forward_full(model, batch, temperature, output_hidden)
+    hidden = completion_hidden(model, batch)
+    logits = model.get_output_embeddings()(hidden).float() / temperature
+    return logits, (hidden if output_hidden else None)
+
+
+# logits held at once by completion_logprobs: 2**27 fp32 values = 512 MiB
+LOGITS_BUDGET = 2 ** 27
+
+
+def completion_logprobs(model, batch: Rollout, temperature: float, budget: int = LOGITS_BUDGET) -> torch.Tensor:
+    """log π(token) of every completion token without the (N, Lc, V) logits: the decoder's last
+    hidden states, then the output layer over chunks of at most ``budget`` logits.
+
+    The same numbers as ``logprobs_from_logits(forward_completion(...))``: a causal LM's logits
+    are its output layer applied to those hidden states. (N, Lc), float32.
+    """
+    if _softcapped(model):
+        logits, _ = _forward_full(model, batch, temperature, output_hidden=False)
+        return logprobs_from_logits(logits, batch.completion_ids)
+    n, lc = batch.completion_ids.shape
+    hidden = completion_hidden(model, batch).reshape(n * lc, -1)
+    token_ids = batch.completion_ids.reshape(-1)
+    head = model.get_output_embeddings()
+    rows = max(1, budget // head.weight.shape[0])
+    out = torch.empty(n * lc, dtype=torch.float32, device=hidden.device)
+    for start in range(0, n * lc, rows):
+        logits = head(hidden[start:start + rows]).float() / temperature
+        out[start:start + rows] = logprobs_from_logits(logits, token_ids[start:start + rows])
+    return out.view(n, lc)
+
+
+def completion_hidden(model, batch: Rollout) -> torch.Tensor:
+    """The decoder's last hidden states at the positions that predict each completion token. (N, Lc, H)
 
     Rows that share a prompt (the G completions of a group) share its forward pass: the
     prompt is run once, its key/value cache is indexed out to every row, and the completions
     are run on top of it. Gradients flow back through the shared cache, so the result is the
     same function as one full forward per row, at a fraction of the cost.
     """
+    decoder = model.get_decoder()
+    lp, lc = batch.prompt_ids.shape[1], batch.completion_ids.shape[1]
+    attention_mask = torch.cat([batch.prompt_mask, batch.completion_mask.to(batch.prompt_mask.dtype)], dim=1)
+    positions = _positions(attention_mask)
     prompt_key = torch.cat([batch.prompt_ids, batch.prompt_mask.to(batch.prompt_ids.dtype)], dim=1)
     unique_prompts, row_prompt = torch.unique(prompt_key, dim=0, return_inverse=True)
     if unique_prompts.shape[0] == len(batch):
-        return _forward_full(model, batch, temperature, output_hidden)
-    lp = batch.prompt_ids.shape[1]
+        out = decoder(input_ids=torch.cat([batch.prompt_ids, batch.completion_ids], dim=1),
+                      attention_mask=attention_mask, position_ids=positions, use_cache=False)
+        return out.last_hidden_state[:, lp - 1: lp - 1 + lc, :]
     prompt_ids, prompt_mask = unique_prompts[:, :lp], unique_prompts[:, lp:].to(batch.prompt_mask.dtype)
-    prompt_out = model(input_ids=prompt_ids, attention_mask=prompt_mask, position_ids=_positions(prompt_mask),
-                       output_hidden_states=output_hidden, use_cache=True, logits_to_keep=1)
+    prompt_out = decoder(input_ids=prompt_ids, attention_mask=prompt_mask, position_ids=_positions(prompt_mask),
+                         use_cache=True)
     cache = _cache_of(prompt_out)
     cache.batch_select_indices(row_prompt)
-    attention_mask = torch.cat([batch.prompt_mask, batch.completion_mask.to(batch.prompt_mask.dtype)], dim=1)
-    out = model(input_ids=batch.completion_ids, attention_mask=attention_mask,
-                position_ids=_positions(attention_mask)[:, lp:], output_hidden_states=output_hidden, use_cache=True,
-                **{_cache_arg(model): cache})
+    out = decoder(input_ids=batch.completion_ids, attention_mask=attention_mask, position_ids=positions[:, lp:],
+                  use_cache=True, **{_cache_arg(decoder): cache})
     # position lp-1 (last prompt token) predicts completion token 0; completion token t predicts t+1
-    logits = torch.cat([prompt_out.logits[row_prompt, -1:], out.logits[:, :-1]], dim=1).float() / temperature
-    hidden = None
-    if output_hidden:
-        hidden = torch.cat([prompt_out.hidden_states[-1][row_prompt, -1:], out.hidden_states[-1][:, :-1]], dim=1)
-    return logits, hidden
+    return torch.cat([prompt_out.last_hidden_state[row_prompt, -1:], out.last_hidden_state[:, :-1]], dim=1)
 
 
 def _forward_full(model, batch: Rollout, temperature: float, output_hidden: bool):
-    """One forward pass over prompt + completion for every row."""
+    """The model's own forward over prompt + completion for every row (models whose logits are
+    not a plain output layer, e.g. with logit soft-capping; and the tests' reference)."""
     input_ids = torch.cat([batch.prompt_ids, batch.completion_ids], dim=1)
     attention_mask = torch.cat([batch.prompt_mask, batch.completion_mask.to(batch.prompt_mask.dtype)], dim=1)
     out = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=_positions(attention_mask),
@@ -145,6 +203,10 @@ def _forward_full(model, batch: Rollout, temperature: float, output_hidden: bool
     logits = out.logits[:, lp - 1: lp - 1 + lc, :].float() / temperature
     hidden = out.hidden_states[-1][:, lp - 1: lp - 1 + lc, :] if output_hidden else None
     return logits, hidden
+
+
+def _softcapped(model) -> bool:
+    return bool(getattr(model.config, "final_logit_softcapping", None))
 
 
 def _positions(attention_mask: torch.Tensor) -> torch.Tensor:
@@ -157,10 +219,9 @@ def _cache_of(output):
     return cache if cache is not None else output.past_key_values
 
 
-def _cache_arg(model) -> str:
+def _cache_arg(module) -> str:
     """transformers ≥ 5.2x names the forward's cache argument ``cache``; earlier ones ``past_key_values``."""
-    forward = getattr(model, "module", model).forward  # unwrap DistributedDataParallel
-    return "cache" if "cache" in inspect.signature(forward).parameters else "past_key_values"
+    return "cache" if "cache" in inspect.signature(module.forward).parameters else "past_key_values"
 
 
 @torch.no_grad()
@@ -171,7 +232,6 @@ def score_logprobs(model, batch: Rollout, temperature: float, batch_size: int) -
     parts = []
     for start in range(0, len(batch), batch_size):
         sub = batch.select(list(range(start, min(start + batch_size, len(batch)))))
-        logits, _ = forward_completion(model, sub, temperature)
-        parts.append(logprobs_from_logits(logits, sub.completion_ids))
+        parts.append(completion_logprobs(model, sub, temperature))
     model.train(was_training)
     return torch.cat(parts) * batch.completion_mask

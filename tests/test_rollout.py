@@ -48,10 +48,21 @@ def test_shared_prompt_forward_equals_full_forward(grouped_rollout, rows):
         assert (g_shared - g_full).norm() <= 1e-5 * g_full.norm() + 1e-8
 
 
-def test_rows_with_distinct_prompts_take_the_full_pass(grouped_rollout, monkeypatch):
+def test_rows_with_distinct_prompts_take_one_full_pass(grouped_rollout, monkeypatch):
     model, rollout = grouped_rollout
     batch = rollout.select([0, 3, 6, 9])  # one row from each of four groups
+    decoder = model.get_decoder()
     calls = []
-    monkeypatch.setattr(model, "forward", lambda *a, **kw: calls.append(kw) or type(model).forward(model, *a, **kw))
+    monkeypatch.setattr(decoder, "forward", lambda *a, **kw: calls.append(kw) or type(decoder).forward(decoder, *a, **kw))
     forward_completion(model, batch, temperature=1.0)
     assert len(calls) == 1 and calls[0]["input_ids"].shape[1] == batch.prompt_ids.shape[1] + batch.completion_ids.shape[1]
+
+
+def test_rows_sharing_prompts_run_each_prompt_once(grouped_rollout, monkeypatch):
+    model, rollout = grouped_rollout
+    batch = rollout.select([0, 1, 2, 3, 4])  # groups of 3: two distinct prompts
+    decoder = model.get_decoder()
+    calls = []
+    monkeypatch.setattr(decoder, "forward", lambda *a, **kw: calls.append(kw) or type(decoder).forward(decoder, *a, **kw))
+    forward_completion(model, batch, temperature=1.0)
+    assert [c["input_ids"].shape for c in calls] == [(2, batch.prompt_ids.shape[1]), tuple(batch.completion_ids.shape)]

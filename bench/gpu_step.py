@@ -1,0 +1,388 @@
+"""One GRPO step, ours next to TRL's GRPOTrainer, on the same model and config, in one run.
+
+    python bench/gpu_step.py                       # CUDA: SmolLM-135M architecture, 8 prompts × G=6, 300 tokens
+    python bench/gpu_step.py --arch qwen3-0.6b     # the Qwen3-0.6B architecture
+    python bench/gpu_step.py --tiny                # CPU smoke size (the default without CUDA)
+
+The model is the named architecture with random weights (seeded), built here from its
+config: timing needs no trained weights. Its EOS id lies outside the model's vocabulary,
+so EOS is never sampled and every completion runs to the full length in both trainers.
+Prompts are fixed random token strings of mixed lengths (left padding), the reward is a
+cheap function of the text, so that advantages are not all zero.
+
+Timed, per optimizer step (one rollout, one step, as TRL with β = 0.04):
+  ours  minigrpo's GRPOTrainer: sampling (rollout_backend, default fast), rewards, log π_old
+        and log π_ref passes, the update, and the trace (probes + writing); again with the
+        trace off (its overhead), and PPO for its peak memory
+  TRL   trl.GRPOTrainer with its defaults except the shared knobs (skipped if trl is missing)
+The first `--warmup` steps (CUDA-graph capture, allocator warm-up) are reported apart.
+Prints a table and writes JSON (to $OUT/gpu_step.json when OUT is set, else --json).
+
+reasoning-gym is not needed: the GPU image lacks it, so when it cannot be imported a stub
+with the three names minigrpo.tasks imports is installed (the bench uses its own task).
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import os
+import platform
+import statistics
+import sys
+import tempfile
+import time
+import types
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import torch  # noqa: E402
+
+ARCHS = {
+    "smollm-135m": ("llama", dict(vocab_size=49152, hidden_size=576, intermediate_size=1536, num_hidden_layers=30,
+                                  num_attention_heads=9, num_key_value_heads=3, max_position_embeddings=2048,
+                                  rms_norm_eps=1e-5, rope_theta=10000.0, tie_word_embeddings=True)),
+    "qwen3-0.6b": ("qwen3", dict(vocab_size=151936, hidden_size=1024, intermediate_size=3072, num_hidden_layers=28,
+                                 num_attention_heads=16, num_key_value_heads=8, head_dim=128,
+                                 max_position_embeddings=40960, rms_norm_eps=1e-6, rope_theta=1000000.0,
+                                 tie_word_embeddings=True)),
+    "tiny": ("llama", dict(vocab_size=512, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                           num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
+                           tie_word_embeddings=True)),
+}
+# measured on this workplace's H100 (device KINDS.md, 2026-11-13): copy bandwidth, bf16 matmul rate
+H100_BYTES_PER_S, H100_FLOP_PER_S = 3.0e12, 7.9e14
+
+
+def stub_reasoning_gym() -> bool:
+    try:
+        import reasoning_gym  # noqa: F401
+        return False
+    except ImportError:
+        names = ["reasoning_gym", "reasoning_gym.factory", "reasoning_gym.logic",
+                 "reasoning_gym.logic.propositional_logic"]
+        mods = {n: types.ModuleType(n) for n in names}
+        mods["reasoning_gym"].create_dataset = None
+        mods["reasoning_gym.factory"].DATASETS = {}
+        mods["reasoning_gym.logic.propositional_logic"].parse_expr = None
+        sys.modules.update(mods)
+        return True
+
+
+# ----------------------------------------------------------------------------- model, tokenizer, task
+def build_model_folder(arch: str, folder: Path) -> dict:
+    """Random-weight model of ``arch`` + a word-level tokenizer over its vocabulary, saved as an HF folder."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import AutoConfig, AutoModelForCausalLM, GenerationConfig, PreTrainedTokenizerFast
+
+    kind, shape = ARCHS[arch]
+    vocab = shape["vocab_size"]
+    # ids 0..V-1 are the model's tokens ("<pad>" = 0); "<eos>" = V lies outside: never sampled
+    words = {"<pad>": 0, **{f"w{i}": i for i in range(1, vocab)}, "<eos>": vocab}
+    core = Tokenizer(models.WordLevel(words, unk_token="<pad>"))
+    core.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    tok = PreTrainedTokenizerFast(tokenizer_object=core, pad_token="<pad>", eos_token="<eos>", padding_side="left")
+    config = AutoConfig.for_model(kind, **shape, pad_token_id=0, eos_token_id=vocab, bos_token_id=None)
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_config(config)
+    model.generation_config = GenerationConfig(eos_token_id=vocab, pad_token_id=0)
+    model.save_pretrained(folder)
+    tok.save_pretrained(folder)
+    params = sum(p.numel() for p in model.parameters())
+    kv_heads = shape["num_key_value_heads"]
+    head_dim = shape.get("head_dim", shape["hidden_size"] // shape["num_attention_heads"])
+    return {"params": params, "layers": shape["num_hidden_layers"], "kv_per_token": 2 * shape["num_hidden_layers"] * kv_heads * head_dim}
+
+
+def make_prompts(n: int, lengths: tuple[int, int], vocab: int) -> list[str]:
+    g = torch.Generator().manual_seed(1)
+    sizes = torch.linspace(lengths[0], lengths[1], n).round().long().tolist()
+    return [" ".join(f"w{int(t)}" for t in torch.randint(1, vocab, (s,), generator=g)) for s in sizes]
+
+
+def reward_of(text: str) -> float:
+    """Share of the words whose id is even: cheap, deterministic, different across completions."""
+    words = text.split()
+    return sum(int(w[1:]) % 2 == 0 for w in words if w[1:].isdigit()) / max(1, len(words))
+
+
+def install_bench_task(prompts: list[str]) -> None:
+    """minigrpo's trainer on the bench prompts and reward, without reasoning-gym or an eval pass."""
+    from minigrpo import experience, trainer
+    from minigrpo.tasks import RewardResult, TaskData
+
+    items = [{"question": p, "answer": None, "metadata": {}} for p in prompts]
+    data = TaskData(name="bench", items=items, dataset=None)
+
+    def score(text, item, task, cfg):
+        r = reward_of(text)
+        return RewardResult(parts={"format": 0.0, "correctness": r}, total=r, correct=r > 0.5, formatted=False,
+                            premise_copy=False, answer=None)
+
+    trainer.load_train_eval = lambda *a, **k: (data, data)
+    trainer.evaluate = lambda *a, **k: {"accuracy": 0.0, "mean_score": 0.0, "format_rate": 0.0,
+                                        "premise_copy_rate": 0.0, "majority_baseline": float("nan"), "n": 0}
+    experience.build_prompt = lambda item, tokenizer=None: item["question"]
+    experience.score_completion = score
+
+
+# ----------------------------------------------------------------------------- timing helpers
+def sync() -> None:
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+
+
+def fresh_memory() -> None:
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats()
+
+
+def peak_mb() -> float | None:
+    return torch.cuda.max_memory_allocated() / 2**20 if torch.cuda.is_available() else None
+
+
+def step_times(stamps: list[float]) -> list[float]:
+    return [b - a for a, b in zip(stamps, stamps[1:])]
+
+
+def summarize(times: list[float], warmup: int) -> dict:
+    timed = times[warmup:] or times
+    return {"steps_s": times, "first_s": times[0] if times else None, "median_s": statistics.median(timed)}
+
+
+# ----------------------------------------------------------------------------- the runs
+def run_ours(folder: Path, args, algo: str, trace: bool, out: Path) -> dict:
+    from minigrpo import decode, experience
+    from minigrpo.config import build_config
+    from minigrpo.grpo import GRPOTrainer
+    from minigrpo.ppo import PPOTrainer
+    from minigrpo.trace import load
+
+    rows = args.prompts * args.num_generations
+    cfg = build_config(overrides=dict(
+        model=str(folder), task="bench", algo=algo, seed=0, num_generations=args.num_generations, buffer_size=rows,
+        per_device_train_batch_size=args.micro_batch, gradient_accumulation_steps=rows // args.micro_batch,
+        num_iterations=1, max_completion_length=args.new_tokens, temperature=0.7, top_p=1.0, beta=0.04,
+        learning_rate=1e-6, generation_batch_size=rows, rollout_backend=args.backend, trace=trace,
+        max_steps=args.warmup + args.steps, save_steps=10**6, eval_n=1, logging_steps=1))
+    gen_seconds: list[float] = []
+    plain_generate = experience.generate
+
+    def timed_generate(*a, **k):
+        sync()
+        t0 = time.perf_counter()
+        result = plain_generate(*a, **k)
+        sync()
+        gen_seconds.append(time.perf_counter() - t0)
+        return result
+
+    experience.generate = timed_generate
+    decode.STATS.update(mode=None, captures=0, capture_seconds=0.0, fallback=None)
+    stamps: list[float] = []
+
+    def log(line: str) -> None:  # "eval before", then one line per step, each after the trace is written
+        sync()
+        stamps.append(time.perf_counter())
+
+    fresh_memory()
+    try:
+        trainer = (GRPOTrainer if algo == "grpo" else PPOTrainer)(cfg, out, log=log)
+        trainer.train()
+    finally:
+        experience.generate = plain_generate
+    result = summarize(step_times(stamps[: args.warmup + args.steps + 1]), args.warmup)
+    result.update(peak_mb=peak_mb(), decode=dict(decode.STATS) if args.backend == "fast" else None)
+    timed_gen = gen_seconds[args.warmup:] or gen_seconds
+    result["generate_median_s"] = statistics.median(timed_gen)
+    result["generate_tokens_per_s"] = rows * args.new_tokens / result["generate_median_s"]
+    if trace:
+        t = load(out / "trace")
+        for key in ("rollout_time", "step_time", "trace_time", "completion_length"):
+            name = key if key == "completion_length" else key + "_median_s"
+            result[name] = float(statistics.median(t.metric(key)[args.warmup:]))
+    del trainer
+    return result
+
+
+def run_trl(folder: Path, prompts: list[str], args, out: Path, device: str) -> dict:
+    from datasets import Dataset
+    from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
+    from trl import GRPOConfig, GRPOTrainer
+
+    rows = args.prompts * args.num_generations
+    dtype = torch.bfloat16 if device == "cuda" else torch.float32
+    stamps: list[float] = []
+
+    class Clock(TrainerCallback):
+        def on_train_begin(self, *a, **k):
+            sync()
+            stamps.append(time.perf_counter())
+
+        def on_step_end(self, *a, **k):
+            sync()
+            stamps.append(time.perf_counter())
+
+    def reward(completions, **kwargs):
+        return [reward_of(c) for c in completions]
+
+    fresh_memory()
+    model = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype)
+    tok = AutoTokenizer.from_pretrained(folder)
+    config = GRPOConfig(
+        output_dir=str(out), seed=0, per_device_train_batch_size=args.micro_batch,
+        gradient_accumulation_steps=rows // args.micro_batch, num_generations=args.num_generations,
+        max_completion_length=args.new_tokens, temperature=0.7, top_p=1.0, beta=0.04, num_iterations=1,
+        learning_rate=1e-6, loss_type="grpo", max_steps=args.warmup + args.steps, logging_steps=1,
+        save_strategy="no", report_to="none", bf16=device == "cuda", use_cpu=device == "cpu",
+        dataloader_num_workers=0)
+    trainer = GRPOTrainer(model=model, reward_funcs=reward, args=config,
+                          train_dataset=Dataset.from_dict({"prompt": prompts}), processing_class=tok,
+                          callbacks=[Clock()])
+    trainer.train()
+    result = summarize(step_times(stamps), args.warmup)
+    result.update(peak_mb=peak_mb(), gradient_checkpointing=config.gradient_checkpointing,
+                  loss_type=config.loss_type)
+    del trainer, model
+    return result
+
+
+# ----------------------------------------------------------------------------- floor
+def floor_estimate(facts: dict, args, prompt_len: float) -> dict:
+    """Seconds no implementation beats on an H100: bytes each decode step must read, and the matmul FLOPs.
+
+    decode: every step reads the weights (bf16) and the KV cache so far (average context);
+    matmuls: 2·P FLOPs per token for the prefill and each decode token, 6·P per token for the
+    update's forward+backward, 2·P per token for each of the π_old and π_ref passes.
+    """
+    rows, new = args.prompts * args.num_generations, args.new_tokens
+    p = facts["params"]
+    kv_bytes = rows * (prompt_len + new / 2) * facts["kv_per_token"] * 2
+    decode_s = new * (2 * p + kv_bytes) / H100_BYTES_PER_S
+    tokens = rows * (prompt_len + new)
+    flops = 2 * p * tokens + (6 + 2 + 2) * p * tokens
+    return {"decode_s": decode_s, "matmul_s": flops / H100_FLOP_PER_S, "total_s": decode_s + flops / H100_FLOP_PER_S}
+
+
+# ----------------------------------------------------------------------------- main
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--arch", default=None, choices=[a for a in ARCHS if a != "tiny"],
+                        help="model architecture (default smollm-135m; --tiny uses a 2-layer model)")
+    parser.add_argument("--tiny", action="store_true", help="CPU smoke size (the default when CUDA is missing)")
+    parser.add_argument("--prompts", type=int)
+    parser.add_argument("--num-generations", type=int)
+    parser.add_argument("--new-tokens", type=int)
+    parser.add_argument("--micro-batch", type=int, help="completions per micro-batch (both trainers)")
+    parser.add_argument("--steps", type=int, help="timed steps per run")
+    parser.add_argument("--warmup", type=int, help="steps run first and reported apart")
+    parser.add_argument("--backend", default="fast", choices=["fast", "hf"], help="our rollout_backend")
+    parser.add_argument("--skip-trl", action="store_true")
+    parser.add_argument("--skip-ppo", action="store_true")
+    parser.add_argument("--skip-trace-off", action="store_true")
+    parser.add_argument("--json", default="gpu_step.json", help="output file when $OUT is not set")
+    parser.add_argument("--threads", type=int, default=1,
+                        help="CPU threads (default 1: on a shared machine more threads only add contention)")
+    args = parser.parse_args()
+
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cpu":
+        torch.set_num_threads(args.threads)
+    tiny = args.tiny or device == "cpu"
+    arch = "tiny" if tiny else (args.arch or "smollm-135m")
+    defaults = dict(prompts=4, num_generations=2, new_tokens=16, micro_batch=8, steps=3, warmup=1) if tiny else \
+        dict(prompts=8, num_generations=6, new_tokens=300, micro_batch=16, steps=5, warmup=2)
+    for key, value in defaults.items():
+        if getattr(args, key) is None:
+            setattr(args, key, value)
+    rows = args.prompts * args.num_generations
+    if rows % args.micro_batch:
+        parser.error(f"--micro-batch {args.micro_batch} must divide prompts × G = {rows}")
+    stubbed = stub_reasoning_gym()
+    prompt_lengths = (6, 12) if tiny else (22, 41)
+    prompts = make_prompts(args.prompts, prompt_lengths, ARCHS[arch][1]["vocab_size"])
+    install_bench_task(prompts)
+
+    import transformers
+
+    report = {"date": time.strftime("%Y-%m-%d"), "device": torch.cuda.get_device_name() if device == "cuda" else
+              f"CPU ({platform.processor() or platform.machine()}, {os.cpu_count()} cores)",
+              "torch": torch.__version__, "transformers": transformers.__version__, "arch": arch,
+              "reasoning_gym_stub": stubbed,
+              "config": {k: getattr(args, k) for k in ("prompts", "num_generations", "new_tokens", "micro_batch",
+                                                       "steps", "warmup", "backend")}}
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        facts = build_model_folder(arch, tmp / "model")
+        report["params"] = facts["params"]
+        report["floor"] = floor_estimate(facts, args, sum(prompt_lengths) / 2)
+        print(f"device {report['device']}  arch {arch} ({facts['params'] / 1e6:.1f}M params)  "
+              f"{args.prompts} prompts × G={args.num_generations}, {args.new_tokens} new tokens", flush=True)
+        report["ours_grpo"] = run_ours(tmp / "model", args, "grpo", True, tmp / "ours")
+        print("ours (trace on) done", flush=True)
+        if not args.skip_trace_off:
+            report["ours_grpo_trace_off"] = run_ours(tmp / "model", args, "grpo", False, tmp / "ours-off")
+        if not args.skip_ppo:
+            report["ours_ppo"] = run_ours(tmp / "model", args, "ppo", True, tmp / "ppo")
+        if not args.skip_trl:
+            try:
+                import trl
+
+                report["trl_version"] = trl.__version__
+                report["trl_grpo"] = run_trl(tmp / "model", prompts, args, tmp / "trl", device)
+            except ImportError as exc:
+                report["trl_grpo"] = {"skipped": f"trl not importable: {exc}"}
+
+    print_table(report)
+    out_dir = os.environ.get("OUT")
+    path = Path(out_dir) / "gpu_step.json" if out_dir else Path(args.json)
+    tmp_path = path.with_suffix(".tmp")
+    tmp_path.write_text(json.dumps(report, indent=2))
+    tmp_path.replace(path)
+    print(f"wrote {path}")
+
+
+def print_table(r: dict) -> None:
+    cfg = r["config"]
+    tokens = cfg["prompts"] * cfg["num_generations"] * cfg["new_tokens"]
+    ours, trl = r["ours_grpo"], r.get("trl_grpo", {})
+    mem = lambda x: "-" if not x or x.get("peak_mb") is None else f"{x['peak_mb']:.0f}"  # noqa: E731
+    print()
+    print(f"{'run':<24}{'s/step':>9}{'first':>9}{'gen s':>8}{'gen tok/s':>11}{'peak MiB':>10}")
+    rows = [("ours GRPO (trace on)", ours), ("ours GRPO (trace off)", r.get("ours_grpo_trace_off")),
+            ("ours PPO (trace on)", r.get("ours_ppo")), ("TRL GRPOTrainer", trl)]
+    for name, x in rows:
+        if not x:
+            continue
+        if "skipped" in x:
+            print(f"{name:<24}  skipped: {x['skipped']}")
+            continue
+        gen = x.get("generate_median_s")
+        print(f"{name:<24}{x['median_s']:>9.3f}{x['first_s']:>9.3f}"
+              f"{(f'{gen:.3f}' if gen else '-'):>8}{(f'{tokens / gen:,.0f}' if gen else '-'):>11}{mem(x):>10}")
+    if trl.get("median_s"):
+        print(f"TRL / ours: {trl['median_s'] / ours['median_s']:.2f}x")
+    if r.get("ours_grpo_trace_off"):
+        print(f"tracing overhead: {100 * (ours['median_s'] / r['ours_grpo_trace_off']['median_s'] - 1):+.1f}%")
+    print(f"ours, per step: rollout {ours.get('rollout_time_median_s', float('nan')):.3f} s "
+          f"(generation {ours['generate_median_s']:.3f} s), update {ours.get('step_time_median_s', float('nan')):.3f} s, "
+          f"trace {ours.get('trace_time_median_s', float('nan')):.3f} s; "
+          f"mean completion {ours.get('completion_length', float('nan')):.0f} tokens")
+    f = r["floor"]
+    if r["device"].startswith("CPU"):
+        return  # the H100 floor and graph capture mean nothing at the CPU smoke size
+    print(f"H100 floor: {f['total_s']:.3g} s/step (decode bytes {f['decode_s']:.3g} s + matmuls {f['matmul_s']:.3g} s); "
+          f"ours is {ours['median_s'] / f['total_s']:.0f}x the floor")
+    if ours.get("decode"):
+        d = ours["decode"]
+        print(f"decode: {d['mode']}, {d['captures']} graph(s) captured in {d['capture_seconds']:.2f} s"
+              + (f", fell back: {d['fallback']}" if d.get("fallback") else ""))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,339 @@
+"""The fast decode loop (minigrpo/decode.py) against transformers' generate and a plain forward pass.
+
+CPU tests run in float32 on the session's tiny SFT model; the ``gpu`` tests check the bf16
+and CUDA-graph paths and skip without a CUDA device.
+"""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from minigrpo import decode as fast
+from minigrpo.config import ConfigError
+from minigrpo.losses import logprobs_from_logits
+from minigrpo.rollout import (completion_logprobs, completion_mask_from_ids, eos_token_ids, forward_completion,
+                              generate, score_logprobs, tokenize_prompts)
+
+from conftest import fast_config
+
+needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+
+# mixed lengths, so that the batch is left-padded
+PROMPTS = [
+    "All cats are mammals. Some mammals are pets. Does it follow that some cats are pets?\nAssistant:\n",
+    "No birds are fish.\nAssistant:\n",
+    "Some teachers are not parents. All parents are adults. Does it follow?\nAssistant:\n",
+    "x\nAssistant:\n",
+]
+
+
+@pytest.fixture(scope="module")
+def tiny(sft_model):
+    from minigrpo.models import load_model
+
+    model, tokenizer = load_model(sft_model)
+    return model, tokenizer
+
+
+def _prompt_batch(tokenizer, prompts=PROMPTS):
+    return tokenize_prompts(tokenizer, prompts, 160, "cpu")
+
+
+def _with_eos(model, eos_ids):
+    """Make ``eos_ids`` the model's EOS set (generate reads it from the generation config)."""
+    model.generation_config.eos_token_id = sorted(eos_ids)
+
+
+# ----------------------------------------------------------------------------- (a) greedy == HF generate
+def test_greedy_equals_hf_generate_with_padding_and_per_row_eos(tiny):
+    model, tok = tiny
+    original = model.generation_config.eos_token_id
+    try:
+        plain = generate(model, tok, PROMPTS, 1, 20, 1.0, greedy=True, backend="hf")
+        # an extra EOS id that row 1 emits early and row 0 never does: rows end at different steps
+        row0 = set(plain.completion_ids[0].tolist())
+        extra = next(t for t in plain.completion_ids[1, 2:].tolist() if t not in row0)
+        _with_eos(model, eos_token_ids(model, tok) | {extra})
+        hf = generate(model, tok, PROMPTS, 1, 20, 1.0, greedy=True, backend="hf")
+        ours = generate(model, tok, PROMPTS, 1, 20, 1.0, greedy=True, backend="fast")
+    finally:
+        model.generation_config.eos_token_id = original
+    lengths = hf.completion_mask.sum(1)
+    assert lengths[1] < 20 and lengths[0] > lengths[1]  # the test really has per-row EOS
+    assert hf.prompt_mask.sum(1).unique().numel() > 1  # ... and padding
+    assert torch.equal(ours.prompt_ids, hf.prompt_ids)
+    assert torch.equal(ours.completion_ids, hf.completion_ids)
+    assert torch.equal(ours.completion_mask, hf.completion_mask)
+    assert ours.completions == hf.completions
+    assert hf.sampling_logprobs is None and ours.sampling_logprobs.shape == ours.completion_ids.shape
+
+
+def test_buckets_do_not_change_the_tokens(tiny):
+    model, tok = tiny
+    ids, mask = _prompt_batch(tok)
+    eos, pad = eos_token_ids(model, tok), tok.pad_token_id
+    exact = fast.decode(model, ids, mask, 12, 1.0, 1.0, True, eos, pad)
+    padded = fast.decode(model, ids, mask, 12, 1.0, 1.0, True, eos, pad, batch_bucket=8, prompt_bucket=16,
+                         check_every=5)
+    assert torch.equal(exact[0], padded[0])
+    torch.testing.assert_close(exact[1], padded[1], rtol=1e-5, atol=1e-5)
+
+
+def test_eager_attention_takes_an_additive_mask(tiny):
+    model, tok = tiny
+    ids, mask = _prompt_batch(tok)
+    eos, pad = eos_token_ids(model, tok), tok.pad_token_id
+    sdpa = fast.decode(model, ids, mask, 10, 1.0, 1.0, True, eos, pad)
+    model.set_attn_implementation("eager")
+    try:
+        eager = fast.decode(model, ids, mask, 10, 1.0, 1.0, True, eos, pad)
+        hf = generate(model, tok, PROMPTS, 1, 10, 1.0, greedy=True, backend="hf")
+    finally:
+        model.set_attn_implementation("sdpa")
+    assert torch.equal(eager[0], sdpa[0]) and torch.equal(eager[0], hf.completion_ids)
+    torch.testing.assert_close(eager[1], sdpa[1], rtol=0, atol=1e-4)
+
+
+# ----------------------------------------------------------------------------- (b) log-probs == forward pass
+def test_sampled_logprobs_equal_a_plain_forward_pass(tiny):
+    model, tok = tiny
+    torch.manual_seed(0)
+    rollout = generate(model, tok, PROMPTS, 2, 16, 0.7, top_p=0.9, backend="fast")
+    scored = score_logprobs(model, rollout, 0.7, batch_size=3)
+    logits, _ = forward_completion(model, rollout, 0.7)
+    plain = logprobs_from_logits(logits, rollout.completion_ids) * rollout.completion_mask
+    torch.testing.assert_close(rollout.sampling_logprobs, plain, rtol=0, atol=2e-5)
+    torch.testing.assert_close(scored, plain, rtol=0, atol=2e-5)
+    assert (rollout.sampling_logprobs[rollout.completion_mask == 0] == 0).all()
+    assert (rollout.sampling_logprobs[rollout.completion_mask == 1] < 0).all()
+
+
+def test_chunked_scoring_equals_full_logits(tiny):
+    model, tok = tiny
+    torch.manual_seed(1)
+    rollout = generate(model, tok, PROMPTS[:2], 2, 10, 1.0, backend="fast")
+    logits, _ = forward_completion(model, rollout, 1.3)
+    full = logprobs_from_logits(logits, rollout.completion_ids)
+    vocab = model.get_output_embeddings().weight.shape[0]
+    with torch.no_grad():
+        chunked = completion_logprobs(model, rollout, 1.3, budget=3 * vocab)  # 3 positions per chunk
+    torch.testing.assert_close(chunked, full.detach(), rtol=0, atol=2e-5)
+
+
+# ----------------------------------------------------------------------------- (c) temperature and top-p
+P = torch.tensor([0.4, 0.3, 0.2, 0.1], dtype=torch.float64)
+
+
+@pytest.mark.parametrize("temperature, top_p, expected", [
+    (1.0, 1.0, [0.4, 0.3, 0.2, 0.1]),
+    (1.0, 0.75, [4 / 9, 3 / 9, 2 / 9, 0]),  # mass above 0.2 is 0.7 < 0.75: kept; above 0.1 is 0.9
+    (1.0, 0.7, [4 / 7, 3 / 7, 0, 0]),  # mass above 0.2 is 0.7, not < 0.7: cut
+    (0.5, 1.0, [16 / 30, 9 / 30, 4 / 30, 1 / 30]),  # p^(1/τ) renormalised
+    (0.5, 0.8, [16 / 25, 9 / 25, 0, 0]),  # 16/30 = 0.533 < 0.8, 25/30 = 0.833: two tokens
+    (2.0, 1.0, [x / sum(math.sqrt(v) for v in (0.4, 0.3, 0.2, 0.1)) for x in
+                (math.sqrt(0.4), math.sqrt(0.3), math.sqrt(0.2), math.sqrt(0.1))]),
+    (1.0, 0.01, [1, 0, 0, 0]),  # the most probable token is always kept
+])
+def test_sampling_probs_match_hand_computed(temperature, top_p, expected):
+    logits = torch.log(P).float().roll(1)[None]  # token order shuffled: [0.1, 0.4, 0.3, 0.2]
+    got = fast.sampling_probs(logits, temperature, top_p)[0].double()
+    torch.testing.assert_close(got, torch.tensor(expected, dtype=torch.float64).roll(1), rtol=0, atol=1e-6)
+
+
+def _chi_square(counts: torch.Tensor, probs: torch.Tensor) -> float:
+    n = counts.sum()
+    kept = probs > 0
+    expected = n * probs[kept]
+    return float(((counts[kept] - expected) ** 2 / expected).sum())
+
+
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=[pytest.mark.gpu, needs_cuda])])
+def test_draws_follow_the_distribution(device):
+    """200k draws at τ = 0.5, top_p = 0.95 over 5 tokens: 3 kept, counts pass a χ² test."""
+    logits = torch.log(torch.tensor([0.05, 0.35, 0.03, 0.25, 0.32]))
+    probs = fast.sampling_probs(logits[None], 0.5, 0.95)[0].double()
+    assert (probs > 0).tolist() == [False, True, False, True, True]
+    n = 200_000
+    gen = torch.Generator(device).manual_seed(0)
+    tokens, logp = fast.sample(logits.to(device).expand(n, -1), 0.5, 0.95, generator=gen)
+    counts = torch.bincount(tokens.cpu(), minlength=5).double()
+    assert counts[probs == 0].sum() == 0  # nothing outside the nucleus
+    # χ² with 2 degrees of freedom: P(χ² > x) = exp(-x/2), so x = 27.6 is a 1e-6 false alarm
+    assert _chi_square(counts, probs) < 27.6
+    untempered = fast.sampling_probs(logits[None], 1.0, 0.95)[0].double()  # the test can tell τ apart
+    assert _chi_square(counts, untempered / untempered.sum()) > 1000
+    # the recorded log-prob is the full tempered softmax, top-p or not
+    full = torch.log_softmax(logits / 0.5, dim=-1)
+    torch.testing.assert_close(logp.cpu(), full[tokens.cpu()], rtol=0, atol=1e-5)
+
+
+def test_greedy_sample_is_argmax():
+    logits = torch.randn(6, 50, generator=torch.Generator().manual_seed(0))
+    tokens, logp = fast.sample(logits, 0.7, 0.5, greedy=True)
+    assert torch.equal(tokens, logits.argmax(-1))
+    torch.testing.assert_close(logp, torch.log_softmax(logits / 0.7, -1).max(-1).values)
+
+
+# ----------------------------------------------------------------------------- (d) EOS and padding
+def test_tokens_after_eos_are_pad_and_masked(tiny):
+    model, tok = tiny
+    ids, mask = _prompt_batch(tok, PROMPTS * 2)
+    pad = tok.pad_token_id
+    frequent = torch.bincount(generate(model, tok, PROMPTS, 1, 16, 1.0, greedy=True).completion_ids.flatten()).argmax()
+    eos = eos_token_ids(model, tok) | {int(frequent)}
+    torch.manual_seed(3)
+    tokens, logps = fast.decode(model, ids, mask, 16, 1.0, 1.0, False, eos, pad)
+    completion_mask = completion_mask_from_ids(tokens, eos)
+    lengths = completion_mask.sum(1).long()
+    assert (lengths < tokens.shape[1]).any()  # some rows did end early
+    assert tokens.shape[1] == lengths.max()  # trimmed to the longest completion, like generate
+    for row, n in enumerate(lengths.tolist()):
+        assert int(tokens[row, n - 1]) in eos or n == tokens.shape[1]
+        assert (tokens[row, n:] == pad).all()
+        assert (logps[row, n:] == 0).all() and (logps[row, :n] < 0).all()
+
+
+def test_all_rows_finished_stops_early(tiny):
+    model, tok = tiny
+    ids, mask = _prompt_batch(tok)
+    first = fast.decode(model, ids, mask, 1, 1.0, 1.0, True, eos_token_ids(model, tok), tok.pad_token_id)[0][:, 0]
+    eos = eos_token_ids(model, tok) | set(first.tolist())  # every row's first token ends it
+    tokens, logps = fast.decode(model, ids, mask, 16, 1.0, 1.0, True, eos, tok.pad_token_id)
+    assert tokens.shape == (len(PROMPTS), 1) and torch.equal(tokens[:, 0], first)
+
+
+# ----------------------------------------------------------------------------- the captured-step logic on CPU
+def test_replayed_step_with_reused_buffers_equals_eager(tiny, monkeypatch):
+    """The CUDA path's bookkeeping, with a stand-in for the graph: warm-up steps really run
+    (and must be undone), the step is then replayed, and the cached buffers serve a second call."""
+    model, tok = tiny
+    captured = []
+
+    def fake_capture(step, warmup=2):
+        for _ in range(warmup + 1):
+            step()
+        captured.append(step)
+        return step
+
+    monkeypatch.setattr(fast, "capture_graph", fake_capture)
+    monkeypatch.setitem(fast.STATS, "captures", 0)
+    eos, pad = eos_token_ids(model, tok), tok.pad_token_id
+    for prompts in (PROMPTS, list(reversed(PROMPTS))):
+        ids, mask = _prompt_batch(tok, prompts)
+        eager = fast.decode(model, ids, mask, 12, 1.0, 1.0, True, eos, pad)
+        replayed = fast.decode(model, ids, mask, 12, 1.0, 1.0, True, eos, pad, batch_bucket=8, prompt_bucket=64,
+                               check_every=4, cuda_graphs=True)
+        assert fast.STATS["mode"] == "cuda-graph"
+        assert torch.equal(eager[0], replayed[0])
+        torch.testing.assert_close(eager[1], replayed[1], rtol=1e-5, atol=1e-5)
+    assert len(captured) == 1 and fast.STATS["captures"] == 1  # one shape, captured once
+
+
+def test_failed_capture_falls_back_to_eager(tiny, monkeypatch):
+    model, tok = tiny
+
+    def broken(step, warmup=2):
+        step()  # a warm-up step ran before the failure
+        raise RuntimeError("operation not permitted when stream is capturing\nmore")
+
+    monkeypatch.setattr(fast, "capture_graph", broken)
+    monkeypatch.setitem(fast.STATS, "fallback", None)
+    ids, mask = _prompt_batch(tok)
+    eos, pad = eos_token_ids(model, tok), tok.pad_token_id
+    eager = fast.decode(model, ids, mask, 8, 1.0, 1.0, True, eos, pad)
+    fallback = fast.decode(model, ids, mask, 8, 1.0, 1.0, True, eos, pad, prompt_bucket=32, cuda_graphs=True)
+    assert fast.STATS["mode"] == "eager"
+    assert fast.STATS["fallback"] == "RuntimeError: operation not permitted when stream is capturing"
+    assert torch.equal(eager[0], fallback[0])
+
+
+# ----------------------------------------------------------------------------- wiring
+def test_collect_with_the_fast_backend(sft_model, tiny):
+    import random
+
+    from minigrpo.experience import collect
+    from minigrpo.tasks import load_train_eval
+
+    model, tok = tiny
+    cfg = fast_config(model=sft_model, rollout_backend="fast", buffer_size=8, num_generations=4)
+    data, _ = load_train_eval(cfg.task, 20, 1, cfg.seed)
+    torch.manual_seed(0)
+    exp = collect(model, model, tok, data, cfg, random.Random(0))
+    assert len(exp.rollout) == 8 and exp.rollout.sampling_logprobs is not None
+    torch.testing.assert_close(exp.logp_old, exp.rollout.sampling_logprobs, rtol=0, atol=2e-5)
+    torch.testing.assert_close(exp.logp_ref, exp.logp_old, rtol=0, atol=0)
+    sub = exp.rollout.select([5, 1])
+    assert torch.equal(sub.sampling_logprobs, exp.rollout.sampling_logprobs[[5, 1]])
+
+
+def test_backend_is_validated():
+    with pytest.raises(ConfigError, match="rollout-backend"):
+        fast_config(rollout_backend="vllm")
+    with pytest.raises(ValueError, match="backend"):
+        generate(None, None, ["x"], 2, 4, 1.0, backend="vllm")
+
+
+# ----------------------------------------------------------------------------- GPU
+@pytest.fixture(scope="module")
+def cuda_model(tmp_path_factory):
+    """A random-weight tiny model in bf16 on the GPU (no SFT: the GPU image has no reasoning-gym)."""
+    from minigrpo.models import build_tiny, load_model
+
+    folder = build_tiny(str(tmp_path_factory.mktemp("tiny-gpu")), PROMPTS * 20, vocab_size=320)
+    return load_model(folder, device="cuda", dtype=torch.bfloat16)
+
+
+@pytest.mark.gpu
+@needs_cuda
+def test_gpu_bf16_logprobs_agree_with_a_forward_pass(cuda_model):
+    model, tok = cuda_model
+    torch.manual_seed(0)
+    rollout = generate(model, tok, PROMPTS * 3, 4, 48, 0.7, backend="fast")
+    assert fast.STATS["mode"] == "cuda-graph", fast.STATS["fallback"]
+    scored = score_logprobs(model, rollout, 0.7, batch_size=64)
+    on = rollout.completion_mask.bool()
+    diff = (rollout.sampling_logprobs - scored)[on].abs()
+    # bf16: the cached one-token steps and the full forward round differently
+    assert diff.mean() < 0.02 and (diff <= 0.05 + 0.05 * scored[on].abs()).float().mean() > 0.99
+
+
+@pytest.mark.gpu
+@needs_cuda
+def test_gpu_graph_replay_equals_eager_decode(cuda_model):
+    model, tok = cuda_model
+    ids, mask = tokenize_prompts(tok, PROMPTS * 4, 160, "cuda")
+    eos, pad = eos_token_ids(model, tok), tok.pad_token_id
+    eager = fast.decode(model, ids, mask, 32, 1.0, 1.0, True, eos, pad, cuda_graphs=False)
+    graph = fast.decode(model, ids, mask, 32, 1.0, 1.0, True, eos, pad, cuda_graphs=True)
+    assert fast.STATS["mode"] == "cuda-graph", fast.STATS["fallback"]
+    assert torch.equal(eager[0], graph[0])
+    again = fast.decode(model, ids, mask, 32, 1.0, 1.0, True, eos, pad, cuda_graphs=True)  # replayed buffers
+    assert torch.equal(graph[0], again[0])
+
+
+# ----------------------------------------------------------------------------- the benchmark runs
+def test_gpu_step_bench_runs_at_cpu_size(tmp_path):
+    """bench/gpu_step.py end to end at its CPU size: ours and TRL, completions forced to full length."""
+    import json
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "OUT": str(tmp_path), "PYTHONPATH": str(root)}
+    proc = subprocess.run([sys.executable, str(root / "bench" / "gpu_step.py"), "--tiny", "--steps", "2",
+                           "--warmup", "1", "--skip-ppo", "--skip-trace-off"],
+                          capture_output=True, text=True, env=env, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    report = json.loads((tmp_path / "gpu_step.json").read_text())
+    ours = report["ours_grpo"]
+    assert ours["completion_length"] == report["config"]["new_tokens"] == 16  # EOS never sampled
+    assert len(ours["steps_s"]) == 3 and ours["median_s"] > 0 and ours["generate_tokens_per_s"] > 0
+    assert ours["decode"]["mode"] == "eager"
+    trl = report["trl_grpo"]
+    assert "skipped" in trl or (len(trl["steps_s"]) == 3 and trl["median_s"] > 0)
+    assert "TRL / ours" in proc.stdout or "skipped" in trl
