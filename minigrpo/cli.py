@@ -10,6 +10,7 @@ import argparse
 import dataclasses
 import json
 import math
+import os
 import sys
 
 from .config import ConfigError, TrainConfig, build_config, field_names
@@ -145,6 +146,8 @@ def _run(args: argparse.Namespace) -> int:
                               "then train with --model runs/sft")
         trainer_cls = GRPOTrainer if cfg.algo == "grpo" else PPOTrainer
         summary = trainer_cls(cfg, out, resume=args.resume, log=log).train()
+        if os.environ.get("RANK", "0") != "0":  # data-parallel run: rank 0 reports
+            return 0
     _print_table(summary)
     print(f"\nmodel saved in {out} (load it with --model {out})")
     return 0

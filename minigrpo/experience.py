@@ -50,8 +50,12 @@ def sample_items(data: TaskData, n: int, rng: random.Random) -> list:
     return [data[i] for i in rng.sample(range(len(data)), min(n, len(data)))]
 
 
-def collect(policy, ref, tokenizer, data: TaskData, cfg, rng: random.Random) -> Experience:
+def collect(policy, ref, tokenizer, data: TaskData, cfg, rng: random.Random,
+            rank: int = 0, world_size: int = 1) -> Experience:
+    """One rollout; with ``world_size`` > 1 every rank draws the same prompts and keeps its block of them."""
     items = sample_items(data, cfg.prompts_per_rollout, rng)
+    share = len(items) // world_size
+    items = items[rank * share:(rank + 1) * share]
     prompts = [build_prompt(item, tokenizer) for item in items]
     rollout = generate(policy, tokenizer, prompts, cfg.num_generations, cfg.max_completion_length,
                        cfg.temperature, cfg.top_p, cfg.generation_batch_size, cfg.max_prompt_length,

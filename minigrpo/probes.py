@@ -49,9 +49,16 @@ def _top_union(before: torch.Tensor, after: torch.Tensor, sampled: int, k: int) 
 
 
 class ProbeRecorder:
-    def __init__(self, tokenizer, cfg):
+    """``pick(advantages, n)`` chooses the probes among an update's rows (data-parallel runs pass
+    ``Dist.pick_probe_rows``, which chooses over every rank's rows); ``forward(model, batch,
+    temperature)`` returns the tempered completion logits exactly as the loss computes them
+    (``rollout.forward_completion`` here, TRL's forward in ``integrations.trl``)."""
+
+    def __init__(self, tokenizer, cfg, pick=pick_probe_rows, forward=forward_completion):
         self.tokenizer = tokenizer
         self.cfg = cfg
+        self.pick = pick
+        self.forward = forward
         self.rows: list[int] = []
         self.captured: dict[int, dict[str, torch.Tensor]] = {}
         self._logits_before: torch.Tensor | None = None
@@ -66,9 +73,9 @@ class ProbeRecorder:
         if not self.active:
             self.rows = []
             return
-        picks = pick_probe_rows(seq_advantages[step_rows], self.cfg.probe_completions)
+        picks = self.pick(seq_advantages[step_rows], self.cfg.probe_completions)
         self.rows = [step_rows[i] for i in picks]
-        self._logits_before = self._logits(policy, rollout.select(self.rows))
+        self._logits_before = self._logits(policy, rollout.select(self.rows)) if self.rows else None
 
     def capture(self, row: int, **per_token: torch.Tensor) -> None:
         """Per-token tensors the loss used for a probe row (called from inside the update)."""
@@ -78,13 +85,17 @@ class ProbeRecorder:
         was_training = model.training
         model.eval()
         with torch.no_grad():
-            logits, _ = forward_completion(model, batch, self.cfg.temperature)
+            logits, _ = self.forward(model, batch, self.cfg.temperature)
         model.train(was_training)
         return logits
 
     def finish(self, policy, ref, rollout: Rollout, num_generations: int, logp_old: torch.Tensor,
-               logp_ref: torch.Tensor | None) -> list[Probe]:
-        """After the optimizer step: re-score the probes and build trace records."""
+               logp_ref: torch.Tensor | None, row_offset: int = 0) -> list[Probe]:
+        """After the optimizer step: re-score the probes and build trace records.
+
+        ``row_offset``: index of ``rollout``'s first row in the whole rollout (a data-parallel
+        rank holds one block of it), so that ``group``/``index`` point into the gathered groups.
+        """
         if not self.rows:
             return []
         batch = rollout.select(self.rows)
@@ -102,8 +113,9 @@ class ProbeRecorder:
             ids_list = ids.tolist()
             positions = self._positions(ids_list, logits_b, logits_a, logits_r, logp_before, logp_new)
             as_np = lambda t: t[:length].float().cpu().numpy().astype(np.float32)  # noqa: E731
+            group, index = divmod(row_offset + row, num_generations)
             probes.append(Probe(
-                group=row // num_generations, index=row % num_generations,
+                group=group, index=index,
                 text=rollout.completions[row],
                 token_ids=np.asarray(ids_list, dtype=np.int64),
                 tokens=[self.tokenizer.decode([t]) for t in ids_list],

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import torch
 
-from . import runtime
+from . import distributed, runtime
 from .evaluate import evaluate
 from .experience import Experience, collect, trace_groups
 from .models import load_model
@@ -39,8 +39,12 @@ class RLTrainer:
 
     def __init__(self, cfg, out_dir: str | Path, resume: bool = False, log=print):
         self.cfg, self.out, self.resume, self.log = cfg, Path(out_dir), resume, log
-        runtime.seed_everything(cfg.seed)
-        self.device = runtime.pick_device(cfg.device)
+        device = runtime.pick_device(cfg.device)
+        self.dist = distributed.setup("nccl" if device.type == "cuda" else "gloo")  # one rank outside a launcher
+        runtime.seed_everything(cfg.seed + self.dist.rank)  # ranks sample different completions
+        self.device = self.dist.device(device)
+        if not self.dist.is_main:
+            self.log = lambda *_: None
         self.dtype = runtime.pick_dtype(cfg.dtype, self.device)
         self.train_data, self.eval_data = load_train_eval(cfg.task, cfg.train_size, cfg.eval_size, cfg.seed,
                                                           **cfg.task_kwargs)
@@ -50,12 +54,14 @@ class RLTrainer:
         self.ref = copy.deepcopy(self.policy).eval().requires_grad_(False)
         self.extra_modules: dict[str, torch.nn.Module] = {}
         self.setup_algorithm()
+        self._check_world()
+        self.dist.broadcast_modules([self.policy, self.ref, *self.extra_modules.values()])
         params = [p for p in self.policy.parameters() if p.requires_grad]
         for module in self.extra_modules.values():
             params += [p for p in module.parameters() if p.requires_grad and all(p is not q for q in params)]
         self.optimizer, self.scheduler = runtime.make_optimizer(params, cfg, cfg.learning_rate, cfg.max_steps)
         self.rng = random.Random(cfg.seed)
-        self.probes = ProbeRecorder(self.tokenizer, cfg)
+        self.probes = ProbeRecorder(self.tokenizer, cfg, pick=self.dist.pick_probe_rows)
         self.step, self.rollout_id = 0, 0
         self.history: list[dict] = []
         self.step_times: list[float] = []
@@ -83,7 +89,7 @@ class RLTrainer:
         writer = self._open_trace()
         before = self.history[0]["eval"] if self.resume and self.history else None
         if before is None:
-            before = evaluate(self.policy, self.tokenizer, self.eval_data, cfg, n=cfg.eval_n)
+            before = self._evaluate()
             self.history.append({"step": 0, "eval": before})
             self.log(_eval_line("before", before))
         started = time.time()
@@ -99,23 +105,31 @@ class RLTrainer:
                 f"continue with the same command plus --resume")
         if writer:
             writer.close()
-        after = evaluate(self.policy, self.tokenizer, self.eval_data, cfg, n=cfg.eval_n)
+        after = self._evaluate()
         self.history.append({"step": self.step, "eval": after})
-        self._save_final()
+        if not self.dist.in_sync([self.policy, *self.extra_modules.values()]):
+            raise runtime.TrainingError("the data-parallel ranks hold different weights after training; "
+                                        "this is a bug in minigrpo's gradient all-reduce, please report it")
         summary = self._summary(before, after, time.time() - started)
-        (self.out / "summary.json").write_text(json.dumps(summary, indent=2))
+        if self.dist.is_main:
+            self._save_final()
+            (self.out / "summary.json").write_text(json.dumps(summary, indent=2))
+        self.dist.barrier()
+        self.dist.close()
         return summary
 
     def _one_rollout(self, writer) -> None:
         cfg = self.cfg
         self.rng.seed(cfg.seed + 7919 * self.rollout_id)
         t0 = time.perf_counter()
-        exp = collect(self.policy, self.ref, self.tokenizer, self.train_data, cfg, self.rng)
+        exp = collect(self.policy, self.ref, self.tokenizer, self.train_data, cfg, self.rng,
+                      self.dist.rank, self.dist.world_size)
         self.prepare(exp)
         rollout_time = time.perf_counter() - t0
-        rollout_metrics = exp.rollout_metrics()
+        rollout_metrics = self.dist.mean(exp.rollout_metrics())  # ranks hold equal shares: the rollout's means
+        groups = self.dist.gather(trace_groups(exp, self.sequence_advantages(exp))) if cfg.trace else None
         if writer:
-            writer.write_rollout(self.rollout_id, trace_groups(exp, self.sequence_advantages(exp)))
+            writer.write_rollout(self.rollout_id, groups)
         n = len(exp.rollout)
         per_step = cfg.completions_per_step
         for it in range(cfg.num_iterations):
@@ -131,8 +145,9 @@ class RLTrainer:
                 metrics["pass"] = it
                 self.step += 1
                 t_rec = time.perf_counter()
-                probes = self.probes.finish(self.policy, self.ref, exp.rollout, exp.num_generations,
-                                            exp.logp_old, exp.logp_ref) if writer else []
+                probes = self.probes.finish(self.policy, self.ref, exp.rollout, exp.num_generations, exp.logp_old,
+                                            exp.logp_ref, row_offset=self.dist.rank * n) if cfg.trace else []
+                probes = self.dist.gather(probes) or []  # every rank's probes, on rank 0
                 if writer:
                     metrics["trace_time"] += time.perf_counter() - t_rec
                     writer.write_step(Step(step=self.step, rollout=self.rollout_id, metrics=metrics, probes=probes))
@@ -142,7 +157,7 @@ class RLTrainer:
                 if cfg.save_steps and self.step % cfg.save_steps == 0:
                     self._checkpoint()
                 if cfg.eval_every and self.step % cfg.eval_every == 0:
-                    result = evaluate(self.policy, self.tokenizer, self.eval_data, cfg, n=cfg.eval_n)
+                    result = self._evaluate()
                     self.history.append({"step": self.step, "eval": result})
                     self.log(_eval_line(f"step {self.step}", result))
         self.rollout_id += 1
@@ -155,8 +170,9 @@ class RLTrainer:
         t0 = time.perf_counter()
         micro = cfg.per_device_train_batch_size
         chunks = [rows[i:i + micro] for i in range(0, len(rows), micro)]
-        normalizer = {"num_micro": len(chunks),
-                      "num_items_in_batch": exp.rollout.completion_mask[rows].sum().item()}
+        local_tokens = exp.rollout.completion_mask[rows].sum().item()
+        normalizer = {"num_micro": len(chunks),  # dapo: tokens of the step over all ranks, / ranks (grads are averaged)
+                      "num_items_in_batch": self.dist.mean({"tokens": local_tokens})["tokens"]}
         sums: dict[str, float] = defaultdict(float)
         self.optimizer.zero_grad(set_to_none=True)
         for chunk in chunks:
@@ -168,8 +184,9 @@ class RLTrainer:
             loss.backward()
             for key, value in stats.items():
                 sums[key] += float(value)
-        grad_norm = torch.nn.utils.clip_grad_norm_(
-            [p for g in self.optimizer.param_groups for p in g["params"]], cfg.max_grad_norm)
+        params = [p for g in self.optimizer.param_groups for p in g["params"]]
+        self.dist.average_gradients(params)
+        grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
         if not torch.isfinite(grad_norm):
             raise runtime.TrainingError(
                 f"gradient norm became {grad_norm.item()} at step {self.step + 1}; stopped. The last good checkpoint is "
@@ -177,6 +194,8 @@ class RLTrainer:
         lr = self.scheduler.get_last_lr()[0]
         self.optimizer.step()
         self.scheduler.step()
+        # over all ranks: token sums and counts add up; the losses are averaged as the gradients were
+        sums = self.dist.reduce_stats(sums, averaged=tuple(k for k in sums if not k.startswith("sum:") and k != "num_tokens"))
         tokens = sums.pop("num_tokens")
         metrics = {key: value / tokens for key, value in sums.items() if key.startswith("sum:")}
         metrics = {key[4:]: value for key, value in metrics.items()}
@@ -192,15 +211,29 @@ class RLTrainer:
         return exp.advantages
 
     # --- bookkeeping ---------------------------------------------------------------------
+    def _evaluate(self) -> dict:
+        """Held-out accuracy, measured on rank 0 and shared with every rank."""
+        result = evaluate(self.policy, self.tokenizer, self.eval_data, self.cfg, n=self.cfg.eval_n) \
+            if self.dist.is_main else None
+        return self.dist.broadcast(result)
+
+    def _check_world(self) -> None:
+        prompts = min(self.cfg.prompts_per_rollout, len(self.train_data))
+        if prompts % self.dist.world_size:
+            raise runtime.TrainingError(
+                f"{prompts} prompts per rollout (buffer_size / num_generations) do not split evenly over "
+                f"{self.dist.world_size} processes; choose --buffer-size so that it does")
+
     def _open_trace(self):
-        if not self.cfg.trace:
+        if not self.cfg.trace or not self.dist.is_main:
             return None
         from .trace.writer import TraceWriter, new_meta
 
         path = self.out / "trace"
         meta = new_meta(self.algo, self.cfg.model, self.cfg.task, self.cfg.to_dict(),
                         getattr(self.tokenizer, "name_or_path", "") or self.cfg.model,
-                        extra=runtime.run_facts(self.device, self.dtype))
+                        extra={**runtime.run_facts(self.device, self.dtype),
+                               **({"world_size": self.dist.world_size} if self.dist.active else {})})
         try:
             writer = TraceWriter(path, meta, resume=self.resume, compress=True)
         except FileExistsError:
@@ -211,6 +244,8 @@ class RLTrainer:
         return writer
 
     def _checkpoint(self) -> None:
+        if not self.dist.is_main:
+            return
         runtime.save_checkpoint(self.out, self.policy, self.tokenizer, self.optimizer, self.scheduler,
                                 {"step": self.step, "rollout_id": self.rollout_id, "history": self.history},
                                 self.extra_modules)

@@ -1,0 +1,151 @@
+"""Traces recorded from TRL's GRPOTrainer (minigrpo.integrations.trl) pass the truth checks of our own.
+
+One in-process TRL run of the embedded tiny model on syllogism (2 optimizer updates over one
+rollout, every completion probed), then: the GRPO truth checks of trace_checks.py, the
+trace's own validation, the step metrics against TRL's own logs, a ``-ql`` render of
+ppo_logits, and a two-process run (torchrun, gloo) that must write exactly one valid trace.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+pytest.importorskip("trl")
+pytest.importorskip("datasets")
+
+from minigrpo.render import render  # noqa: E402
+from minigrpo.trace import load, validate  # noqa: E402
+from trace_checks import GRPO_CHECKS  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def trl_args(out: Path, weights, **overrides):
+    from trl import GRPOConfig
+
+    settings = dict(output_dir=str(out / "trl"), use_cpu=True, bf16=False, report_to=[], save_strategy="no",
+                    disable_tqdm=True, logging_steps=1, seed=0, max_steps=2, per_device_train_batch_size=8,
+                    gradient_accumulation_steps=1, num_generations=4, num_iterations=2, max_completion_length=24,
+                    learning_rate=1e-3, beta=0.1, loss_type="grpo", reward_weights=weights)
+    return GRPOConfig(**{**settings, **overrides})
+
+
+def make_trainer(sft_model: str, out: Path, probe_completions: int = -1, **overrides):
+    from minigrpo.integrations.trl import TracingGRPOTrainer, task_dataset, task_reward_funcs
+    from minigrpo.models import load_model
+    from minigrpo.tasks import load_train_eval
+
+    data, _ = load_train_eval("syllogism", 300, 1, 0)
+    model, tokenizer = load_model(sft_model, device=torch.device("cpu"))
+    funcs, weights = task_reward_funcs(data)
+    return TracingGRPOTrainer(model=model, reward_funcs=funcs, args=trl_args(out, weights, **overrides),
+                              processing_class=tokenizer, train_dataset=task_dataset(data, tokenizer),
+                              trace_dir=out / "trace", task="syllogism", probe_completions=probe_completions)
+
+
+@pytest.fixture(scope="module")
+def trl_run(tmp_path_factory, sft_model):
+    """2 updates on one rollout (2 prompts × G = 4, num_iterations = 2): the second is off-policy."""
+    out = tmp_path_factory.mktemp("trl")
+    trainer = make_trainer(sft_model, out)
+    trainer.train()
+    return out / "trace", trainer
+
+
+@pytest.fixture(scope="module")
+def trl_trace(trl_run):
+    return load(trl_run[0])
+
+
+@pytest.mark.parametrize("check", GRPO_CHECKS, ids=lambda check: check.__name__[len("check_"):])
+def test_trl_trace(trl_trace, check):
+    check(trl_trace)
+
+
+def test_trl_trace_is_valid_and_complete(trl_run, trl_trace):
+    path, trainer = trl_run
+    assert validate(path) == []
+    meta = trl_trace.meta
+    assert (meta.format, meta.algo, meta.task) == ("minigrpo-trace", "grpo", "syllogism")
+    assert meta.extra["trainer"] == "trl" and meta.extra["world_size"] == 1
+    assert meta.config["epsilon"] == trainer.epsilon_low and meta.config["beta"] == 0.1
+    assert meta.config["format_weight"] == pytest.approx(0.2) and meta.config["correctness_weight"] == 1.0
+    assert [s.step for s in trl_trace.steps] == [1, 2]
+    assert [s.rollout for s in trl_trace.steps] == [0, 0]
+    assert [s.metrics["pass"] for s in trl_trace.steps] == [0, 1]
+    for step in trl_trace.steps:
+        assert len(step.groups) == 2 and all(len(g.completions) == 4 for g in step.groups)
+        assert set(step.groups[0].reward_parts) == {"format", "correctness"}
+        assert sorted((p.group, p.index) for p in step.probes) == [(g, i) for g in range(2) for i in range(4)]
+    # the second update is off-policy: some ratio moved away from 1
+    assert max(float(np.abs(p.ratio - 1).max()) for p in trl_trace.steps[1].probes) > 1e-3
+
+
+def test_trl_metrics_agree_with_trls_own_logs(trl_run, trl_trace):
+    """One micro-batch per update, so TRL's per-micro-batch means are the token-weighted means we record."""
+    _, trainer = trl_run
+    logs = {entry["step"]: entry for entry in trainer.state.log_history if "grad_norm" in entry}
+    ours_to_trl = {"clip_ratio/low_mean": "clip_ratio/low_mean", "clip_ratio/high_mean": "clip_ratio/high_mean",
+                   "clip_ratio/region_mean": "clip_ratio/region_mean", "entropy": "entropy",
+                   "kl/ratio_weighted": "kl", "grad_norm": "grad_norm", "learning_rate": "learning_rate",
+                   "reward": "reward", "frac_reward_zero_std": "frac_reward_zero_std",
+                   "completion_length": "completions/mean_length", "rewards/format/mean": "rewards/format/mean",
+                   "rewards/correctness/mean": "rewards/correctness/mean"}
+    compared = 0
+    for step in trl_trace.steps:
+        for ours, theirs in ours_to_trl.items():
+            if theirs in logs[step.step]:  # rollout metrics are logged by TRL on the rollout's first update only
+                assert step.metrics[ours] == pytest.approx(float(logs[step.step][theirs]), rel=1e-4, abs=1e-6), ours
+                compared += 1
+    assert compared >= 18
+
+
+def test_trl_trace_renders_ppo_logits(trl_run, tmp_path, monkeypatch):
+    monkeypatch.setenv("MINIGRPO_FOLLOW", "1")
+    rc = render("ppo_logits", str(trl_run[0]), quality="l", steps="1:3", media_dir=str(tmp_path / "media"))
+    assert rc == 0
+    mp4 = tmp_path / "media" / "videos" / "ppo_logits" / "480p15" / "PPOLogits.mp4"
+    assert mp4.is_file() and mp4.stat().st_size > 10_000
+
+
+def test_unsupported_loss_is_refused_before_writing(sft_model, tmp_path):
+    with pytest.raises(ValueError, match="loss_type 'cispo' is not recorded"):
+        make_trainer(sft_model, tmp_path, loss_type="cispo")
+    assert not (tmp_path / "trace").exists()
+
+
+@pytest.mark.skipif(shutil.which("torchrun") is None and not (Path(sys.executable).parent / "torchrun").exists(),
+                    reason="torchrun not installed")
+def test_two_processes_write_one_trace(sft_model, tmp_path):
+    """torchrun, 2 CPU processes (gloo): 3 groups of 4 over 2 × 6 completions, so group 1 straddles the ranks."""
+    out = tmp_path / "run"
+    sets = ["max_steps=2", "per_device_train_batch_size=3", "gradient_accumulation_steps=2", "num_generations=4",
+            "max_completion_length=24", "learning_rate=1e-3", "beta=0.1", "disable_tqdm=true", "logging_steps=1"]
+    cmd = [str(Path(sys.executable).parent / "torchrun"), "--nproc_per_node", "2", "-m", "minigrpo.integrations.trl",
+           "--model", sft_model, "--out", str(out), "--train-size", "300", "--probe-completions", "-1",
+           *[arg for s in sets for arg in ("--set", s)]]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]),
+           "HF_HUB_OFFLINE": "1"}
+    result = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.count("trace written to") == 1  # only the main process reports
+    assert [p.name for p in out.rglob("meta.json")] == ["meta.json"]
+    assert validate(out / "trace") == []
+    trace = load(out / "trace")
+    assert trace.meta.extra["world_size"] == 2
+    for step in trace.steps:
+        assert len(step.groups) == 3
+        # every completion of the update, from both ranks, is a probe
+        assert sorted((p.group, p.index) for p in step.probes) == [(g, i) for g in range(3) for i in range(4)]
+    for check in GRPO_CHECKS:
+        check(trace)
+    json.dumps(trace.meta.config)  # the config TRL handed over is plain JSON
