@@ -53,7 +53,7 @@ class TrainConfig:
 
     # --- optimisation --------------------------------------------------------------
     learning_rate: float = 1e-6
-    lr_scheduler_type: str = "constant"  # constant | linear | cosine
+    lr_scheduler_type: str = "constant"  # constant | linear | cosine (RL; SFT has sft_lr_scheduler_type)
     warmup_steps: int = 0
     weight_decay: float = 0.0
     adam_beta1: float = 0.9
@@ -84,6 +84,7 @@ class TrainConfig:
     # --- SFT -----------------------------------------------------------------------
     sft_steps: int = 200
     sft_learning_rate: float = 1e-5
+    sft_lr_scheduler_type: str = "constant"  # constant | linear | cosine
     sft_batch_size: int = 16
     sft_size: int = 2000  # items used for SFT (from the training split)
 
@@ -123,6 +124,7 @@ class TrainConfig:
             "loss_type": ("grpo", "dr_grpo", "dapo", "bnpo"),
             "scale_rewards": ("group", "batch", "none"),
             "lr_scheduler_type": ("constant", "linear", "cosine"),
+            "sft_lr_scheduler_type": ("constant", "linear", "cosine"),
             "critic": ("separate", "shared"),
             "device": ("auto", "cpu", "cuda"),
             "dtype": ("auto", "float32", "bfloat16"),
@@ -186,7 +188,7 @@ PRESETS: dict[str, dict[str, Any]] = {
     "tiny": dict(
         model="tiny", learning_rate=3e-4, temperature=1.0, num_generations=8, buffer_size=256,
         per_device_train_batch_size=64, gradient_accumulation_steps=2, num_iterations=2,
-        max_completion_length=48, max_prompt_length=160, max_steps=400, beta=0.04,
+        max_completion_length=48, max_prompt_length=160, max_steps=600, lr_scheduler_type="cosine", beta=0.04,
         sft_steps=200, sft_learning_rate=3e-3, sft_batch_size=32, sft_size=3000,
         generation_batch_size=256, save_steps=50, kl_coef=0.02, vf_coef=0.5, lam=0.95,
     ),

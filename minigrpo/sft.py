@@ -7,6 +7,7 @@ byte-level BPE tokenizer trained on the task's own text and a small random Llama
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import random
 import shutil
@@ -72,7 +73,8 @@ def run_sft(cfg, out_dir: str | Path, log=print) -> dict:
     before = evaluate(model, tokenizer, eval_data, cfg, n=cfg.eval_n)
     log(f"eval before SFT: accuracy {before['accuracy']:.3f} (majority {before['majority_baseline']:.3f}), "
         f"format {before['format_rate']:.3f}")
-    optimizer, scheduler = runtime.make_optimizer(model.parameters(), cfg, cfg.sft_learning_rate, cfg.sft_steps)
+    schedule = dataclasses.replace(cfg, lr_scheduler_type=cfg.sft_lr_scheduler_type)
+    optimizer, scheduler = runtime.make_optimizer(model.parameters(), schedule, cfg.sft_learning_rate, cfg.sft_steps)
     rng = random.Random(cfg.seed)
     model.train()
     started = time.time()
