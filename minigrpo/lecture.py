@@ -19,6 +19,7 @@ from __future__ import annotations
 import html
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -222,8 +223,7 @@ def _last_animation(log: Path) -> int:
             tail = f.read().decode("utf-8", "replace")
     except OSError:
         return -1
-    nums = [int(part.split(":")[0].split()[0]) for part in tail.split("Animation ")[1:]
-            if part[:1].isdigit() and part.split(":")[0].split()[0].isdigit()]
+    nums = [int(n) for n in re.findall(r"Animation (\d+)", tail)]
     return max(nums) if nums else -1
 
 
@@ -460,7 +460,8 @@ def build_lecture(trace: Optional[str] = None, ppo_trace: Optional[str] = None, 
     quality = str(quality).lstrip("-q") or "l"
     if quality not in QUALITIES:
         raise LectureError(f"quality {quality!r} is not one of l, m, h, k (480p15, 720p30, 1080p60, 2160p60)")
-    need_tool("ffmpeg"), need_tool("ffprobe")
+    for tool in ("ffmpeg", "ffprobe"):
+        need_tool(tool)
     trace_dir = _trace_dir(trace or DEFAULT_TRACE, "--trace")
     if ppo_trace:
         ppo_dir: Optional[Path] = _trace_dir(ppo_trace, "--ppo-trace")

@@ -6,6 +6,7 @@ from __future__ import annotations
 import io
 import json
 import re
+import shutil
 import subprocess
 from html.parser import HTMLParser
 from pathlib import Path
@@ -214,3 +215,54 @@ def test_lecture_real_build_of_one_scene_from_the_shipped_trace(tmp_path, capsys
     said = capsys.readouterr().out
     assert "scene kl_penalty failed" in said and "selects no step" in said and "lecture not written" in said
     assert (out / "lecture.mp4").read_bytes() == before
+
+
+DOM_STUB = r"""
+const listeners = {};
+class Video { constructor(){ this.paused = true; this.currentTime = 5; this.plays = 0; }
+  play(){ this.paused = false; this.plays++; return Promise.resolve(); } pause(){ this.paused = true; } }
+class Section { constructor(kind){ this.kind = kind; this.cls = new Set(); this.video = kind === 'clip' ? new Video() : null;
+  this.classList = { toggle: (c, on) => on ? this.cls.add(c) : this.cls.delete(c) }; }
+  querySelector(){ return this.video; } }
+const slides = KINDS.map(k => new Section(k));
+const pos = { textContent: '' }, prev = {}, next = {};
+global.location = { hash: HASH }; global.history = { replaceState: (a, b, h) => { global.location.hash = h; } };
+global.document = { querySelectorAll: () => slides, getElementById: id => ({ pos, prev, next })[id],
+  addEventListener: (type, fn) => { listeners[type] = fn; }, documentElement: {} };
+const key = k => listeners.keydown({ key: k, preventDefault(){} });
+const active = () => slides.findIndex(s => s.cls.has('active'));
+const log = [];
+const snap = () => log.push([active(), pos.textContent, slides.map(s => s.video ? (s.video.paused ? 'p' : 'P') : '-').join('')]);
+eval(SCRIPT);
+snap(); key('ArrowRight'); snap(); key('PageDown'); snap(); key(' '); snap(); key('ArrowLeft'); snap();
+key('End'); snap(); key('ArrowRight'); snap(); key('Home'); snap(); key('PageUp'); snap();
+listeners.click({ target: { closest: () => null } }); snap();
+listeners.click({ target: { closest: () => ({}) } }); snap();
+next.onclick(); snap(); prev.onclick(); snap();
+key('End'); key('ArrowLeft'); key('ArrowLeft'); const v = slides[active()].video; key('k'); snap(); key('k'); snap();
+console.log(JSON.stringify({ log, hash: global.location.hash, replayed: v ? v.currentTime : null }));
+"""
+
+
+@pytest.mark.skipif(not shutil.which("node"), reason="node is not installed (the deck's keys are checked with node)")
+def test_slide_keys_step_through_and_play_the_clips(tmp_path):
+    """Run the deck's own script against a minimal DOM: keys and clicks move one slide, the shown clip plays from 0."""
+    result = {"title": "T", "subtitle": "s", "chapters": [
+        {"index": i, "scene": f"s{i}", "title": f"t{i}", "start": float(i), "end": i + 1.0, "duration": 1.0,
+         "segment": f"segments/{i}.mp4", "still": f"stills/{i}.png"} for i in (1, 2)], "figures": ["plots/kl.png"]}
+    text = L.slides_html(result)
+    script = re.search(r"<script>(.*?)</script>", text, re.S).group(1)
+    kinds = re.findall(r'<section class="slide" data-kind="(\w+)"', text)
+    assert kinds == ["title", "clip", "clip", "figure"]
+    js = DOM_STUB.replace("KINDS", json.dumps(kinds)).replace("HASH", json.dumps("")).replace("SCRIPT", json.dumps(script))
+    (tmp_path / "deck.js").write_text(js)
+    out = json.loads(subprocess.run(["node", str(tmp_path / "deck.js")], check=True, capture_output=True,
+                                    text=True).stdout)
+    assert out["log"] == [
+        [0, "1 / 4", "-pp-"], [1, "2 / 4", "-Pp-"], [2, "3 / 4", "-pP-"], [3, "4 / 4", "-pp-"], [2, "3 / 4", "-pP-"],
+        [3, "4 / 4", "-pp-"], [3, "4 / 4", "-pp-"], [0, "1 / 4", "-pp-"], [0, "1 / 4", "-pp-"],
+        [1, "2 / 4", "-Pp-"],  # a click on the page goes on
+        [1, "2 / 4", "-Pp-"],  # a click on the video (its controls) does not
+        [2, "3 / 4", "-pP-"], [1, "2 / 4", "-Pp-"],
+        [1, "2 / 4", "-pp-"], [1, "2 / 4", "-Pp-"]]  # k pauses and plays the clip
+    assert out["hash"] == "#2" and out["replayed"] == 0
