@@ -107,10 +107,6 @@ def baselines(meta, summary: Optional[dict], recompute: bool = True) -> dict:
 
 
 # ----------------------------------------------------------------------------- data
-def _metric(trace, name: str) -> np.ndarray:
-    return trace.metric(name)
-
-
 def answer_token_points(trace) -> list[dict]:
     """One point per probed decision position: the sampled answer token's p before/after the update."""
     points = []
@@ -161,21 +157,24 @@ def rollout_rewards(trace, rollout: int) -> list[dict]:
 
 
 # ----------------------------------------------------------------------------- drawing
-def _style():
+STYLE = {  # matplotlib rc for every figure: the scenes' colours, type large enough for a slide
+    "figure.facecolor": C.BG, "axes.facecolor": C.BG, "savefig.facecolor": C.BG,
+    "text.color": C.FG, "axes.labelcolor": C.FG, "axes.edgecolor": C.MUTED, "axes.titlecolor": C.FG,
+    "xtick.color": C.MUTED, "ytick.color": C.MUTED, "grid.color": C.GRID, "axes.grid": True,
+    "font.family": "sans-serif", "font.sans-serif": [C.FONT], "font.size": 16,
+    "axes.titlesize": 22, "axes.labelsize": 18, "xtick.labelsize": 15, "ytick.labelsize": 15,
+    "legend.fontsize": 14, "legend.facecolor": C.CARD, "legend.edgecolor": C.GRID, "legend.labelcolor": C.FG,
+    "lines.linewidth": 2.0, "svg.fonttype": "path", "axes.spines.top": False, "axes.spines.right": False,
+}
+
+
+def pyplot():
+    """matplotlib's pyplot on the Agg backend (no display needed)."""
     import matplotlib
 
     matplotlib.use("Agg")
     from matplotlib import pyplot as plt
 
-    plt.rcParams.update({
-        "figure.facecolor": C.BG, "axes.facecolor": C.BG, "savefig.facecolor": C.BG,
-        "text.color": C.FG, "axes.labelcolor": C.FG, "axes.edgecolor": C.MUTED, "axes.titlecolor": C.FG,
-        "xtick.color": C.MUTED, "ytick.color": C.MUTED, "grid.color": C.GRID, "axes.grid": True,
-        "font.family": "sans-serif", "font.sans-serif": [C.FONT], "font.size": 16,
-        "axes.titlesize": 22, "axes.labelsize": 18, "xtick.labelsize": 15, "ytick.labelsize": 15,
-        "legend.fontsize": 14, "legend.facecolor": C.CARD, "legend.edgecolor": C.GRID, "legend.labelcolor": C.FG,
-        "lines.linewidth": 2.0, "svg.fonttype": "path", "axes.spines.top": False, "axes.spines.right": False,
-    })
     return plt
 
 
@@ -193,10 +192,10 @@ def _moving_mean(y: np.ndarray) -> tuple[Optional[int], np.ndarray]:
     return w, out
 
 
-def _series(ax, x, y, label: str, color: str, data: dict, smooth: bool = True) -> None:
+def _series(ax, x, y, label: str, color: str, data: dict) -> None:
     x = np.asarray(x, dtype=float)
     y = np.asarray(y, dtype=float)
-    w, ym = _moving_mean(y) if smooth else (None, y)
+    w, ym = _moving_mean(y)
     ax.plot(x, y, color=color, lw=1.2 if w else 2.2, alpha=0.45 if w else 1.0, label=label if not w else None,
             marker="o" if len(x) < 60 else None, ms=5)
     if w:
@@ -237,7 +236,7 @@ def _metric_figure(plt, trace, title, series, ylabel, extra: Optional[Callable] 
     x = trace.step_numbers
     drawn = 0
     for name, label, color in series:
-        y = _metric(trace, name)
+        y = trace.metric(name)
         data[label] = {"metric": name}
         if np.isfinite(y).any():
             _series(ax, x, y, label, color, data)
@@ -350,7 +349,7 @@ def fig_decision_heatmap(plt, trace, base):
     if not data["steps"]:
         _empty(ax, "no probed decision position (first token inside <answer>) in this trace")
     else:
-        cmap = LinearSegmentedColormap.from_list("minigrpo", [C.CARD, C.OLD, C.CLIP]).with_extremes(bad=C.BG)
+        cmap = LinearSegmentedColormap.from_list("minigrpo", [C.GRID, C.OLD, C.CLIP]).with_extremes(bad=C.BG)
         m = np.ma.masked_invalid(np.array(data["p_after"], dtype=float))
         steps = data["steps"]
         im = ax.imshow(m, aspect="auto", cmap=cmap, vmin=0.0, vmax=1.0, interpolation="nearest",
@@ -463,15 +462,16 @@ def plot(path: str | os.PathLike, out: str | os.PathLike | None = None, recomput
     out = Path(out) if out else default_out(path)
     out.mkdir(parents=True, exist_ok=True)
     base = baselines(trace.meta, summary, recompute=recompute_baseline)
-    plt = _style()
+    plt = pyplot()
     result: dict = {"trace": str(trace_dir), "summary": str(summary_path) if summary_path else None,
                     "files": [], "figures": {}}
     for name in FIGURES:
-        fig, data = DRAW[name](plt, trace, base)
-        for fmt in FORMATS:
-            target = out / f"{name}.{fmt}"
-            _atomic_write(target, lambda tmp, f=fmt: fig.savefig(tmp, format=f))
-            result["files"].append(str(target))
+        with plt.rc_context(STYLE):
+            fig, data = DRAW[name](plt, trace, base)
+            for fmt in FORMATS:
+                target = out / f"{name}.{fmt}"
+                _atomic_write(target, lambda tmp, f=fmt: fig.savefig(tmp, format=f))
+                result["files"].append(str(target))
         plt.close(fig)
         result["figures"][name] = data
     result = _jsonable(result)

@@ -134,7 +134,7 @@ def test_plot_run_folder(grpo_run, tmp_path):
 def test_baselines_unknown_are_said_in_the_legend_and_majority_is_recomputed_exactly(grpo_run, tmp_path):
     """Without summary.json the SFT baseline is 'unknown' in the legend; the majority baseline,
     rebuilt from the trace's config, equals what the trainer measured."""
-    from minigrpo.plot import _style, baselines, fig_reward_accuracy
+    from minigrpo.plot import STYLE, baselines, fig_reward_accuracy, pyplot
     from minigrpo.trace import load
 
     run_dir, cfg, summary = grpo_run
@@ -144,8 +144,9 @@ def test_baselines_unknown_are_said_in_the_legend_and_majority_is_recomputed_exa
     base = baselines(trace.meta, None)
     assert base["sft"]["value"] is None and "unknown" in base["sft"]["label"]
     assert base["majority"]["value"] == summary["after"]["majority_baseline"]
-    plt = _style()
-    fig, _ = fig_reward_accuracy(plt, trace, base)
+    plt = pyplot()
+    with plt.rc_context(STYLE):
+        fig, _ = fig_reward_accuracy(plt, trace, base)
     legend = [t.get_text() for t in fig.axes[0].get_legend().get_texts()]
     plt.close(fig)
     assert any("unknown" in t for t in legend) and any("majority" in t for t in legend)
