@@ -257,7 +257,7 @@ def _metric_figure(plt, trace, title, series, ylabel, extra: Optional[Callable] 
 
 def fig_reward_accuracy(plt, trace, base):
     def lines(ax, data):
-        for key, color, style in (("sft", C.OLD, "--"), ("majority", C.MUTED, ":"), ("after", C.POS, "-.")):
+        for key, color, style in (("sft", C.OLD, "--"), ("majority", C.MUTED, ":"), ("after", C.FG, "-.")):
             b = base.get(key)
             if b is None:
                 continue
