@@ -1,4 +1,4 @@
-"""Command line: ``minigrpo sft | train | eval | trace | render | fetch``.
+"""Command line: ``minigrpo sft | train | eval | trace | render | plot | lecture | fetch``.
 
 Every field of :class:`minigrpo.config.TrainConfig` can be set as ``--field-name value``.
 Errors end with one line on stderr (``minigrpo: error: ...``) and exit code 2.
@@ -75,6 +75,20 @@ def _parser() -> argparse.ArgumentParser:
     render.add_argument("--probe", help="probe index")
     render.add_argument("-p", "--preview", action="store_true")
 
+    plot = sub.add_parser("plot", help="figures of a run for slides (PNG + SVG) into renders/plots/NAME")
+    plot.add_argument("path", metavar="RUN_OR_TRACE", help="run folder (trace/ + summary.json) or trace folder")
+    plot.add_argument("-o", "--out", help="output folder (default renders/plots/<run name>)")
+
+    lecture = sub.add_parser("lecture", help="every scene of a trace as one video with chapters, stills and slides")
+    lecture.add_argument("--trace", help="trace or run folder (default: the shipped demo trace)")
+    lecture.add_argument("--ppo-trace", help="PPO trace for ppo_vs_grpo (default: the shipped demo PPO trace)")
+    lecture.add_argument("-q", "--quality", default="l", choices=list("lmhk"))
+    lecture.add_argument("-j", "--jobs", type=int, default=0, help="scenes rendered at once (default: CPU count)")
+    lecture.add_argument("--scenes", help="comma-separated subset, e.g. ppo_logits,kl_penalty (default: all)")
+    lecture.add_argument("--steps", help="update range a:b for every scene")
+    lecture.add_argument("-o", "--out", help="output folder (default renders/lecture)")
+    lecture.add_argument("--no-plots", action="store_true", help="leave the figures out of the slides")
+
     fetch = sub.add_parser("fetch", help="fetch and convert an offline model (smollm2-135m)")
     fetch.add_argument("name", choices=["smollm2-135m"])
     return parser
@@ -106,6 +120,23 @@ def _run(args: argparse.Namespace) -> int:
 
         return render(args.scene, args.trace, quality=args.quality, steps=args.steps, probe=args.probe,
                       all_scenes=args.all, ppo_trace=args.ppo_trace, preview=args.preview)
+    if args.command in ("plot", "lecture"):
+        from .lecture import LectureError
+        from .plot import PlotError
+
+        try:
+            if args.command == "plot":
+                from .plot import plot
+
+                plot(args.path, args.out)
+                return 0
+            from .lecture import build_lecture
+
+            return build_lecture(args.trace, args.ppo_trace, quality=args.quality, jobs=args.jobs, scenes=args.scenes,
+                                 steps=args.steps, out=args.out, plots=not args.no_plots)
+        except (PlotError, LectureError) as exc:
+            print(f"minigrpo: error: {exc}", file=sys.stderr)
+            return 2
     if args.command == "fetch":
         from .models import fetch_smollm2
 

@@ -8,26 +8,28 @@ from __future__ import annotations
 
 from manim import ManimColor, interpolate_color
 
-BG = ManimColor("#0f1117")  # background (near-black, slightly blue)
-FG = ManimColor("#ECEFF4")  # main text
-MUTED = ManimColor("#9AA3B2")  # secondary text, axes
-GRID = ManimColor("#3B4252")  # faint lines, card borders
-CARD = ManimColor("#1B1F2A")  # card / panel fill
+from minigrpo import palette as _hex  # the hex values, shared with `minigrpo plot`
 
-POS = ManimColor("#3FB950")  # positive advantage / reward went up
-NEG = ManimColor("#F85149")  # negative advantage
-ZERO = ManimColor("#8B949E")  # zero advantage / no signal
+BG = ManimColor(_hex.BG)  # background (near-black, slightly blue)
+FG = ManimColor(_hex.FG)  # main text
+MUTED = ManimColor(_hex.MUTED)  # secondary text, axes
+GRID = ManimColor(_hex.GRID)  # faint lines, card borders
+CARD = ManimColor(_hex.CARD)  # card / panel fill
 
-OLD = ManimColor("#58A6FF")  # π_old (behaviour policy, before the update)
-NEW = ManimColor("#F0883E")  # π_new (after the optimizer step)
-REF = ManimColor("#BC8CFF")  # π_ref (frozen reference model)
-CLIP = ManimColor("#FFD33D")  # clipped tokens, the clip band, highlights
+POS = ManimColor(_hex.POS)  # positive advantage / reward went up
+NEG = ManimColor(_hex.NEG)  # negative advantage
+ZERO = ManimColor(_hex.ZERO)  # zero advantage / no signal
+
+OLD = ManimColor(_hex.OLD)  # π_old (behaviour policy, before the update)
+NEW = ManimColor(_hex.NEW)  # π_new (after the optimizer step)
+REF = ManimColor(_hex.REF)  # π_ref (frozen reference model)
+CLIP = ManimColor(_hex.CLIP)  # clipped tokens, the clip band, highlights
 HIGHLIGHT = CLIP
-VALUE = ManimColor("#39C5CF")  # PPO critic values
-RETURN = ManimColor("#D2A8FF")  # PPO returns
+VALUE = ManimColor(_hex.VALUE)  # PPO critic values
+RETURN = ManimColor(_hex.RETURN)  # PPO returns
 
-FONT = "DejaVu Sans"
-MONO = "DejaVu Sans Mono"
+FONT = _hex.FONT
+MONO = _hex.MONO
 
 TITLE = 60
 HEADING = 40
@@ -59,5 +61,5 @@ def sign_color(value: float):
         return NEG
     return ZERO
 
-PPO_C = ManimColor("#39C5CF")  # PPO (critic) in side-by-side comparisons
-GRPO_C = ManimColor("#DB61A2")  # GRPO (group baseline) in side-by-side comparisons
+PPO_C = ManimColor(_hex.PPO_C)  # PPO (critic) in side-by-side comparisons
+GRPO_C = ManimColor(_hex.GRPO_C)  # GRPO (group baseline) in side-by-side comparisons

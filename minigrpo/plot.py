@@ -1,0 +1,480 @@
+"""``minigrpo plot``: the figures of one run, for slides (PNG and SVG, the scenes' palette).
+
+Every figure is drawn from a trace (``minigrpo.trace.load``) and, when the run folder has
+one, its ``summary.json`` (held-out accuracy before and after RL, majority baseline).
+What each figure draws is also written to ``plot_data.json`` next to the images, so the
+numbers on a slide can be checked against the trace.
+
+    minigrpo plot runs/grpo            # a run folder: trace/ + summary.json
+    minigrpo plot runs/grpo/trace -o figs
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import tempfile
+from collections import defaultdict
+from pathlib import Path
+from typing import Callable, Optional
+
+import numpy as np
+
+from . import palette as C
+
+
+class PlotError(ValueError):
+    """Bad input for ``minigrpo plot``; the message is one line that says what to do."""
+
+
+FIGURES = ("reward_accuracy", "kl", "clip_fractions", "entropy", "completion_length",
+           "answer_token_prob", "decision_heatmap", "reward_groups")
+FORMATS = ("png", "svg")
+HEATMAP_ROWS = 8  # tokens shown in the decision heat map
+
+
+# ----------------------------------------------------------------------------- input
+def find_run(path: str | os.PathLike) -> tuple[Path, Optional[Path]]:
+    """(trace folder, summary.json or None) for a run folder or a trace folder."""
+    p = Path(path).expanduser()
+    if not p.exists():
+        raise PlotError(f"{p} does not exist; pass a run folder (with trace/ and summary.json) or a trace folder")
+    if (p / "meta.json").is_file():
+        trace_dir = p
+        summary = p.parent / "summary.json"  # a trace inside its run folder
+    elif (p / "trace" / "meta.json").is_file():
+        trace_dir = p / "trace"
+        summary = p / "summary.json"
+    else:
+        raise PlotError(f"{p} holds neither meta.json (a trace folder) nor trace/meta.json (a run folder); "
+                        f"pass the folder `minigrpo train --out` wrote, or its trace/")
+    return trace_dir, (summary if summary.is_file() else None)
+
+
+def read_summary(path: Optional[Path]) -> Optional[dict]:
+    if path is None:
+        return None
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError) as e:
+        raise PlotError(f"cannot read {path} ({e}); fix or delete it (the plots only need the trace)") from None
+
+
+def _finite(x) -> Optional[float]:
+    try:
+        x = float(x)
+    except (TypeError, ValueError):
+        return None
+    return x if math.isfinite(x) else None
+
+
+def recompute_majority(meta) -> Optional[float]:
+    """The eval split's majority baseline, rebuilt from the config the way the trainer builds it (None if it cannot be)."""
+    cfg = meta.config or {}
+    try:
+        from .tasks import TaskData, load_train_eval
+
+        _, evaluation = load_train_eval(cfg["task"], int(cfg["train_size"]), int(cfg["eval_size"]), int(cfg["seed"]),
+                                        **(cfg.get("task_kwargs") or {}))
+        n = min(int(cfg.get("eval_n") or len(evaluation)), len(evaluation))
+        return _finite(TaskData(evaluation.name, [evaluation[i] for i in range(n)], evaluation.dataset).majority_baseline())
+    except Exception:  # an unknown task, an old config: then the baseline is simply unknown
+        return None
+
+
+def baselines(meta, summary: Optional[dict], recompute: bool = True) -> dict:
+    """``{"sft"|"majority"|"after": {"value": float or None, "label": str}}`` — never a made-up number."""
+    before = (summary or {}).get("before") or {}
+    after = (summary or {}).get("after") or {}
+    sft, maj, fin = _finite(before.get("accuracy")), _finite(after.get("majority_baseline")), _finite(after.get("accuracy"))
+    if maj is None:
+        maj = _finite(before.get("majority_baseline"))
+    out = {}
+    if sft is not None:
+        out["sft"] = {"value": sft, "label": f"before RL (SFT), held-out greedy: {sft:.3f}"}
+    else:
+        out["sft"] = {"value": None, "label": "before RL (SFT): unknown — no summary.json (plot the run folder)"}
+    if maj is not None:
+        out["majority"] = {"value": maj, "label": f"majority baseline: {maj:.3f}"}
+    elif recompute and (maj := recompute_majority(meta)) is not None:
+        out["majority"] = {"value": maj, "label": f"majority baseline: {maj:.3f} (recomputed from the eval split)"}
+    else:
+        out["majority"] = {"value": None, "label": "majority baseline: unknown"}
+    if fin is not None:
+        out["after"] = {"value": fin, "label": f"after RL, held-out greedy: {fin:.3f}"}
+    return out
+
+
+# ----------------------------------------------------------------------------- data
+def answer_token_points(trace) -> list[dict]:
+    """One point per probed decision position: the sampled answer token's p before/after the update."""
+    points = []
+    for s in trace.steps:
+        for i, probe in enumerate(s.probes):
+            for pos in probe.positions:
+                if pos.kind != "decision":
+                    continue
+                hit = np.flatnonzero(np.asarray(pos.token_ids) == pos.sampled_token_id)
+                if hit.size == 0:
+                    continue
+                k = int(hit[0])
+                points.append({"step": s.step, "probe": i, "pos": pos.pos, "token": pos.tokens[k],
+                               "p_before": float(pos.probs_before[k]), "p_after": float(pos.probs_after[k]),
+                               "advantage": float(probe.advantage[pos.pos])})
+    return points
+
+
+def decision_heatmap(trace, rows: int = HEATMAP_ROWS) -> dict:
+    """Mean p after each update of the decision tokens, over the step's probed decisions.
+
+    Rows are the ``rows`` tokens with the largest total probability over all decisions; a
+    cell is NaN where no decision of that step kept the token in its top-k.
+    """
+    per_step: dict[int, dict[str, list[float]]] = {}
+    decisions: dict[int, int] = {}
+    total: dict[str, float] = defaultdict(float)
+    for s in trace.steps:
+        cells: dict[str, list[float]] = defaultdict(list)
+        for probe in s.probes:
+            for pos in probe.positions:
+                if pos.kind != "decision":
+                    continue
+                decisions[s.step] = decisions.get(s.step, 0) + 1
+                for tok, p in zip(pos.tokens, pos.probs_after):
+                    cells[tok].append(float(p))
+                    total[tok] += float(p)
+        per_step[s.step] = cells
+    tokens = sorted(total, key=lambda t: (-total[t], t))[:rows]
+    steps = [s for s in per_step if per_step[s]]
+    matrix = [[float(np.mean(per_step[s][t])) if per_step[s].get(t) else math.nan for s in steps] for t in tokens]
+    return {"tokens": tokens, "steps": steps, "p_after": matrix, "decisions_per_step": [decisions[s] for s in steps]}
+
+
+def rollout_rewards(trace, rollout: int) -> list[dict]:
+    return [{"group": g, "rewards": [float(r) for r in grp.rewards], "mean": float(grp.mean), "std": float(grp.std)}
+            for g, grp in enumerate(trace.rollouts[rollout])]
+
+
+# ----------------------------------------------------------------------------- drawing
+STYLE = {  # matplotlib rc for every figure: the scenes' colours, type large enough for a slide
+    "figure.facecolor": C.BG, "axes.facecolor": C.BG, "savefig.facecolor": C.BG,
+    "text.color": C.FG, "axes.labelcolor": C.FG, "axes.edgecolor": C.MUTED, "axes.titlecolor": C.FG,
+    "xtick.color": C.MUTED, "ytick.color": C.MUTED, "grid.color": C.GRID, "axes.grid": True,
+    "font.family": "sans-serif", "font.sans-serif": [C.FONT], "font.size": 16,
+    "axes.titlesize": 22, "axes.labelsize": 18, "xtick.labelsize": 15, "ytick.labelsize": 15,
+    "legend.fontsize": 14, "legend.facecolor": C.CARD, "legend.edgecolor": C.GRID, "legend.labelcolor": C.FG,
+    "lines.linewidth": 2.0, "svg.fonttype": "path", "axes.spines.top": False, "axes.spines.right": False,
+}
+
+
+def pyplot():
+    """matplotlib's pyplot on the Agg backend (no display needed)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib import pyplot as plt
+
+    return plt
+
+
+def _moving_mean(y: np.ndarray) -> tuple[Optional[int], np.ndarray]:
+    """Trailing mean over w = n/20 steps (ignoring NaN), for readability on a slide; None when n < 60."""
+    n = len(y)
+    if n < 60:
+        return None, y
+    w = round(n / 20)
+    out = np.full(n, np.nan)
+    for i in range(n):
+        window = y[max(0, i - w + 1): i + 1]
+        if np.isfinite(window).any():
+            out[i] = np.nanmean(window)
+    return w, out
+
+
+def _series(ax, x, y, label: str, color: str, data: dict) -> None:
+    x = np.asarray(x, dtype=float)
+    y = np.asarray(y, dtype=float)
+    w, ym = _moving_mean(y)
+    ax.plot(x, y, color=color, lw=1.2 if w else 2.2, alpha=0.45 if w else 1.0, label=label if not w else None,
+            marker="o" if len(x) < 60 else None, ms=5)
+    if w:
+        ax.plot(x, ym, color=color, lw=2.8, label=f"{label} — mean of {w} steps")
+    data[label] = {"x": x.tolist(), "y": y.tolist(), **({"moving_mean_window": w} if w else {})}
+
+
+def _empty(ax, text: str) -> None:
+    ax.text(0.5, 0.5, text, ha="center", va="center", transform=ax.transAxes, color=C.MUTED, fontsize=18)
+
+
+def _head(trace) -> str:
+    m = trace.meta
+    steps = trace.step_numbers
+    span = f"steps {steps.min()}–{steps.max()}" if len(steps) else "no steps"
+    return f"{m.algo.upper()} · {m.model} · {m.task} · {span}"
+
+
+TOP = 0.87  # axes stay below the title lines
+
+
+def _title(fig, trace, title: str) -> None:
+    fig.text(0.02, 0.955, title, fontsize=26, color=C.FG, ha="left", va="center")
+    fig.text(0.02, 0.905, _head(trace), fontsize=15, color=C.MUTED, ha="left", va="center")
+
+
+def _new_fig(plt, trace, title: str, **kw):
+    fig, ax = plt.subplots(figsize=(12.8, 7.2), dpi=150, **kw)
+    _title(fig, trace, title)
+    for a in np.atleast_1d(ax):
+        a.set_xlabel("optimizer step")
+    return fig, ax
+
+
+def _metric_figure(plt, trace, title, series, ylabel, extra: Optional[Callable] = None):
+    fig, ax = _new_fig(plt, trace, title)
+    data: dict = {}
+    x = trace.step_numbers
+    drawn = 0
+    for name, label, color in series:
+        y = trace.metric(name)
+        data[label] = {"metric": name}
+        if np.isfinite(y).any():
+            _series(ax, x, y, label, color, data)
+            data[label]["metric"] = name
+            drawn += 1
+        else:
+            data[label].update(x=[], y=[], missing=True)
+            ax.plot([], [], " ", label=f"{label}: metric {name!r} not in trace")
+    if not drawn:
+        _empty(ax, "metric not in trace")
+    if extra:
+        extra(ax, data)
+    ax.set_ylabel(ylabel)
+    ax.legend(loc="best")
+    fig.tight_layout(rect=(0, 0, 1, TOP))
+    return fig, data
+
+
+def fig_reward_accuracy(plt, trace, base):
+    def lines(ax, data):
+        for key, color, style in (("sft", C.OLD, "--"), ("majority", C.MUTED, ":"), ("after", C.FG, "-.")):
+            b = base.get(key)
+            if b is None:
+                continue
+            if b["value"] is None:
+                ax.plot([], [], " ", label=b["label"])
+            else:
+                ax.axhline(b["value"], color=color, ls=style, lw=2.2, label=b["label"])
+        data["baselines"] = base
+
+    fig, data = _metric_figure(plt, trace, "Reward and accuracy per update",
+                               [("reward", "reward, rollout mean", C.NEW), ("accuracy", "accuracy of the sampled rollouts", C.POS)],
+                               "reward · fraction correct", lines)
+    ax = fig.axes[0]
+    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.13), ncol=2, frameon=False)
+    fig.tight_layout(rect=(0, 0, 1, TOP))
+    return fig, data
+
+
+def fig_kl(plt, trace, base):
+    beta = (trace.meta.config or {}).get("beta")
+    title = "KL to the reference policy" + (f" (β = {beta:g})" if isinstance(beta, (int, float)) else "")
+    return _metric_figure(plt, trace, title, [("kl", "KL(π_θ ‖ π_ref), k3 token mean", C.REF)], "KL")
+
+
+def fig_clip_fractions(plt, trace, base):
+    cfg = trace.meta.config or {}
+    eps = cfg.get("epsilon")
+    eh = cfg.get("epsilon_high") if cfg.get("epsilon_high") is not None else eps
+    band = f" (ε = {eps:g}, ε_high = {eh:g})" if isinstance(eps, (int, float)) and isinstance(eh, (int, float)) else ""
+    return _metric_figure(plt, trace, "Fraction of tokens clipped" + band,
+                          [("clip_ratio/low_mean", "low: ρ < 1−ε, A < 0", C.NEG),
+                           ("clip_ratio/high_mean", "high: ρ > 1+ε_high, A > 0", C.POS),
+                           ("clip_ratio/region_mean", "region: either side", C.CLIP)], "fraction of tokens")
+
+
+def fig_entropy(plt, trace, base):
+    return _metric_figure(plt, trace, "Policy entropy", [("entropy", "entropy (token mean, nats)", C.VALUE)], "nats")
+
+
+def fig_completion_length(plt, trace, base):
+    cap = (trace.meta.config or {}).get("max_completion_length")
+
+    def cap_line(ax, data):
+        if isinstance(cap, (int, float)):
+            ax.axhline(cap, color=C.MUTED, ls=":", lw=2, label=f"max_completion_length = {cap:g}")
+            data["max_completion_length"] = cap
+
+    return _metric_figure(plt, trace, "Completion length",
+                          [("completion_length", "mean completion tokens", C.OLD)], "tokens", cap_line)
+
+
+def fig_answer_token_prob(plt, trace, base):
+    fig, (ax, dax) = _new_fig(plt, trace, "Probability of the sampled answer token", nrows=2, sharex=True,
+                              gridspec_kw={"height_ratios": (3, 2)})
+    ax.set_xlabel("")
+    points = answer_token_points(trace)
+    data: dict = {"points": points}
+    if not points:
+        _empty(ax, "no probed decision position (first token inside <answer>) in this trace")
+    else:
+        steps = np.array([p["step"] for p in points], dtype=float)
+        before = np.array([p["p_before"] for p in points])
+        after = np.array([p["p_after"] for p in points])
+        adv = np.array([p["advantage"] for p in points])
+        for mask, color, label in ((adv > 0, C.POS, "A > 0"), (adv < 0, C.NEG, "A < 0"), (adv == 0, C.ZERO, "A = 0")):
+            if mask.any():
+                ax.scatter(steps[mask], after[mask], s=28, color=color, alpha=0.8, label=f"one probe, {label}")
+                dax.scatter(steps[mask], after[mask] - before[mask], s=28, color=color, alpha=0.8)
+        xs = np.array(sorted(set(steps.tolist())))
+        mean = np.array([after[steps == s].mean() for s in xs])
+        w, smooth = _moving_mean(mean)
+        ax.plot(xs, smooth, color=C.FG, lw=2.8, label=f"mean over probes{f' and {w} steps' if w else ''}")
+        data["mean"] = {"x": xs.tolist(), "y": mean.tolist(), **({"moving_mean_window": w} if w else {})}
+        ax.set_ylim(-0.03, 1.03)
+        dax.axhline(0, color=C.MUTED, lw=1.5)
+        fig.legend(*ax.get_legend_handles_labels(), loc="lower center", ncol=4, frameon=False)
+    ax.set_ylabel("p after the update")
+    dax.set_ylabel("Δp in the update")
+    fig.align_ylabels((ax, dax))
+    fig.tight_layout(rect=(0, 0.06, 1, TOP))
+    return fig, data
+
+
+def fig_decision_heatmap(plt, trace, base):
+    from matplotlib.colors import LinearSegmentedColormap
+
+    fig, ax = _new_fig(plt, trace, "Top tokens at the answer decision, update by update")
+    data = decision_heatmap(trace)
+    if not data["steps"]:
+        _empty(ax, "no probed decision position (first token inside <answer>) in this trace")
+    else:
+        cmap = LinearSegmentedColormap.from_list("minigrpo", [C.GRID, C.OLD, C.CLIP]).with_extremes(bad=C.BG)
+        m = np.ma.masked_invalid(np.array(data["p_after"], dtype=float))
+        steps = data["steps"]
+        im = ax.imshow(m, aspect="auto", cmap=cmap, vmin=0.0, vmax=1.0, interpolation="nearest",
+                       extent=(steps[0] - 0.5, steps[-1] + 0.5, len(data["tokens"]) - 0.5, -0.5))
+        ax.set_yticks(range(len(data["tokens"])))
+        ax.set_yticklabels([readable(t) for t in data["tokens"]], fontfamily=C.MONO, fontsize=16, color=C.FG)
+        ax.grid(False)
+        bar = fig.colorbar(im, ax=ax, pad=0.02)
+        bar.set_label("mean p after the update")
+        bar.ax.yaxis.set_tick_params(color=C.MUTED)
+        ax.set_ylabel("token")
+        fig.text(0.02, 0.02, "over the step's probed decisions (first token inside <answer>); "
+                 "blank: token not in any probe's top-k", fontsize=13, color=C.MUTED)
+    fig.tight_layout(rect=(0, 0.04, 1, TOP))
+    return fig, data
+
+
+def fig_reward_groups(plt, trace, base):
+    ids = sorted(trace.rollouts)
+    chosen = [ids[0], ids[-1]] if len(ids) > 1 else ids
+    fig, axes = plt.subplots(1, max(1, len(chosen)), figsize=(12.8, 7.2), dpi=150, sharey=True, squeeze=False)
+    axes = axes[0]
+    _title(fig, trace, "Rewards of each group (G completions of one prompt)")
+    data: dict = {}
+    if not chosen:
+        _empty(axes[0], "no rollouts in this trace")
+    for ax, r in zip(axes, chosen):
+        groups = rollout_rewards(trace, r)
+        data[f"rollout {r}"] = groups
+        for g in groups:
+            rw = np.array(g["rewards"])
+            flat = rw.size == 0 or np.ptp(rw) == 0
+            offsets = np.linspace(-0.3, 0.3, rw.size) if rw.size > 1 else np.zeros(rw.size)
+            colors = [C.ZERO if flat else (C.POS if v > g["mean"] else C.NEG if v < g["mean"] else C.ZERO) for v in rw]
+            ax.scatter(g["group"] + offsets, rw, s=22, c=colors, alpha=0.85, zorder=3)
+            ax.hlines(g["mean"], g["group"] - 0.4, g["group"] + 0.4, color=C.MUTED if flat else C.FG, lw=2, zorder=2)
+        n_flat = sum(1 for g in groups if len(g["rewards"]) == 0 or np.ptp(g["rewards"]) == 0)
+        ax.set_title(f"rollout {r} · σ = 0 in {n_flat} of {len(groups)} groups", fontsize=18, loc="left")
+        ax.set_xlabel("group")
+    axes[0].set_ylabel("reward")
+    handles = [axes[0].scatter([], [], color=color, label=label) for color, label in
+               ((C.POS, "above the group mean (A > 0)"), (C.NEG, "below (A < 0)"), (C.ZERO, "σ = 0: no signal"))]
+    handles.append(axes[0].hlines([], 0, 1, color=C.FG, lw=2, label="group mean"))
+    fig.legend(handles=handles, loc="lower center", ncol=4, frameon=False)
+    fig.tight_layout(rect=(0, 0.07, 1, TOP))
+    return fig, data
+
+
+def readable(token: str) -> str:
+    """A token as it should read on a slide: spaces as ·, newlines as ⏎."""
+    return token.replace(" ", "·").replace("\n", "⏎").replace("\t", "⇥") or "∅"
+
+
+DRAW = {"reward_accuracy": fig_reward_accuracy, "kl": fig_kl, "clip_fractions": fig_clip_fractions,
+        "entropy": fig_entropy, "completion_length": fig_completion_length,
+        "answer_token_prob": fig_answer_token_prob, "decision_heatmap": fig_decision_heatmap,
+        "reward_groups": fig_reward_groups}
+
+
+# ----------------------------------------------------------------------------- output
+def _atomic_write(path: Path, write: Callable[[str], None]) -> None:
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        write(tmp)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; a figure is an ordinary file
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def _jsonable(x):
+    if isinstance(x, dict):
+        return {str(k): _jsonable(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_jsonable(v) for v in x]
+    if isinstance(x, (np.floating, float)):
+        return float(x) if math.isfinite(x) else None
+    if isinstance(x, np.integer):
+        return int(x)
+    return x
+
+
+def default_out(path: str | os.PathLike) -> Path:
+    trace_dir, _ = find_run(path)
+    name = trace_dir.parent.name if trace_dir.name == "trace" else trace_dir.name
+    return Path("renders") / "plots" / name
+
+
+def plot(path: str | os.PathLike, out: str | os.PathLike | None = None, recompute_baseline: bool = True,
+         log: Callable[[str], None] = print) -> dict:
+    """Draw every figure of :data:`FIGURES` for a run or trace folder into ``out``.
+
+    Returns ``{"files": [...], "figures": {name: plotted data}}``, the same as ``plot_data.json``.
+    """
+    from .trace import TraceError, load
+
+    trace_dir, summary_path = find_run(path)
+    summary = read_summary(summary_path)
+    try:
+        trace = load(trace_dir)
+    except TraceError as e:
+        raise PlotError(f"{trace_dir} is not a valid minigrpo trace: {e}") from None
+    if not trace.steps:
+        raise PlotError(f"trace {trace_dir} has no optimizer steps yet; train longer, then plot again")
+    out = Path(out) if out else default_out(path)
+    out.mkdir(parents=True, exist_ok=True)
+    base = baselines(trace.meta, summary, recompute=recompute_baseline)
+    plt = pyplot()
+    result: dict = {"trace": str(trace_dir), "summary": str(summary_path) if summary_path else None,
+                    "files": [], "figures": {}}
+    for name in FIGURES:
+        with plt.rc_context(STYLE):
+            fig, data = DRAW[name](plt, trace, base)
+            for fmt in FORMATS:
+                target = out / f"{name}.{fmt}"
+                _atomic_write(target, lambda tmp, f=fmt: fig.savefig(tmp, format=f))
+                result["files"].append(str(target))
+        plt.close(fig)
+        result["figures"][name] = data
+    result = _jsonable(result)
+    _atomic_write(out / "plot_data.json", lambda tmp: Path(tmp).write_text(json.dumps(result, indent=1, ensure_ascii=False)))
+    log(f"minigrpo: {len(FIGURES)} figures ({', '.join(FORMATS)}) + plot_data.json -> {out}")
+    return result

@@ -1,0 +1,200 @@
+"""`minigrpo plot`: every figure is written (valid PNG and SVG), and what it plots equals the trace.
+
+The expected values are read straight from the trace files (json lines and npz payloads),
+not through minigrpo.trace, so a reader bug cannot hide a plotting bug.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from minigrpo import palette
+from minigrpo.plot import FIGURES, FORMATS, PlotError, plot
+
+REPO = Path(__file__).resolve().parents[1]
+DEMO_GRPO = REPO / "traces" / "demo-grpo-syllogism"
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def metric_series(trace_dir: Path, name: str) -> tuple[list[int], list[float]]:
+    rows = read_jsonl(trace_dir / "steps.jsonl")
+    ys = [row["metrics"].get(name) for row in rows]
+    return [row["step"] for row in rows], [math.nan if y is None else float(y) for y in ys]
+
+
+def same(a, b) -> bool:
+    a = np.array([math.nan if v is None else v for v in a], dtype=float)
+    b = np.array(b, dtype=float)
+    return a.shape == b.shape and bool(np.all((a == b) | (np.isnan(a) & np.isnan(b))))
+
+
+def decision_points(trace_dir: Path) -> list[tuple]:
+    """(step, probe, p_before, p_after, advantage) of every decision position, from the npz files."""
+    out = []
+    for row in read_jsonl(trace_dir / "steps.jsonl"):
+        if not row.get("payload"):
+            continue
+        z = np.load(trace_dir / row["payload"])
+        for i, pr in enumerate(row["probes"]):
+            for j, pos in enumerate(pr["positions"]):
+                if pos["kind"] != "decision":
+                    continue
+                ids = z[f"p{i}.pos{j}.token_ids"]
+                k = int(np.flatnonzero(ids == pos["sampled_token_id"])[0])
+                out.append((row["step"], i, float(z[f"p{i}.pos{j}.probs_before"][k]),
+                            float(z[f"p{i}.pos{j}.probs_after"][k]), float(z[f"p{i}.advantage"][pos["pos"]])))
+    return out
+
+
+def check_files(out: Path) -> None:
+    for name in FIGURES:
+        for fmt in FORMATS:
+            f = out / f"{name}.{fmt}"
+            assert f.is_file() and f.stat().st_size > 5000, f
+            head = f.read_bytes()[:8]
+            if fmt == "png":
+                assert head == PNG_MAGIC, f
+                import matplotlib.image as mpimg
+
+                h, w = mpimg.imread(f).shape[:2]
+                assert (w, h) == (1920, 1080), (f, w, h)  # 16:9, readable when projected
+            else:
+                root = ET.parse(f).getroot()
+                assert root.tag.endswith("svg"), f
+    assert not [p for p in out.iterdir() if p.name.startswith(".")], "temp files left behind"
+
+
+def check_series(data: dict, trace_dir: Path) -> None:
+    figs = data["figures"]
+    for fig, label, metric in [("reward_accuracy", "reward, rollout mean", "reward"),
+                               ("reward_accuracy", "accuracy of the sampled rollouts", "accuracy"),
+                               ("kl", "KL(π_θ ‖ π_ref), k3 token mean", "kl"),
+                               ("clip_fractions", "low: ρ < 1−ε, A < 0", "clip_ratio/low_mean"),
+                               ("clip_fractions", "high: ρ > 1+ε_high, A > 0", "clip_ratio/high_mean"),
+                               ("clip_fractions", "region: either side", "clip_ratio/region_mean"),
+                               ("entropy", "entropy (token mean, nats)", "entropy"),
+                               ("completion_length", "mean completion tokens", "completion_length")]:
+        xs, ys = metric_series(trace_dir, metric)
+        series = figs[fig][label]
+        assert series["metric"] == metric
+        assert same(series["x"], xs), (fig, label)
+        assert same(series["y"], ys), (fig, label)
+
+    want = decision_points(trace_dir)
+    got = [(p["step"], p["probe"], p["p_before"], p["p_after"], p["advantage"]) for p in figs["answer_token_prob"]["points"]]
+    assert got == want and len(want) > 0
+
+    # heat map: mean p_after over the step's decisions, recomputed from the payloads
+    heat = figs["decision_heatmap"]
+    cells: dict = {}
+    for row in read_jsonl(trace_dir / "steps.jsonl"):
+        z = np.load(trace_dir / row["payload"]) if row.get("payload") else None
+        for i, pr in enumerate(row["probes"]):
+            for j, pos in enumerate(pr["positions"]):
+                if pos["kind"] == "decision":
+                    for tok, p in zip(pos["tokens"], z[f"p{i}.pos{j}.probs_after"]):
+                        cells.setdefault((row["step"], tok), []).append(float(p))
+    assert heat["tokens"] and heat["steps"]
+    for r, tok in enumerate(heat["tokens"]):
+        for c, step in enumerate(heat["steps"]):
+            expect = np.mean(cells[(step, tok)]) if (step, tok) in cells else math.nan
+            assert same([heat["p_after"][r][c]], [expect]), (tok, step)
+
+    rollouts = {row["rollout"]: row for row in read_jsonl(trace_dir / "rollouts.jsonl")}
+    first, last = min(rollouts), max(rollouts)
+    for rid in {first, last}:
+        shown = figs["reward_groups"][f"rollout {rid}"]
+        assert [g["rewards"] for g in shown] == [g["rewards"] for g in rollouts[rid]["groups"]]
+
+
+def test_plot_run_folder(grpo_run, tmp_path):
+    run_dir, cfg, summary = grpo_run
+    out = tmp_path / "figs"
+    data = plot(run_dir, out, log=lambda *_: None)
+    check_files(out)
+    assert data == json.loads((out / "plot_data.json").read_text())
+    check_series(data, Path(run_dir) / "trace")
+    base = data["figures"]["reward_accuracy"]["baselines"]
+    assert base["sft"]["value"] == summary["before"]["accuracy"]
+    assert base["majority"]["value"] == summary["after"]["majority_baseline"]
+    assert base["after"]["value"] == summary["after"]["accuracy"]
+
+
+def test_baselines_unknown_are_said_in_the_legend_and_majority_is_recomputed_exactly(grpo_run, tmp_path):
+    """Without summary.json the SFT baseline is 'unknown' in the legend; the majority baseline,
+    rebuilt from the trace's config, equals what the trainer measured."""
+    from minigrpo.plot import STYLE, baselines, fig_reward_accuracy, pyplot
+    from minigrpo.trace import load
+
+    run_dir, cfg, summary = grpo_run
+    lone = tmp_path / "trace"
+    shutil.copytree(Path(run_dir) / "trace", lone)
+    trace = load(lone)
+    base = baselines(trace.meta, None)
+    assert base["sft"]["value"] is None and "unknown" in base["sft"]["label"]
+    assert base["majority"]["value"] == summary["after"]["majority_baseline"]
+    plt = pyplot()
+    with plt.rc_context(STYLE):
+        fig, _ = fig_reward_accuracy(plt, trace, base)
+    legend = [t.get_text() for t in fig.axes[0].get_legend().get_texts()]
+    plt.close(fig)
+    assert any("unknown" in t for t in legend) and any("majority" in t for t in legend)
+    sft_lines = [line for line in fig.axes[0].lines if line.get_label().startswith("before RL")]
+    assert sft_lines and all(len(line.get_ydata()) == 0 for line in sft_lines)  # a legend entry, no line
+    # and with nothing to recompute from, the majority baseline is unknown too
+    meta = trace.meta
+    meta.config = {**meta.config, "task": "no_such_task"}
+    assert baselines(meta, None)["majority"] == {"value": None, "label": "majority baseline: unknown"}
+
+
+def test_plot_shipped_trace_has_smoothed_and_raw_series(tmp_path):
+    out = tmp_path / "demo"
+    data = plot(DEMO_GRPO, out, log=lambda *_: None)
+    check_files(out)
+    check_series(data, DEMO_GRPO)
+    kl = data["figures"]["kl"]["KL(π_θ ‖ π_ref), k3 token mean"]
+    assert kl["moving_mean_window"] == round(150 / 20) and len(kl["y"]) == 150
+
+
+def test_plot_ppo_run(ppo_run, tmp_path):
+    run_dir, _, _ = ppo_run
+    data = plot(Path(run_dir) / "trace", tmp_path / "ppo", log=lambda *_: None)  # the trace inside its run folder
+    check_files(tmp_path / "ppo")
+    assert data["summary"] == str(Path(run_dir) / "summary.json")
+    check_series(data, Path(run_dir) / "trace")
+
+
+def test_palette_is_the_scenes_palette():
+    from scenes.components import palette as P
+
+    for name in ("BG", "FG", "MUTED", "GRID", "CARD", "POS", "NEG", "ZERO", "OLD", "NEW", "REF", "CLIP", "VALUE",
+                 "RETURN", "PPO_C", "GRPO_C"):
+        assert P.__dict__[name].to_hex().lower() == getattr(palette, name).lower(), name
+
+
+def test_plot_errors(tmp_path, capsys):
+    from minigrpo.cli import main
+
+    with pytest.raises(PlotError, match="does not exist"):
+        plot(tmp_path / "nope", tmp_path / "o")
+    (tmp_path / "empty").mkdir()
+    assert main(["plot", str(tmp_path / "empty")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("minigrpo: error:") and "run folder" in err[0]
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    (bad / "meta.json").write_text("{not json")
+    assert main(["plot", str(bad), "-o", str(tmp_path / "o")]) == 2
+    assert capsys.readouterr().err.startswith("minigrpo: error:")
+    assert not (tmp_path / "o").exists() or not any((tmp_path / "o").iterdir())
