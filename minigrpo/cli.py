@@ -22,7 +22,7 @@ def _add_config_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--preset", help="tiny | smollm2-135m | smollm-135m | smollm-360m | qwen3-0.6b")
     parser.add_argument("--config", help="TOML or JSON file of config fields")
     parser.add_argument("--out", help="output folder (model, trace, checkpoint)")
-    parser.add_argument("--max-steps", help="optimizer steps (for sft: SFT steps)")
+    parser.add_argument("--max-steps", help="optimizer steps (for sft: SFT steps, instead of a preset's --sft-epochs)")
     fields = argparse.ArgumentParser.add_argument_group(parser, "config fields (see minigrpo/config.py)")
     for f in dataclasses.fields(TrainConfig):
         if f.name == "max_steps":
@@ -37,6 +37,8 @@ def _config_from_args(args: argparse.Namespace, command: str) -> TrainConfig:
                  if getattr(args, name, None) is not None and name != "max_steps"}
     if args.max_steps is not None:
         overrides["sft_steps" if command == "sft" else "max_steps"] = args.max_steps
+        if command == "sft":  # counted steps replace a preset's epochs, unless --sft-epochs is given too
+            overrides.setdefault("sft_epochs", 0)
     return build_config(args.preset, args.config, overrides)
 
 
@@ -64,6 +66,11 @@ def _parser() -> argparse.ArgumentParser:
     exp = tsub.add_parser("export", help="write the scalar metrics as CSV")
     exp.add_argument("path")
     exp.add_argument("--csv", required=True, help="output CSV file")
+    down = tsub.add_parser("downsample", help="copy a trace keeping all rollouts and scalars, probes of some updates")
+    down.add_argument("src")
+    down.add_argument("dst", help="new folder (never overwritten)")
+    down.add_argument("--probe-every", type=int, required=True, metavar="N", help="keep the probes of every N-th update")
+    down.add_argument("--keep-first", type=int, default=0, metavar="K", help="and of the first K updates (default 0)")
 
     render = sub.add_parser("render", help="render Manim scenes from a trace into renders/")
     render.add_argument("--trace", help="trace folder (default: the shipped demo trace)")
@@ -111,6 +118,10 @@ def _print_table(summary: dict) -> None:
 
 
 def _run(args: argparse.Namespace) -> int:
+    if args.command == "trace" and args.trace_command == "downsample":
+        from .trace.downsample import cli_downsample
+
+        return cli_downsample(args.src, args.dst, args.probe_every, args.keep_first)
     if args.command == "trace":
         from .trace.inspect import cli_export, cli_inspect
 

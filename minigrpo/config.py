@@ -82,11 +82,13 @@ class TrainConfig:
     whiten_advantages: bool = True
 
     # --- SFT -----------------------------------------------------------------------
-    sft_steps: int = 200
+    sft_steps: int = 200  # optimizer steps, each on a random batch (used when sft_epochs == 0)
+    sft_epochs: int = 0  # > 0: instead of sft_steps, this many shuffled passes over the sft_size examples
     sft_learning_rate: float = 1e-5
     sft_lr_scheduler_type: str = "constant"  # constant | linear | cosine
     sft_batch_size: int = 16
     sft_size: int = 2000  # items used for SFT (from the training split)
+    sft_style: str = "form"  # syllogism SFT target: form (abstract form, then the answer) | rules (see tasks.py)
 
     # --- recording / bookkeeping ---------------------------------------------------
     trace: bool = True  # record every update to OUT/trace
@@ -129,6 +131,7 @@ class TrainConfig:
             "device": ("auto", "cpu", "cuda"),
             "dtype": ("auto", "float32", "bfloat16"),
             "rollout_backend": ("hf", "fast"),
+            "sft_style": ("form", "rules"),
         }
         for name, valid in choices.items():
             value = getattr(self, name)
@@ -160,7 +163,7 @@ class TrainConfig:
                      "sft_batch_size", "sft_size", "probe_top_k", "generation_batch_size", "save_steps", "eval_n"):
             if getattr(self, name) < 1:
                 bad(name, f"{getattr(self, name)} must be >= 1")
-        for name in ("sft_steps", "warmup_steps", "eval_every", "probe_moved_positions", "logging_steps"):
+        for name in ("sft_steps", "sft_epochs", "warmup_steps", "eval_every", "probe_moved_positions", "logging_steps"):
             if getattr(self, name) < 0:
                 bad(name, f"{getattr(self, name)} must be >= 0")
         if self.probe_completions < -1:
@@ -176,11 +179,20 @@ class TrainConfig:
 
 
 # Seed recipe (the article's table): lr 1e-6, temperature 0.7, G = 6, buffer 500,
-# gradient accumulation 12, 300 new tokens.
+# gradient accumulation 12, 300 new tokens; its SFT warm-up: about 200 examples, 3 epochs,
+# lr 5e-5. The syllogism SFT target of a real model is a short chain of rule checks in
+# words (sft_style="rules"): a pretrained model reads English, not the tiny model's codes.
+# dtype float32: the trainer keeps no float32 master copy of bf16 weights, and an AdamW step
+# at lr 1e-6 (about 1e-6 per weight) is far below bf16's spacing near typical weights
+# (~1e-4), so in bf16 nearly every update would round away (tests/test_smollm2_recipe.py).
+# generation_batch_size=512 samples a whole 500-completion buffer (and a 500-item eval) in
+# one generate call: on a GPU a decode step of a 135M model is bound by per-step overhead
+# (93 ms at batch 48 on an H100, issue 5), not by the batch, so one call replaces ten.
 _SEED_RECIPE: dict[str, Any] = dict(
     learning_rate=1e-6, temperature=0.7, num_generations=6, buffer_size=500,
     gradient_accumulation_steps=12, max_completion_length=300, per_device_train_batch_size=4,
-    num_iterations=2, sft_learning_rate=1e-5, sft_steps=300, sft_batch_size=16,
+    num_iterations=2, sft_learning_rate=5e-5, sft_size=200, sft_epochs=3, sft_batch_size=16,
+    sft_style="rules", generation_batch_size=512, dtype="float32",
 )
 
 PRESETS: dict[str, dict[str, Any]] = {

@@ -3,6 +3,10 @@
 The loss is the next-token cross-entropy on the target completion only (prompt tokens are
 masked out). With ``--model tiny`` the embedded model is first built from scratch: a
 byte-level BPE tokenizer trained on the task's own text and a small random Llama.
+
+Two schedules: ``sft_steps`` optimizer steps on random batches (``sft_epochs == 0``, the
+tiny preset), or ``sft_epochs`` shuffled passes over the ``sft_size`` examples in batches
+of ``sft_batch_size`` (the last batch of a pass may be smaller), as the seed recipe counts.
 """
 
 from __future__ import annotations
@@ -30,7 +34,7 @@ def sft_examples(data, tokenizer, cfg) -> list[tuple[list[int], list[int]]]:
     for item in data.items:
         if len(examples) >= cfg.sft_size:
             break
-        target = sft_target(item, data.name)
+        target = sft_target(item, data.name, cfg.sft_style)
         if not score_completion(target, item, data, reward_cfg).correct:
             continue  # e.g. propositional_logic example answers that only restate a premise
         prompt_ids = tokenizer(build_prompt(item, tokenizer), add_special_tokens=False)["input_ids"]
@@ -50,6 +54,19 @@ def collate(examples, pad_id: int, device) -> tuple[torch.Tensor, torch.Tensor, 
         attention[i, :len(seq)] = 1
         labels[i, len(p):len(seq)] = torch.tensor(t)
     return input_ids.to(device), attention.to(device), labels.to(device)
+
+
+def sft_batches(num_examples: int, cfg, rng: random.Random) -> list[list[int]]:
+    """Example indices of every SFT step: epochs of shuffled passes, or sft_steps random batches."""
+    size = min(cfg.sft_batch_size, num_examples)
+    if cfg.sft_epochs == 0:
+        return [rng.sample(range(num_examples), size) for _ in range(cfg.sft_steps)]
+    batches = []
+    for _ in range(cfg.sft_epochs):
+        order = list(range(num_examples))
+        rng.shuffle(order)
+        batches += [order[i:i + size] for i in range(0, num_examples, size)]
+    return batches
 
 
 def run_sft(cfg, out_dir: str | Path, log=print) -> dict:
@@ -73,13 +90,14 @@ def run_sft(cfg, out_dir: str | Path, log=print) -> dict:
     before = evaluate(model, tokenizer, eval_data, cfg, n=cfg.eval_n)
     log(f"eval before SFT: accuracy {before['accuracy']:.3f} (majority {before['majority_baseline']:.3f}), "
         f"format {before['format_rate']:.3f}")
+    batches = sft_batches(len(examples), cfg, random.Random(cfg.seed))
+    total = len(batches)
     schedule = dataclasses.replace(cfg, lr_scheduler_type=cfg.sft_lr_scheduler_type)
-    optimizer, scheduler = runtime.make_optimizer(model.parameters(), schedule, cfg.sft_learning_rate, cfg.sft_steps)
-    rng = random.Random(cfg.seed)
+    optimizer, scheduler = runtime.make_optimizer(model.parameters(), schedule, cfg.sft_learning_rate, total)
     model.train()
     started = time.time()
-    for step in range(1, cfg.sft_steps + 1):
-        batch = rng.sample(examples, min(cfg.sft_batch_size, len(examples)))
+    for step, indices in enumerate(batches, start=1):
+        batch = [examples[i] for i in indices]
         input_ids, attention, labels = collate(batch, tokenizer.pad_token_id, device)
         logits = model(input_ids=input_ids, attention_mask=attention, use_cache=False).logits
         loss = F.cross_entropy(logits[:, :-1].float().reshape(-1, logits.shape[-1]), labels[:, 1:].reshape(-1))
@@ -90,15 +108,15 @@ def run_sft(cfg, out_dir: str | Path, log=print) -> dict:
         torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
         optimizer.step()
         scheduler.step()
-        if step % max(1, cfg.sft_steps // 10) == 0 or step == cfg.sft_steps:
-            log(f"sft step {step:4d}/{cfg.sft_steps}  loss {loss.item():.4f}")
+        if step % max(1, total // 10) == 0 or step == total:
+            log(f"sft step {step:4d}/{total}  loss {loss.item():.4f}")
     model.eval()
     after = evaluate(model, tokenizer, eval_data, cfg, n=cfg.eval_n)
     log(f"eval after SFT: accuracy {after['accuracy']:.3f} (majority {after['majority_baseline']:.3f}), "
         f"format {after['format_rate']:.3f}")
     runtime.save_final_model(model, tokenizer, out)
     shutil.rmtree(out / ".tiny-base", ignore_errors=True)
-    summary = {"algo": "sft", "task": cfg.task, "model": cfg.model, "steps": cfg.sft_steps, "examples": len(examples),
+    summary = {"algo": "sft", "task": cfg.task, "model": cfg.model, "steps": total, "epochs": cfg.sft_epochs, "examples": len(examples),
                "before": before, "after": after, "train_seconds": time.time() - started,
                "peak_memory_mb": runtime.peak_memory_mb(device)}
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
