@@ -39,8 +39,15 @@ def _config_from_args(args: argparse.Namespace, command: str) -> TrainConfig:
     return build_config(args.preset, args.config, overrides)
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line (``minigrpo: error: ...``, exit 2) like every other error."""
+
+    def error(self, message: str):
+        self.exit(2, f"minigrpo: error: {message}; see `{self.prog} --help`\n")
+
+
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="minigrpo", description="A small, exact GRPO/PPO trainer whose every "
+    parser = _Parser(prog="minigrpo", description="A small, exact GRPO/PPO trainer whose every "
                                      "update is recorded to a trace that Manim scenes replay.")
     sub = parser.add_subparsers(dest="command", required=True)
 
