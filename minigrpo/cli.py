@@ -119,6 +119,9 @@ def _run(args: argparse.Namespace) -> int:
         return 0
 
     cfg = _config_from_args(args, args.command)
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()  # no "Loading weights" / "Writing model shards" bars between our lines
     if args.command == "eval":
         from .evaluate import evaluate
         from .models import load_model

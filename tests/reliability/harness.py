@@ -48,24 +48,38 @@ def run_train(model: str, out: Path, *extra: str, fault: str | None = None, time
 def check_after_kill(out: Path) -> tuple[int, int | None]:
     """What a killed run leaves: a trace that loads (steps 1..k, no gap) and a checkpoint (if any)
     that loads and lies at most one update behind the trace. Returns (k, checkpoint step)."""
+    facts = kill_facts(out)
+    return facts["trace_steps"], facts["checkpoint_step"]
+
+
+def kill_facts(out: Path) -> dict:
+    """check_after_kill's checks, and what was found (for docs/reliability.md's table)."""
     from minigrpo.models import load_model
     from minigrpo.runtime import checkpoint_dir
     from minigrpo.trace import load
 
-    steps = []
+    facts = {"old_checkpoint_only": (out / "checkpoint.old").exists() and not (out / "checkpoint").exists(),
+             "partial_checkpoint": (out / "checkpoint.tmp").exists(),
+             "temp_payloads": len(list((out / "trace" / "payloads").glob(".*.tmp"))) if (out / "trace").exists() else 0}
+    steps, notes = [], []
     if (out / "trace" / "meta.json").exists():
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # a torn last line is dropped with a warning
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")  # a torn last line is dropped with a warning
             steps = [s.step for s in load(out / "trace", lazy=False).steps]
+        notes = [str(w.message) for w in caught]
+    facts["torn_line"] = any("torn" in n for n in notes)
     assert steps == list(range(1, len(steps) + 1)), steps
+    facts["trace_steps"] = len(steps)
     ckpt = checkpoint_dir(out)
     if ckpt is None:
         assert len(steps) <= 1, f"trace holds steps {steps} but no checkpoint survived"
-        return len(steps), None
+        facts["checkpoint_step"] = None
+        return facts
     step = json.loads((ckpt / "state.json").read_text())["step"]
     assert len(steps) - 1 <= step <= len(steps), (step, steps)  # save_steps = 1: only the update in flight is lost
     load_model(str(ckpt))
-    return len(steps), step
+    facts["checkpoint_step"] = step
+    return facts
 
 
 def assert_same_run(a: Path, b: Path) -> None:

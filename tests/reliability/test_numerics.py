@@ -77,9 +77,12 @@ def test_nan_weights_at_sampling_are_named(sft_model, tmp_path, monkeypatch):
 def test_zero_std_groups_are_counted_and_give_no_gradient(sft_model, tmp_path, monkeypatch):
     """Every completion scores the same: all groups have std 0, A = 0; with beta = 0 the loss has a
     zero gradient, the update is a no-op, and the metrics count it."""
-    from minigrpo import tasks
+    from minigrpo import experience
+    from minigrpo.tasks import RewardResult
 
-    monkeypatch.setattr(tasks, "_checked_score", lambda dataset, answer, item: (0.5, False))
+    same = RewardResult(parts={"format": 0.0, "correctness": 0.5}, total=0.5, correct=False, formatted=False,
+                        premise_copy=False, answer=None)
+    monkeypatch.setattr(experience, "score_completion", lambda *args: same)
     t, _ = trainer(sft_model, tmp_path, beta=0.0)
     before = [p.detach().clone() for p in t.policy.parameters()]
     t.train()
@@ -90,14 +93,30 @@ def test_zero_std_groups_are_counted_and_give_no_gradient(sft_model, tmp_path, m
     assert all(torch.equal(a, b) for a, b in zip(before, t.policy.parameters()))
 
 
-def test_clipped_batches_are_counted(sft_model, tmp_path):
-    """A clip range of 1e-6 and a large step: on the second pass over the rollout nearly every token
-    is outside the band; the clipped fractions are counted (low + high = region) and nothing breaks."""
-    t, _ = trainer(sft_model, tmp_path, max_steps=4, epsilon=1e-6, learning_rate=3e-2, beta=0.0)
+def test_an_all_clipped_batch_has_zero_surrogate_gradient_and_is_counted():
+    """Every token outside the clip band on the side its advantage pushes to: the clipped surrogate
+    gives no gradient, and every token is flagged."""
+    from minigrpo.losses import grpo_token_loss
+
+    logp_old = torch.log(torch.full((2, 5), 0.3))
+    logp = (logp_old + torch.tensor([[0.5], [-0.5]])).requires_grad_()
+    advantages = torch.tensor([[1.0], [-1.0]]).expand(2, 5)
+    per_token, stats = grpo_token_loss(logp, logp_old, None, advantages, 0.0, 0.2, 0.2)
+    per_token.sum().backward()
+    assert torch.equal(logp.grad, torch.zeros_like(logp))
+    assert stats["clipped_high"][0].all() and stats["clipped_low"][1].all()
+    assert (stats["clipped_low"] | stats["clipped_high"]).float().mean() == 1.0
+
+
+def test_clipped_tokens_are_counted_in_a_run(sft_model, tmp_path):
+    """A clip range of 1e-6: the first update of a rollout is on-policy (rho = 1, nothing clipped);
+    on the later ones every token whose ratio moved the way its advantage pushes is clipped, and
+    the fractions are counted (low + high = region) without breaking anything."""
+    t, _ = trainer(sft_model, tmp_path, max_steps=4, epsilon=1e-6, learning_rate=3e-3, beta=0.0)
     t.train()
     steps = load(tmp_path / "trace").steps
-    second_pass = [s for s in steps if s.metrics["pass"] == 1]
-    assert second_pass and all(s.metrics["clip_ratio/region_mean"] > 0.3 for s in second_pass)
+    assert steps[0].metrics["clip_ratio/region_mean"] == 0.0
+    assert all(s.metrics["clip_ratio/region_mean"] > 0 for s in steps[1:])
     for s in steps:
         m = s.metrics
         assert m["clip_ratio/region_mean"] == pytest.approx(m["clip_ratio/low_mean"] + m["clip_ratio/high_mean"])

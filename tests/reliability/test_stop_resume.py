@@ -18,10 +18,10 @@ from minigrpo.trace import load
 
 
 def test_ctrl_c_stops_cleanly_and_resume_is_the_same_ppo_run(sft_model, tmp_path):
-    ref, _ = H.trainer(sft_model, tmp_path / "ref", algo="ppo", max_steps=5, save_steps=1000)
+    ref, _ = H.trainer(sft_model, tmp_path / "ref", algo="ppo", max_steps=3, save_steps=1000)
     ref.train()
 
-    run, logs = H.trainer(sft_model, tmp_path / "run", algo="ppo", max_steps=5, save_steps=1000)
+    run, logs = H.trainer(sft_model, tmp_path / "run", algo="ppo", max_steps=3, save_steps=1000)
 
     def log(line: str) -> None:
         logs.append(line)
