@@ -42,8 +42,15 @@ def _config_from_args(args: argparse.Namespace, command: str) -> TrainConfig:
     return build_config(args.preset, args.config, overrides)
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line (``minigrpo: error: ...``, exit 2) like every other error."""
+
+    def error(self, message: str):
+        self.exit(2, f"minigrpo: error: {message}; see `{self.prog} --help`\n")
+
+
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="minigrpo", description="A small, exact GRPO/PPO trainer whose every "
+    parser = _Parser(prog="minigrpo", description="A small, exact GRPO/PPO trainer whose every "
                                      "update is recorded to a trace that Manim scenes replay.")
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -155,6 +162,9 @@ def _run(args: argparse.Namespace) -> int:
         return 0
 
     cfg = _config_from_args(args, args.command)
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()  # no "Loading weights" / "Writing model shards" bars between our lines
     if args.command == "eval":
         from .evaluate import evaluate
         from .models import load_model

@@ -63,6 +63,7 @@ class TrainConfig:
     gradient_accumulation_steps: int = 12  # micro-batches per optimizer step
     num_iterations: int = 2  # passes over each rollout buffer
     max_steps: int = 100  # optimizer steps
+    nan_policy: str = "stop"  # NaN/inf loss or gradient: stop (keep the last checkpoint) | skip (drop the update)
 
     # --- GRPO ----------------------------------------------------------------------
     beta: float = 0.04  # weight of the k3 KL penalty to the reference policy
@@ -132,6 +133,7 @@ class TrainConfig:
             "dtype": ("auto", "float32", "bfloat16"),
             "rollout_backend": ("hf", "fast"),
             "sft_style": ("form", "rules"),
+            "nan_policy": ("stop", "skip"),
         }
         for name, valid in choices.items():
             value = getattr(self, name)
@@ -166,6 +168,8 @@ class TrainConfig:
         for name in ("sft_steps", "sft_epochs", "warmup_steps", "eval_every", "probe_moved_positions", "logging_steps"):
             if getattr(self, name) < 0:
                 bad(name, f"{getattr(self, name)} must be >= 0")
+        if not 0 <= self.seed < 2**32:
+            bad("seed", f"{self.seed} must be in [0, 2**32 - 1] (numpy's seed range)")
         if self.probe_completions < -1:
             bad("probe_completions", f"{self.probe_completions} must be -1 (all) or >= 0")
         if self.buffer_size < self.num_generations:
@@ -220,14 +224,12 @@ def _coerce(name: str, value: Any) -> Any:
     fld = {f.name: f for f in dataclasses.fields(TrainConfig)}[name]
     default = fld.default if fld.default is not dataclasses.MISSING else fld.default_factory()  # type: ignore[misc]
     if not isinstance(value, str):
-        if isinstance(default, float) and isinstance(value, int) and not isinstance(value, bool):
-            return float(value)
-        return value
+        return _typed(name, value, default)
     text = value.strip()
     if name == "task_kwargs":
         try:
             parsed = json.loads(text)
-        except json.JSONDecodeError:
+        except (ValueError, RecursionError):
             raise ConfigError(f"invalid --task-kwargs: {value!r} is not a JSON object, e.g. '{{\"allow_some\": false}}'")
         if not isinstance(parsed, dict):
             raise ConfigError(f"invalid --task-kwargs: {value!r} is not a JSON object")
@@ -247,6 +249,34 @@ def _coerce(name: str, value: Any) -> Any:
         kind = "true/false" if isinstance(default, bool) else type(default).__name__ if default is not None else "float"
         raise ConfigError(f"invalid --{name.replace('_', '-')}: {value!r} is not a {kind}")
     return text
+
+
+def _typed(name: str, value: Any, default: Any) -> Any:
+    """A value from a config file (TOML/JSON already typed it): check it has the field's type."""
+    flag = f"--{name.replace('_', '-')}"
+    is_int = isinstance(value, int) and not isinstance(value, bool)
+    if name == "task_kwargs" or (name == "epsilon_high" and value is None):
+        return value
+    if isinstance(default, bool):
+        if isinstance(value, bool):
+            return value
+        raise ConfigError(f"invalid {flag}: {value!r} is not true/false")
+    if isinstance(default, int):
+        if is_int:
+            return value
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        raise ConfigError(f"invalid {flag}: {value!r} is not an integer")
+    if isinstance(default, float) or name == "epsilon_high":
+        if is_int or isinstance(value, float):
+            try:
+                return float(value)
+            except OverflowError:
+                raise ConfigError(f"invalid {flag}: {value!r} is too large for a float") from None
+        raise ConfigError(f"invalid {flag}: {value!r} is not a number")
+    if isinstance(default, str) and not isinstance(value, str):
+        raise ConfigError(f"invalid {flag}: {value!r} is not a string")
+    return value
 
 
 def load_config_file(path: str | Path) -> dict[str, Any]:

@@ -27,6 +27,7 @@ class Experience:
     advantages: torch.Tensor  # (N,) group z-score advantages
     logp_old: torch.Tensor  # (N, Lc) behaviour policy
     logp_ref: torch.Tensor | None  # (N, Lc) reference policy
+    scorer_errors: torch.Tensor | None = None  # (N,) bool: the task's scorer raised or gave NaN/inf (scored 0)
 
     @property
     def num_generations(self) -> int:
@@ -43,6 +44,7 @@ class Experience:
             "format_rate": self.formatted.float().mean().item(),
             "premise_copy_rate": self.premise_copy.float().mean().item(),
             "completion_length": self.rollout.completion_mask.sum(1).mean().item(),
+            "scorer_errors": float(self.scorer_errors.sum().item()) if self.scorer_errors is not None else 0.0,
         }
 
 
@@ -75,7 +77,7 @@ def collect(policy, ref, tokenizer, data: TaskData, cfg, rng: random.Random,
     logp_old = score_logprobs(policy, rollout, cfg.temperature, score_batch)
     logp_ref = score_logprobs(ref, rollout, cfg.temperature, score_batch) if ref is not None else None
     return Experience(items, prompts, rollout, rewards, parts, flag("correct"), flag("formatted"),
-                      flag("premise_copy"), advantages, logp_old, logp_ref)
+                      flag("premise_copy"), advantages, logp_old, logp_ref, flag("scorer_error"))
 
 
 def trace_groups(exp: Experience, advantages: torch.Tensor) -> list[Group]:

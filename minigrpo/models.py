@@ -141,12 +141,18 @@ def resolve_dtype(dtype, device) -> torch.dtype:
 
 
 def _finish_tokenizer(tok):
-    """Pad token (eos if missing) and left padding, as generation needs."""
+    """Pad token (eos if missing) and left padding, as generation needs.
+
+    Padding is always masked out (attention mask, completion mask), so which token pads does not
+    change any result; ``tok.minigrpo_note`` says what was done, for the trainer's log.
+    """
     if tok.pad_token is None:
         if tok.eos_token is not None:
             tok.pad_token = tok.eos_token
+            tok.minigrpo_note = f"the tokenizer has no pad token: padding with its eos token {tok.eos_token!r}"
         elif getattr(tok, "unk_token", None) is not None:
             tok.pad_token = tok.unk_token
+            tok.minigrpo_note = f"the tokenizer has no pad token: padding with its unk token {tok.unk_token!r}"
     tok.padding_side = "left"
     return tok
 
@@ -219,6 +225,17 @@ def _from_pretrained(source: str, torch_dtype, **kw):
 
 def _finish(model, tok, device):
     _finish_tokenizer(tok)
+    gen = getattr(model, "generation_config", None)
+    if tok.eos_token_id is None and getattr(gen, "eos_token_id", None) is None:
+        raise ModelLoadError("the tokenizer and the generation config name no end-of-sequence token, so a "
+                             "completion could never end; set eos_token in tokenizer_config.json")
+    if tok.pad_token_id is None and getattr(gen, "eos_token_id", None) is not None:
+        eos = gen.eos_token_id if isinstance(gen.eos_token_id, int) else list(gen.eos_token_id)[0]
+        tok.pad_token = tok.convert_ids_to_tokens(eos)
+        tok.minigrpo_note = f"the tokenizer has no pad token: padding with the eos token {tok.pad_token!r}"
+    if tok.pad_token_id is None:
+        raise ModelLoadError("the tokenizer has no pad, eos or unk token to pad batches with; "
+                             "set pad_token in tokenizer_config.json")
     model.to(device)
     model.eval()
     if getattr(model.config, "pad_token_id", None) is None and tok.pad_token_id is not None:
@@ -250,6 +267,8 @@ def _load_local(folder: str, spec: str, device, torch_dtype):
 def _finish_or_raise(model, tok, device, spec: str):
     try:
         return _finish(model, tok, device)
+    except ModelLoadError as exc:
+        raise ModelLoadError(f"cannot use model {spec!r}: {exc}") from None
     except Exception as exc:  # noqa: BLE001 - e.g. CUDA unavailable / out of memory
         raise ModelLoadError(
             f"cannot move model {spec!r} to device {device!r}: {_one_line(exc)}; "

@@ -12,7 +12,10 @@ trace, step range and probe travel as environment variables that the scenes read
 ``MINIGRPO_PROBE``      probe index inside the first chosen step
 =====================  ==============================================
 
-Videos land in ``renders/videos/<scene>/<quality>/<Class>.mp4``.
+Videos land in ``renders/videos/<scene>/<quality>/<Class>.mp4``. Manim writes each one under a
+hidden temp name (``.<Class>.partial.mp4``, via ``-o``) that is renamed into place only when the
+render succeeded, so an interrupted render never leaves a truncated video under the real name
+(and keeps the previous good one).
 """
 
 from __future__ import annotations
@@ -24,6 +27,8 @@ import sys
 import time
 from pathlib import Path
 from typing import Optional, Union
+
+from . import faults
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SCENES_DIR = REPO_ROOT / "scenes"
@@ -133,15 +138,21 @@ def render(
         extra = [] if (REPO_ROOT / "manim.cfg").exists() else ["--media_dir", "renders"]
     rc = 0
     for name in names:
-        cmd = [sys.executable, "-m", "manim", "render", f"-q{quality}", *extra, *(["-p"] if preview else []),
-               str(Path("scenes") / f"{name}.py"), SCENES[name]]
+        partial_name = f".{SCENES[name]}.partial"
+        cmd = [sys.executable, "-m", "manim", "render", f"-q{quality}", *extra, "-o", partial_name,
+               *(["-p"] if preview else []), str(Path("scenes") / f"{name}.py"), SCENES[name]]
+        out = (Path(media_dir).resolve() / "videos" / name / QUALITIES[quality] / f"{SCENES[name]}.mp4"
+               if media_dir else video_path(name, quality))
+        partial = out.with_name(partial_name + ".mp4")
         t0 = time.perf_counter()
         rc = subprocess.call(cmd, cwd=str(REPO_ROOT), env=env)
         if rc != 0:
             if len(names) > 1:
                 print(f"minigrpo: scene {name} failed (exit {rc}); stopped", file=sys.stderr)
             return rc
-        out = (Path(media_dir).resolve() / "videos" / name / QUALITIES[quality] / f"{SCENES[name]}.mp4"
-               if media_dir else video_path(name, quality))
+        if not partial.is_file():
+            return _err(f"manim reported success but wrote no video at {partial}")
+        faults.hit("render")
+        os.replace(partial, out)
         print(f"minigrpo: rendered {name} in {time.perf_counter() - t0:.1f}s -> {out}")
     return rc

@@ -1,19 +1,26 @@
-"""Plumbing shared by the loops: device, seeds, optimiser, checkpoints, memory, run facts."""
+"""Plumbing shared by the loops: device, seeds, optimiser, checkpoints, faults, memory, run facts."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
+import pickle
 import random
 import resource
 import shutil
+import signal
 import sys
+import threading
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from . import faults
+from .config import ConfigError
+from .trace.writer import _fsync_dir
 
 
 class TrainingError(RuntimeError):
@@ -80,53 +87,285 @@ def train_state_mb(modules, optimizer) -> float:
     return total / 2**20
 
 
+def atomic_write_text(path: Path, text: str) -> None:
+    """``path`` holds either its old content or all of ``text``, never a part (temp file + rename)."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "w") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def _fsync_tree(folder: Path) -> None:
+    """Flush every file of ``folder`` and the folder itself to disk (survives a power cut, not just a kill)."""
+    for path in sorted(folder.rglob("*")):
+        if path.is_file():
+            with open(path, "rb") as f:
+                os.fsync(f.fileno())
+    _fsync_dir(folder)
+
+
 def save_final_model(model, tokenizer, out_dir: Path) -> None:
     """save_pretrained into OUT/.final.tmp, then move the files into OUT (loadable with --model OUT).
 
-    A kill during saving leaves the previous files in OUT untouched (only the temp folder is partial).
+    A kill during saving leaves the previous files in OUT untouched (only the temp folder is partial);
+    a kill while moving leaves a mix that the resumed run (--resume) overwrites.
     """
     out_dir = Path(out_dir)
     tmp = out_dir / ".final.tmp"
     shutil.rmtree(tmp, ignore_errors=True)
     model.save_pretrained(tmp)
     tokenizer.save_pretrained(tmp)
-    for item in tmp.iterdir():
+    _fsync_tree(tmp)
+    for i, item in enumerate(sorted(tmp.iterdir())):
+        if i == 1:
+            faults.hit("final")
         os.replace(item, out_dir / item.name)
     tmp.rmdir()
 
 
-def save_checkpoint(out_dir: Path, model, tokenizer, optimizer, scheduler, state: dict, extra_modules=None) -> None:
-    """OUT/checkpoint: the model (HF format) + training state, written atomically."""
-    ckpt = Path(out_dir) / "checkpoint"
-    tmp = ckpt.with_name("checkpoint.tmp")
+# --- checkpoints -----------------------------------------------------------------------------
+# OUT/checkpoint holds the policy (HF format, safetensors), trainer_state.pt (optimizer, scheduler,
+# RNG states, extra modules: tensors and plain numbers only, loaded with weights_only=True),
+# experience.safetensors + experience.json (the rollout in flight) and state.json (step, ...).
+
+def checkpoint_dir(out_dir: Path) -> Path | None:
+    """OUT/checkpoint if a complete one exists (after putting back the previous checkpoint when a
+    kill fell between the two renames of save_checkpoint), else None."""
+    out = Path(out_dir)
+    ckpt, old = out / "checkpoint", out / "checkpoint.old"
+    if not (ckpt / "state.json").is_file() and (old / "state.json").is_file():
+        shutil.rmtree(ckpt, ignore_errors=True)
+        os.replace(old, ckpt)
+    return ckpt if (ckpt / "state.json").is_file() else None
+
+
+def save_checkpoint(out_dir: Path, model, tokenizer, optimizer, scheduler, state: dict, extra_modules=None,
+                    experience=None) -> None:
+    """OUT/checkpoint: the model (HF format) + training state + the rollout in flight, written atomically.
+
+    Everything goes to OUT/checkpoint.tmp and is fsynced; then the old checkpoint is renamed to
+    checkpoint.old, checkpoint.tmp to checkpoint, and checkpoint.old is deleted. At every instant
+    one complete checkpoint is on disk (checkpoint_dir() finds it).
+    """
+    out = Path(out_dir)
+    ckpt, tmp, old = out / "checkpoint", out / "checkpoint.tmp", out / "checkpoint.old"
+    checkpoint_dir(out)  # a checkpoint.old left by an earlier kill is the good one: put it back first
     shutil.rmtree(tmp, ignore_errors=True)
-    model.save_pretrained(tmp)
-    tokenizer.save_pretrained(tmp)
-    torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                "torch_rng": torch.get_rng_state(), "numpy_rng": np.random.get_state(),
-                "python_rng": random.getstate(),
-                "extra": {k: m.state_dict() for k, m in (extra_modules or {}).items()}}, tmp / "trainer_state.pt")
-    (tmp / "state.json").write_text(json.dumps(state, indent=2))
-    old = ckpt.with_name("checkpoint.old")
-    shutil.rmtree(old, ignore_errors=True)
+    try:
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        faults.hit("checkpoint")
+        torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                    "rng": rng_state(), "extra": {k: m.state_dict() for k, m in (extra_modules or {}).items()}},
+                   tmp / "trainer_state.pt")
+        if experience is not None:
+            save_experience(tmp, experience)
+        (tmp / "state.json").write_text(json.dumps(state, indent=2))  # written last: marks it complete
+        _fsync_tree(tmp)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
     if ckpt.exists():
+        shutil.rmtree(old, ignore_errors=True)
         os.replace(ckpt, old)
+    faults.hit("checkpoint-swap")
     os.replace(tmp, ckpt)
+    _fsync_dir(out)
     shutil.rmtree(old, ignore_errors=True)
 
 
 def load_checkpoint_state(out_dir: Path, optimizer, scheduler, extra_modules=None) -> dict:
+    """Restore optimizer, scheduler, RNG states and extra modules from OUT/checkpoint; returns state.json.
+
+    trainer_state.pt is read with ``torch.load(weights_only=True)``: tensors, numbers, strings and
+    containers only, so a checkpoint from someone else cannot run code.
+    """
     ckpt = Path(out_dir) / "checkpoint"
-    # Our own file, written by save_checkpoint above (never a file from someone else).
-    blob = torch.load(ckpt / "trainer_state.pt", weights_only=False)
-    optimizer.load_state_dict(blob["optimizer"])
-    scheduler.load_state_dict(blob["scheduler"])
-    torch.set_rng_state(blob["torch_rng"])
-    np.random.set_state(blob["numpy_rng"])
-    random.setstate(blob["python_rng"])
-    for key, module in (extra_modules or {}).items():
-        module.load_state_dict(blob["extra"][key])
-    return json.loads((ckpt / "state.json").read_text())
+    file = ckpt / "trainer_state.pt"
+    try:
+        blob = torch.load(file, weights_only=True, map_location="cpu")
+        optimizer.load_state_dict(blob["optimizer"])
+        scheduler.load_state_dict(blob["scheduler"])
+        set_rng_state(blob["rng"])
+        for key, module in (extra_modules or {}).items():
+            module.load_state_dict(blob["extra"][key])
+        state = json.loads((ckpt / "state.json").read_text())
+    except pickle.UnpicklingError as exc:
+        raise TrainingError(f"{file} holds Python objects other than tensors and numbers, which minigrpo never "
+                            f"writes; refused to load it ({str(exc).splitlines()[0][:120]}). Use a checkpoint "
+                            f"written by minigrpo, or start without --resume") from None
+    except (OSError, RuntimeError, KeyError, TypeError, ValueError, EOFError) as exc:
+        raise TrainingError(f"cannot load the checkpoint {ckpt} ({type(exc).__name__}: "
+                            f"{str(exc).splitlines()[0][:160] if str(exc) else ''}); it is damaged or from another "
+                            f"minigrpo version: start again without --resume in a new --out") from None
+    return state
+
+
+def rng_state() -> dict:
+    """Every RNG the loop draws from (python, numpy, torch CPU and CUDA), as tensors and plain values."""
+    name, key, pos, has_gauss, cached = np.random.get_state()
+    state = {"python": random.getstate(), "torch": torch.get_rng_state(),
+             "numpy": [name, torch.from_numpy(key.astype(np.int64)), int(pos), int(has_gauss), float(cached)]}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    random.setstate((state["python"][0], tuple(state["python"][1]), state["python"][2]))
+    torch.set_rng_state(state["torch"])
+    name, key, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state((name, key.numpy().astype(np.uint32), pos, has_gauss, cached))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+# The config knobs that shape a rollout buffer and the updates made on it: a checkpointed
+# rollout is only continued by a run with the same values.
+EXPERIENCE_KNOBS = ("num_generations", "buffer_size", "per_device_train_batch_size",
+                    "gradient_accumulation_steps", "num_iterations", "seed", "algo")
+
+
+def save_experience(folder: Path, exp) -> None:
+    """The rollout in flight: its tensors (safetensors) and texts/numbers (JSON); not its task items,
+    which the resumed run draws again from the same seeded generator."""
+    from safetensors.torch import save_file
+
+    r = exp.rollout
+    tensors = {f"rollout.{k}": getattr(r, k) for k in ("prompt_ids", "prompt_mask", "completion_ids",
+                                                      "completion_mask")}
+    plain: dict = {"completions": r.completions, "dicts": []}
+    for name, value in vars(exp).items():
+        if name in ("items", "rollout"):
+            continue
+        if torch.is_tensor(value):
+            tensors[name] = value
+        elif isinstance(value, dict):
+            tensors.update({f"{name}.{k}": v for k, v in value.items()})
+            plain["dicts"].append(name)
+        else:
+            plain[name] = value  # prompts, None, floats
+    save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, str(folder / "experience.safetensors"))
+    (folder / "experience.json").write_text(json.dumps(plain))
+
+
+def load_experience(folder: Path, items: list, device):
+    """The Experience save_experience wrote (``items`` drawn again by the caller), or None if there is none."""
+    from safetensors.torch import load_file
+
+    from .experience import Experience
+    from .rollout import Rollout
+
+    if not (folder / "experience.json").is_file():
+        return None
+    tensors = load_file(str(folder / "experience.safetensors"), device=str(device))
+    plain = json.loads((folder / "experience.json").read_text())
+    rollout = Rollout(*(tensors.pop(f"rollout.{k}") for k in ("prompt_ids", "prompt_mask", "completion_ids",
+                                                             "completion_mask")), plain.pop("completions"))
+    values: dict = {name: {} for name in plain.pop("dicts")}
+    for key, value in tensors.items():
+        name, _, sub = key.partition(".")
+        if sub:
+            values[name][sub] = value
+        else:
+            values[name] = value
+    values.update(plain)
+    fields = {f.name for f in dataclasses.fields(Experience)}
+    exp = Experience(items=items, rollout=rollout, **{k: v for k, v in values.items() if k in fields})
+    for key, value in values.items():
+        if key not in fields:
+            setattr(exp, key, value)  # algorithm extras (PPO: values, returns, token_advantages, ...)
+    return exp
+
+
+# --- faults the loop reports ---------------------------------------------------------------------
+class StopRequest:
+    """Ctrl-C or SIGTERM during training: the first asks the loop to stop after the update in flight
+    (where it checkpoints and exits); a second Ctrl-C interrupts at once (the last checkpoint is kept)."""
+
+    def __init__(self, log):
+        self.requested, self.log, self._old = False, log, {}
+
+    def __enter__(self) -> "StopRequest":
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self._old[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def _handle(self, signum, frame) -> None:
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+        self.log(f"{signal.Signals(signum).name}: stopping after the update in flight "
+                 f"(Ctrl-C again stops at once, keeping the last checkpoint)")
+
+    def __exit__(self, *exc) -> None:
+        for sig, handler in self._old.items():
+            signal.signal(sig, handler)
+
+
+MEMORY_KNOBS = ("per_device_train_batch_size", "gradient_accumulation_steps", "num_generations",
+                "max_completion_length", "generation_batch_size")
+
+
+def oom_advice(stage: str, step: int, cfg, last_checkpoint: str) -> str:
+    """One line for a CUDA out-of-memory error: where it happened and the knobs that need less memory."""
+    def flag(name: str) -> str:
+        return f"--{name.replace('_', '-')} (now {getattr(cfg, name)})"
+
+    if stage == "update":
+        tips = (f"lower {flag('per_device_train_batch_size')} and raise {flag('gradient_accumulation_steps')} "
+                f"by the same factor (same batch, less memory), or lower {flag('max_completion_length')} or "
+                f"{flag('num_generations')}")
+    else:
+        tips = (f"lower {flag('generation_batch_size')}, {flag('num_generations')} or "
+                f"{flag('max_completion_length')}; log-probabilities are scored in micro-batches of "
+                f"2 x {flag('per_device_train_batch_size')}")
+    return (f"CUDA out of memory during the {stage} of step {step}: {tips}. {last_checkpoint}; "
+            f"change the knobs and run the same command with --resume")
+
+
+def nonfinite_source(policy, exp, rows: list[int], temperature: float) -> str:
+    """Which quantity is NaN/inf for these rows, looking upstream first: the weights, the rollout's
+    tensors, then the logits of a fresh forward pass; "loss" when all of those are finite."""
+    from .rollout import forward_completion
+
+    bad_weight = nonfinite_weight(policy)
+    if bad_weight:
+        return bad_weight
+    for name in ("rewards", "advantages", "logp_old", "logp_ref", "values", "returns", "token_advantages"):
+        value = getattr(exp, name, None)
+        if torch.is_tensor(value) and not torch.isfinite(value[rows]).all():
+            return name
+    with torch.no_grad():
+        logits, _ = forward_completion(policy, exp.rollout.select(rows), temperature)
+    return "logits" if not torch.isfinite(logits).all() else "loss"
+
+
+def nonfinite_weight(model) -> str | None:
+    """``policy weights (NAME)`` for the first parameter holding NaN/inf, else None."""
+    for name, p in model.named_parameters():
+        if not torch.isfinite(p).all():
+            return f"policy weights ({name})"
+    return None
+
+
+def check_context(model, cfg) -> None:
+    """A prompt plus its completion must fit the model's positions."""
+    n_ctx = getattr(model.config, "max_position_embeddings", None)
+    if isinstance(n_ctx, int) and cfg.max_prompt_length + cfg.max_completion_length > n_ctx:
+        raise ConfigError(f"invalid --max-prompt-length/--max-completion-length: {cfg.max_prompt_length} + "
+                          f"{cfg.max_completion_length} tokens exceed the model's context of {n_ctx} "
+                          f"(max_position_embeddings); lower one of them")
+
+
+def truncated_prompts(tokenizer, prompts: list[str], max_prompt_length: int) -> int:
+    """How many prompts are longer than max_prompt_length (the rollout keeps their last tokens)."""
+    ids = tokenizer(prompts, add_special_tokens=False)["input_ids"]
+    return sum(len(x) > max_prompt_length for x in ids)
 
 
 def run_facts(device: torch.device, dtype: torch.dtype) -> dict:

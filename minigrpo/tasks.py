@@ -16,7 +16,7 @@ propositional_logic one trailing full stop is dropped. The ``correctness``
 part is the rg score itself, partial credit included (propositional_logic:
 valid non-trivial 1.0, trivial 0.25, non-entailed 0.05, unparseable 0.0).
 ``correct`` means that score == 1.0. Correctness does not depend on format,
-and a scorer that raises counts as 0.0.
+and a scorer that raises or returns NaN/inf counts as 0.0 (``scorer_error``).
 
 Premise copying. The propositional_logic scorer pays 1.0 for a conclusion
 that just restates a premise. ``is_premise_copy`` detects this, comparing
@@ -41,6 +41,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import re
 from collections import Counter
 from dataclasses import dataclass
@@ -270,20 +271,29 @@ class RewardResult:
     formatted: bool
     premise_copy: bool
     answer: str | None  # the extracted answer before normalisation
+    scorer_error: bool = False  # the task's scorer raised or returned NaN/inf: scored 0.0
 
 
 def _rg_score(dataset: Any, answer: str | None, item: dict[str, Any]) -> float:
+    return _checked_score(dataset, answer, item)[0]
+
+
+def _checked_score(dataset: Any, answer: str | None, item: dict[str, Any]) -> tuple[float, bool]:
+    """(score, failed): a scorer that raises or returns something other than a finite number scores 0.0,
+    and ``failed`` says so (counted as ``scorer_errors`` in the trace's step metrics)."""
     try:
-        return float(dataset.score_answer(answer, item))
+        score = float(dataset.score_answer(answer, item))
     except Exception:  # noqa: BLE001 - model output must never crash training; it just scores 0
-        return 0.0
+        return 0.0, True
+    return (score, False) if math.isfinite(score) else (0.0, True)
 
 
 def score_completion(completion: str, item: dict[str, Any], task: TaskData, cfg: RewardConfig) -> RewardResult:
     formatted = format_reward(completion)
     answer = extract_answer(completion)
     normalized = normalize_answer(answer, task.name)
-    correctness = _rg_score(task.dataset, normalized, item) if normalized is not None else 0.0
+    correctness, scorer_error = (_checked_score(task.dataset, normalized, item) if normalized is not None
+                                 else (0.0, False))
     premise_copy = is_premise_copy(answer, item)
     if premise_copy and cfg.penalize_premise_copy:
         correctness = 0.0
@@ -295,6 +305,7 @@ def score_completion(completion: str, item: dict[str, Any], task: TaskData, cfg:
         formatted=formatted == 1.0,
         premise_copy=premise_copy,
         answer=answer,
+        scorer_error=scorer_error,
     )
 
 

@@ -9,7 +9,8 @@
                 clip grads, optimizer.step()           # ← one optimizer update, one trace line
 
 Subclasses (``grpo.GRPOTrainer``, ``ppo.PPOTrainer``) supply the loss; this file owns the
-bookkeeping: trace, checkpoints, NaN guard, interrupts, progress.
+bookkeeping: trace, checkpoints (with the rollout in flight, so that a resumed run is the same
+run), NaN guard, interrupts, out-of-memory and full-disk messages, progress.
 """
 
 from __future__ import annotations
@@ -20,17 +21,18 @@ import math
 import random
 import sys
 import time
+import warnings
 from collections import defaultdict
 from pathlib import Path
 
 import torch
 
-from . import distributed, runtime
+from . import distributed, faults, runtime
 from .evaluate import evaluate
-from .experience import Experience, collect, trace_groups
+from .experience import Experience, collect, sample_items, trace_groups
 from .models import load_model
 from .probes import ProbeRecorder
-from .tasks import load_train_eval
+from .tasks import build_prompt, load_train_eval
 from .trace.schema import Step
 
 
@@ -44,14 +46,19 @@ class RLTrainer:
         runtime.seed_everything(cfg.seed + self.dist.rank)  # ranks sample different completions
         self.device = self.dist.device(device)
         if not self.dist.is_main:
-            self.log = lambda *_: None
+            self.log = log = lambda *_: None
         self.dtype = runtime.pick_dtype(cfg.dtype, self.device)
         self.train_data, self.eval_data = load_train_eval(cfg.task, cfg.train_size, cfg.eval_size, cfg.seed,
                                                           **cfg.task_kwargs)
-        model_source = str(self.out / "checkpoint") if resume else cfg.model
-        self.policy, self.tokenizer = load_model(model_source, device=self.device, dtype=self.dtype)
+        self._ckpt = runtime.checkpoint_dir(self.out) if resume else None
+        self.policy, self.tokenizer = load_model(str(self._ckpt or cfg.model), device=self.device, dtype=self.dtype)
+        runtime.check_context(self.policy, cfg)
+        if getattr(self.tokenizer, "minigrpo_note", None):
+            log(self.tokenizer.minigrpo_note)
         self.policy.train()
-        self.ref = copy.deepcopy(self.policy).eval().requires_grad_(False)
+        # the reference is the starting model, also when the policy comes from a checkpoint
+        ref = load_model(cfg.model, device=self.device, dtype=self.dtype)[0] if self._ckpt else copy.deepcopy(self.policy)
+        self.ref = ref.eval().requires_grad_(False)
         self.extra_modules: dict[str, torch.nn.Module] = {}
         self.setup_algorithm()
         self._check_world()
@@ -65,6 +72,11 @@ class RLTrainer:
         self.step, self.rollout_id = 0, 0
         self.history: list[dict] = []
         self.step_times: list[float] = []
+        self.skipped_updates, self.checkpoint_step, self.stage = 0, None, "start"
+        self._inflight = None  # (experience, rollout id, first step) of the rollout being trained on
+        self._resumed = None  # the same, restored from a checkpoint
+        self._kept_rollout = -1  # the trace keeps rollouts up to this one when resuming
+        self._stop = runtime.StopRequest(log)  # Ctrl-C / SIGTERM: stop after the update in flight
 
     # --- to be supplied by the algorithm ------------------------------------------------
     def setup_algorithm(self) -> None: ...
@@ -81,11 +93,7 @@ class RLTrainer:
         cfg = self.cfg
         self.out.mkdir(parents=True, exist_ok=True)
         if self.resume:
-            state = runtime.load_checkpoint_state(self.out, self.optimizer, self.scheduler, self.extra_modules)
-            # a checkpoint may fall mid-rollout: resume with a fresh rollout after it
-            self.step, self.rollout_id = state["step"], state["rollout_id"] + 1
-            self.history = state.get("history", [])
-            self.log(f"resuming {self.out} at step {self.step}")
+            self._restore()
         writer = self._open_trace()
         before = self.history[0]["eval"] if self.resume and self.history else None
         if before is None:
@@ -94,50 +102,85 @@ class RLTrainer:
             self.log(_eval_line("before", before))
         started = time.time()
         try:
-            while self.step < cfg.max_steps:
-                self._one_rollout(writer)
-        except KeyboardInterrupt:
-            self._checkpoint()
+            with self._stop:
+                while self.step < cfg.max_steps:
+                    self._one_rollout(writer)
+                if self.checkpoint_step != self.step:
+                    self._checkpoint()
+            self.stage = "final evaluation"
+            after = self._evaluate()
+            self.history.append({"step": self.step, "eval": after})
+            if not self.dist.in_sync([self.policy, *self.extra_modules.values()]):
+                raise runtime.TrainingError("the data-parallel ranks hold different weights after training; "
+                                            "this is a bug in minigrpo's gradient all-reduce, please report it")
+            self.stage = "final save"
+            if self.dist.is_main:
+                self._save_final()
+        except KeyboardInterrupt:  # a second Ctrl-C: no checkpoint now, it would catch an update half-done
+            raise runtime.TrainingError(f"interrupted during the {self.stage} of step {self._stage_step()}; "
+                                        f"{self._kept()}; continue with the same command plus --resume") from None
+        except torch.cuda.OutOfMemoryError:
+            raise runtime.TrainingError(runtime.oom_advice(self.stage, self._stage_step(), cfg, self._kept())) from None
+        except OSError as exc:  # a full disk while writing the trace or a checkpoint
+            raise runtime.TrainingError(
+                f"cannot write {exc.filename or self.out} during the {self.stage} of step {self._stage_step()} "
+                f"({exc.strerror or exc}); {self._kept()}; free some space, then run the same command with "
+                f"--resume") from None
+        finally:
             if writer:
                 writer.close()
-            raise runtime.TrainingError(
-                f"interrupted at step {self.step}; checkpoint and trace kept in {self.out}: "
-                f"continue with the same command plus --resume")
-        if writer:
-            writer.close()
-        after = self._evaluate()
-        self.history.append({"step": self.step, "eval": after})
-        if not self.dist.in_sync([self.policy, *self.extra_modules.values()]):
-            raise runtime.TrainingError("the data-parallel ranks hold different weights after training; "
-                                        "this is a bug in minigrpo's gradient all-reduce, please report it")
         summary = self._summary(before, after, time.time() - started)
         if self.dist.is_main:
-            self._save_final()
-            (self.out / "summary.json").write_text(json.dumps(summary, indent=2))
+            runtime.atomic_write_text(self.out / "summary.json", json.dumps(summary, indent=2))
         self.dist.barrier()
         self.dist.close()
         return summary
 
     def _one_rollout(self, writer) -> None:
         cfg = self.cfg
-        self.rng.seed(cfg.seed + 7919 * self.rollout_id)
+        exp, first_step = self._resumed or (None, self.step)
+        self._resumed = None
         t0 = time.perf_counter()
-        exp = collect(self.policy, self.ref, self.tokenizer, self.train_data, cfg, self.rng,
-                      self.dist.rank, self.dist.world_size)
-        self.prepare(exp)
+        if exp is None:
+            self.stage = "rollout"
+            self.rng.seed(cfg.seed + 7919 * self.rollout_id)
+            try:
+                exp = collect(self.policy, self.ref, self.tokenizer, self.train_data, cfg, self.rng,
+                              self.dist.rank, self.dist.world_size)
+            except RuntimeError as exc:  # torch.multinomial refuses NaN/inf probabilities
+                if "probability tensor" not in str(exc):
+                    raise
+                raise runtime.TrainingError(
+                    f"non-finite probabilities while sampling rollout {self.rollout_id} for step {self.step + 1} "
+                    f"({runtime.nonfinite_weight(self.policy) or 'logits'}); stopped: {self._kept()}; lower "
+                    f"--learning-rate, then --resume") from None
+            self.prepare(exp)
+            exp.truncated_prompts = runtime.truncated_prompts(self.tokenizer, exp.prompts, cfg.max_prompt_length)
+            if exp.truncated_prompts and not self.rollout_id:
+                self.log(f"{exp.truncated_prompts} of {len(exp.prompts)} prompts are longer than --max-prompt-length "
+                         f"{cfg.max_prompt_length}: their first tokens are cut (counted as frac_prompts_truncated)")
+            faults.hit("rollout")
+            groups = self.dist.gather(trace_groups(exp, self.sequence_advantages(exp))) if cfg.trace else None
+            if writer:
+                self.stage = "rollout record"
+                writer.write_rollout(self.rollout_id, groups)
+        self._inflight = (exp, self.rollout_id, first_step)
         rollout_time = time.perf_counter() - t0
         rollout_metrics = self.dist.mean(exp.rollout_metrics())  # ranks hold equal shares: the rollout's means
-        groups = self.dist.gather(trace_groups(exp, self.sequence_advantages(exp))) if cfg.trace else None
-        if writer:
-            writer.write_rollout(self.rollout_id, groups)
+        rollout_metrics["frac_prompts_truncated"] = exp.truncated_prompts / len(exp.prompts)
+        done = self.step - first_step  # updates already made on this rollout (by the run that was resumed)
         n = len(exp.rollout)
         per_step = cfg.completions_per_step
         for it in range(cfg.num_iterations):
             order = _group_order(n, exp.num_generations, cfg.seed * 1000 + self.rollout_id * 31 + it)
             for start in range(0, n, per_step):
+                if done:
+                    done -= 1
+                    continue
                 if self.step >= cfg.max_steps:
                     return
                 rows = order[start:start + per_step]
+                self.stage = "update"
                 metrics = self._update(exp, rows)
                 metrics.update(rollout_metrics)
                 metrics["rollout_time"] = rollout_time
@@ -146,20 +189,27 @@ class RLTrainer:
                 self.step += 1
                 t_rec = time.perf_counter()
                 probes = self.probes.finish(self.policy, self.ref, exp.rollout, exp.num_generations, exp.logp_old,
-                                            exp.logp_ref, row_offset=self.dist.rank * n) if cfg.trace else []
+                                            exp.logp_ref, row_offset=self.dist.rank * n) \
+                    if cfg.trace and not metrics["update_skipped"] else []
                 probes = self.dist.gather(probes) or []  # every rank's probes, on rank 0
+                faults.hit("step")
                 if writer:
+                    self.stage = "trace"
                     metrics["trace_time"] += time.perf_counter() - t_rec
                     writer.write_step(Step(step=self.step, rollout=self.rollout_id, metrics=metrics, probes=probes))
                     metrics["trace_bytes"] = writer.bytes_written
                 self.step_times.append(metrics["step_time"])
                 self._log_step(metrics)
-                if cfg.save_steps and self.step % cfg.save_steps == 0:
-                    self._checkpoint()
                 if cfg.eval_every and self.step % cfg.eval_every == 0:
+                    self.stage = "evaluation"
                     result = self._evaluate()
                     self.history.append({"step": self.step, "eval": result})
                     self.log(_eval_line(f"step {self.step}", result))
+                if cfg.save_steps and self.step % cfg.save_steps == 0 or self._stop.requested:
+                    self._checkpoint()
+                if self._stop.requested:
+                    raise runtime.TrainingError(f"stopped at step {self.step} as asked; checkpoint and trace kept in "
+                                                f"{self.out}: continue with the same command plus --resume")
         self.rollout_id += 1
 
     def _update(self, exp: Experience, rows: list[int]) -> dict:
@@ -175,37 +225,61 @@ class RLTrainer:
                       "num_items_in_batch": self.dist.mean({"tokens": local_tokens})["tokens"]}
         sums: dict[str, float] = defaultdict(float)
         self.optimizer.zero_grad(set_to_none=True)
+        bad = None  # the quantity that went NaN/inf
         for chunk in chunks:
             loss, stats = self.micro_loss(exp, chunk, normalizer)
             if not torch.isfinite(loss):
-                raise runtime.TrainingError(
-                    f"loss became {loss.item()} at step {self.step + 1}; stopped. The last good checkpoint is "
-                    f"{self.out / 'checkpoint'}: lower --learning-rate or raise --max-grad-norm guards, then --resume")
+                source = runtime.nonfinite_source(self.policy, exp, chunk, cfg.temperature)
+                bad = f"loss became {loss.item()}" if source == "loss" else f"{source} became non-finite (loss {loss.item()})"
+                break
             loss.backward()
             for key, value in stats.items():
                 sums[key] += float(value)
-        params = [p for g in self.optimizer.param_groups for p in g["params"]]
-        self.dist.average_gradients(params)
-        grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
-        if not torch.isfinite(grad_norm):
-            raise runtime.TrainingError(
-                f"gradient norm became {grad_norm.item()} at step {self.step + 1}; stopped. The last good checkpoint is "
-                f"{self.out / 'checkpoint'}: lower --learning-rate, then --resume")
+        if bad is None and self.dist.active and self.dist.mean({"bad": 0.0})["bad"] > 0:
+            bad = "another rank's update became non-finite"  # every rank skips or stops together
+        elif bad is not None and self.dist.active:
+            self.dist.mean({"bad": 1.0})
+        grad_norm = torch.tensor(math.nan)
+        if bad is None:
+            params = [p for g in self.optimizer.param_groups for p in g["params"]]
+            self.dist.average_gradients(params)
+            grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
+            if not torch.isfinite(grad_norm):
+                bad = f"gradient norm became {grad_norm.item()}"
         lr = self.scheduler.get_last_lr()[0]
-        self.optimizer.step()
+        if bad is None:
+            faults.hit("update")
+            self.optimizer.step()
+            # over all ranks: token sums and counts add up; the losses are averaged as the gradients were
+            sums = self.dist.reduce_stats(sums, averaged=tuple(k for k in sums if not k.startswith("sum:") and k != "num_tokens"))
+            tokens = sums.pop("num_tokens")
+            metrics = {key: value / tokens for key, value in sums.items() if key.startswith("sum:")}
+            metrics = {key[4:]: value for key, value in metrics.items()}
+            metrics.update({key: value for key, value in sums.items() if not key.startswith("sum:")})
+            metrics["clip_ratio/region_mean"] = metrics["clip_ratio/low_mean"] + metrics["clip_ratio/high_mean"]
+        else:
+            self._nonfinite(bad)  # raises under nan_policy=stop
+            self.optimizer.zero_grad(set_to_none=True)
+            self.probes.rows = []
+            tokens = normalizer["num_items_in_batch"]
+            metrics = {key: math.nan for key in ("loss", "policy_loss", "kl", "entropy", "clip_ratio/low_mean",
+                                                 "clip_ratio/high_mean", "clip_ratio/region_mean")}
         self.scheduler.step()
-        # over all ranks: token sums and counts add up; the losses are averaged as the gradients were
-        sums = self.dist.reduce_stats(sums, averaged=tuple(k for k in sums if not k.startswith("sum:") and k != "num_tokens"))
-        tokens = sums.pop("num_tokens")
-        metrics = {key: value / tokens for key, value in sums.items() if key.startswith("sum:")}
-        metrics = {key[4:]: value for key, value in metrics.items()}
-        metrics.update({key: value for key, value in sums.items() if not key.startswith("sum:")})
-        metrics["clip_ratio/region_mean"] = metrics["clip_ratio/low_mean"] + metrics["clip_ratio/high_mean"]
+        metrics.update(update_skipped=float(bad is not None), skipped_updates=self.skipped_updates)
         metrics.update(grad_norm=grad_norm.item(), learning_rate=lr, num_tokens=tokens,
                        step_time=time.perf_counter() - t0, peak_memory_mb=runtime.peak_memory_mb(self.device),
                        train_state_mb=runtime.train_state_mb([self.policy, *self.extra_modules.values()], self.optimizer),
                        trace_time=probe_seconds)  # recording time so far: choosing probes, their logits before
         return metrics
+
+    def _nonfinite(self, what: str) -> None:
+        step = self.step + 1
+        if self.cfg.nan_policy == "stop":
+            raise runtime.TrainingError(
+                f"{what} at step {step}; stopped (--nan-policy stop): {self._kept()}; lower --learning-rate, "
+                f"then --resume, or use --nan-policy skip to skip such updates")
+        self.skipped_updates += 1
+        self.log(f"step {step}: {what}; update skipped (--nan-policy skip, {self.skipped_updates} skipped so far)")
 
     def sequence_advantages(self, exp: Experience) -> torch.Tensor:
         return exp.advantages
@@ -235,25 +309,72 @@ class RLTrainer:
                         extra={**runtime.run_facts(self.device, self.dtype),
                                **({"world_size": self.dist.world_size} if self.dist.active else {})})
         try:
-            writer = TraceWriter(path, meta, resume=self.resume, compress=True)
+            with warnings.catch_warnings(record=True) as notes:  # e.g. a torn last line repaired
+                warnings.simplefilter("always")
+                writer = TraceWriter(path, meta, resume=self.resume, compress=True)
+            if self.resume:  # drop what was recorded after the checkpoint: those updates are redone
+                writer.rewind(self.step, self._kept_rollout)
         except FileExistsError:
             raise runtime.TrainingError(f"{path} already holds a trace; choose a new --out, or add --resume "
                                         f"to continue that run") from None
-        if self.resume:  # drop what was recorded after the checkpoint: those updates are redone
-            writer.rewind(self.step, self.rollout_id - 1)
+        except ValueError as exc:  # TraceError included: a trace this run cannot continue
+            raise runtime.TrainingError(f"cannot continue the trace {path}: {exc}") from None
+        for note in notes:
+            self.log(f"trace: {note.message}")
         return writer
 
-    def _checkpoint(self) -> None:
-        if not self.dist.is_main:
+    def _restore(self) -> None:
+        """Continue from OUT/checkpoint: optimizer, RNGs, step, and the rollout in flight when it was saved."""
+        if self._ckpt is None:
+            self.log(f"no checkpoint in {self.out} yet: starting from the beginning")
             return
-        runtime.save_checkpoint(self.out, self.policy, self.tokenizer, self.optimizer, self.scheduler,
-                                {"step": self.step, "rollout_id": self.rollout_id, "history": self.history},
-                                self.extra_modules)
+        state = runtime.load_checkpoint_state(self.out, self.optimizer, self.scheduler, self.extra_modules)
+        self.step, self.history = state["step"], state.get("history", [])
+        self.skipped_updates = state.get("skipped_updates", 0)
+        self.checkpoint_step = self.step
+        self._kept_rollout = state["rollout_id"]
+        self.rollout_id = state["rollout_id"] + 1
+        knobs = {k: getattr(self.cfg, k) for k in runtime.EXPERIENCE_KNOBS}
+        if "rollout_first_step" in state and state.get("knobs") == knobs:
+            self.rng.seed(self.cfg.seed + 7919 * state["rollout_id"])  # the items of that rollout, drawn again
+            items = sample_items(self.train_data, self.cfg.prompts_per_rollout, self.rng)
+            exp = runtime.load_experience(self._ckpt, items, self.device)
+            if exp is not None and exp.prompts == [build_prompt(item, self.tokenizer) for item in items]:
+                self.rollout_id = state["rollout_id"]
+                self._resumed = (exp, state["rollout_first_step"])
+        if self._resumed is None:
+            self.log("the checkpointed rollout does not fit this config: a fresh rollout follows")
+        self.log(f"resuming {self.out} at step {self.step}")
+
+    def _checkpoint(self) -> None:
+        self.stage = "checkpoint"
+        if not self.dist.is_main:
+            self.checkpoint_step = self.step
+            return
+        state = {"step": self.step, "rollout_id": self.rollout_id - 1, "skipped_updates": self.skipped_updates,
+                 "history": self.history}
+        exp = None
+        if self._inflight is not None:
+            exp, rollout_id, first_step = self._inflight
+            state.update(rollout_id=rollout_id, rollout_first_step=first_step,
+                         knobs={k: getattr(self.cfg, k) for k in runtime.EXPERIENCE_KNOBS})
+        runtime.save_checkpoint(self.out, self.policy, self.tokenizer, self.optimizer, self.scheduler, state,
+                                self.extra_modules, experience=exp)
+        self.checkpoint_step = self.step
+
+    def _stage_step(self) -> int:
+        """The update the current stage belongs to (recording and checkpointing follow the step count)."""
+        return self.step + 1 if self.stage in ("start", "rollout", "rollout record", "update") else self.step
+
+    def _kept(self) -> str:
+        if self.checkpoint_step is None:
+            return f"no checkpoint was written yet (the trace in {self.out} is kept)"
+        return f"the last checkpoint (step {self.checkpoint_step}) and the trace are kept in {self.out}"
 
     def _save_final(self) -> None:
         """The final policy in Hugging Face format directly in OUT (loadable with --model OUT)."""
         runtime.save_final_model(self.policy, self.tokenizer, self.out)
-        (self.out / "train_config.json").write_text(json.dumps(self.cfg.to_dict(), indent=2))
+        runtime.atomic_write_text(self.out / "train_config.json", json.dumps(self.cfg.to_dict(), indent=2))
 
     def _log_step(self, m: dict) -> None:
         if self.cfg.logging_steps and self.step % self.cfg.logging_steps == 0:

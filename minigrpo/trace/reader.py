@@ -40,6 +40,7 @@ __all__ = ["TraceWarning", "LazyStep", "load", "validate", "read_meta", "read_in
 
 StepSelection = Union[None, int, slice, range, Iterable[int]]
 
+MAX_ARRAY_BYTES = 2**30  # one array of a payload, uncompressed (a real one is a few MB at most)
 FIX_DAMAGED = "the file is damaged: re-record the run or restore the trace from a copy"
 FIX_WRITER = "the trace was not written by a compatible minigrpo TraceWriter: re-record it with this minigrpo"
 FIX_PAYLOAD = "copy the whole trace directory, payloads/ included, or re-record the run"
@@ -79,7 +80,13 @@ def _is_int(v: Any) -> bool:
 
 
 def _is_num(v: Any) -> bool:
-    return v is None or (isinstance(v, (int, float)) and not isinstance(v, bool))
+    """A JSON number that fits a float (or null)."""
+    if isinstance(v, int) and not isinstance(v, bool):
+        return abs(v) <= _FLOAT_MAX
+    return v is None or isinstance(v, float)
+
+
+_FLOAT_MAX = int(np.finfo(np.float64).max)
 
 
 def _get(d: dict, key: str, w: _Where, prefix: str):
@@ -189,7 +196,19 @@ def _check_dir(path: str) -> None:
                                    f"trace; pass the directory that holds meta.json"))
 
 
+def _inside(file: str) -> None:
+    """Refuse a file that resolves outside its trace directory (a symlink planted in a trace)."""
+    trace_dir = os.path.dirname(file)
+    if os.path.basename(trace_dir) == PAYLOAD_DIR:
+        trace_dir = os.path.dirname(trace_dir)
+    real, root = os.path.realpath(file), os.path.realpath(trace_dir)
+    if os.path.commonpath([real, root]) != root:
+        raise TraceError(_one_line(f"{file}: resolves to {real}, outside the trace directory {root}; a trace "
+                                   f"may only refer to its own files: copy the trace without links"))
+
+
 def _read_bytes(file: str) -> bytes:
+    _inside(file)
     try:
         with open(file, "rb") as f:
             return f.read()
@@ -210,6 +229,8 @@ def _parse_json(raw: bytes, w: _Where) -> Any:
     except json.JSONDecodeError as e:
         where = f"line {e.lineno} column {e.colno}" if w.line is None else f"column {e.colno}"
         raise w.error(None, f"malformed JSON ({e.msg} at {where})", FIX_DAMAGED if w.line is None else FIX_MIDDLE)
+    except ValueError as e:  # e.g. an integer of more than 4300 digits
+        raise w.error(None, f"malformed JSON ({str(e)[:80]})", FIX_DAMAGED if w.line is None else FIX_MIDDLE)
     except RecursionError:
         raise w.error(None, "malformed JSON (nested too deeply)", FIX_DAMAGED)
 
@@ -405,6 +426,7 @@ class _Npz:
         self.full = full = os.path.join(path, rel)
         if not os.path.isfile(full):
             raise w.error(field_name, f"payload file {rel} is missing ({full})", FIX_PAYLOAD)
+        _inside(full)
         try:
             npz = np.load(full, allow_pickle=False)
         except Exception as e:  # noqa: BLE001 - any unreadable payload is one TraceError
@@ -426,6 +448,13 @@ class _Npz:
             raise TraceError(_one_line(f"{self.full}: key {key} is missing; the payload does not match its JSON "
                                        f"record: {FIX_DAMAGED}"))
         try:
+            size = self.npz.zip.getinfo(key + ".npy").file_size
+        except (KeyError, AttributeError):
+            size = 0
+        if size > MAX_ARRAY_BYTES:
+            raise TraceError(_one_line(f"{self.full}: key {key}: {size} bytes uncompressed, more than a trace array "
+                                       f"can be ({MAX_ARRAY_BYTES}); {FIX_DAMAGED}"))
+        try:
             a = self.npz[key]
         except ValueError as e:
             if "pickle" in str(e).lower() or "object arrays" in str(e).lower():
@@ -436,6 +465,8 @@ class _Npz:
         except Exception as e:  # noqa: BLE001 - corrupt zip member, CRC error, truncated file...
             raise TraceError(_one_line(f"{self.full}: key {key}: cannot be read ({type(e).__name__}: {e}); "
                                        f"{FIX_DAMAGED}"))
+        if not isinstance(a, np.ndarray):
+            raise TraceError(_one_line(f"{self.full}: key {key}: is not a .npy array; {FIX_DAMAGED}"))
         if a.ndim != 1:
             raise TraceError(_one_line(f"{self.full}: key {key}: shape {a.shape}, expected a 1-D array; "
                                        f"{FIX_DAMAGED}"))

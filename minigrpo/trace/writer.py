@@ -33,6 +33,7 @@ from typing import Any, Iterable, Optional
 
 import numpy as np
 
+from .. import faults
 from .schema import FORMAT_NAME, FORMAT_VERSION, Group, Meta, Probe, ProbePosition, Step, TraceError
 
 __all__ = ["TraceWriter", "new_meta"]
@@ -233,14 +234,25 @@ def _atomic_write(path: str, write) -> int:
     """``write(fileobj)`` into a hidden temp file next to ``path``, fsync, rename; returns bytes."""
     directory, name = os.path.split(path)
     tmp = os.path.join(directory, TMP_PREFIX + name + TMP_SUFFIX)
-    with open(tmp, "wb") as f:
-        write(f)
-        f.flush()
-        os.fsync(f.fileno())
-        size = f.tell()
+    try:
+        with open(tmp, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+            size = f.tell()
+    except BaseException:  # a full disk, an interrupt: leave no partial temp file behind
+        _remove_quietly(tmp)
+        raise
     os.replace(tmp, path)
     _fsync_dir(directory or ".")
     return size
+
+
+def _remove_quietly(path: str) -> None:
+    try:
+        os.remove(path)
+    except OSError:
+        pass
 
 
 def _repair_tail(path: str) -> Optional[str]:
@@ -401,22 +413,39 @@ class TraceWriter:
             save(f, **arrays)
 
         full = os.path.join(self.path, rel)
-        if self.fsync:
-            self.bytes_written += _atomic_write(full, write)
-        else:
-            tmp = os.path.join(os.path.dirname(full), TMP_PREFIX + os.path.basename(full) + TMP_SUFFIX)
-            with open(tmp, "wb") as f:
-                write(f)
-                size = f.tell()
-            os.replace(tmp, full)
-            self.bytes_written += size
+        try:
+            if self.fsync:
+                self.bytes_written += _atomic_write(full, write)
+            else:
+                tmp = os.path.join(os.path.dirname(full), TMP_PREFIX + os.path.basename(full) + TMP_SUFFIX)
+                try:
+                    with open(tmp, "wb") as f:
+                        write(f)
+                        size = f.tell()
+                except BaseException:
+                    _remove_quietly(tmp)
+                    raise
+                os.replace(tmp, full)
+                self.bytes_written += size
+        except OSError as e:
+            raise OSError(e.errno, e.strerror, e.filename or full) from e
+        faults.hit("trace-payload")
 
     def _append(self, name: str, record: dict) -> None:
         data = dumps_line(record)
         fd = self._fds[name]
-        _write_all(fd, data)  # one write(2) for any line a regular file accepts whole
-        if self.fsync:
-            os.fsync(fd)
+        end = os.lseek(fd, 0, os.SEEK_END)
+        faults.hit("trace-line", lambda: _write_all(fd, data[:len(data) // 2]))
+        try:
+            _write_all(fd, data)  # one write(2) for any line a regular file accepts whole
+            if self.fsync:
+                os.fsync(fd)
+        except OSError as e:  # e.g. a full disk after a short write: cut the torn line off again
+            try:
+                os.ftruncate(fd, end)
+            except OSError:
+                pass  # the reader still drops a torn last line
+            raise OSError(e.errno, e.strerror, os.path.join(self.path, name)) from e
         self.bytes_written += len(data)
 
     # ------------------------------------------------------------------ public API
