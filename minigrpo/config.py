@@ -244,7 +244,7 @@ def _coerce(name: str, value: Any) -> Any:
         if isinstance(default, int):
             return int(text)
         if isinstance(default, float) or name == "epsilon_high":
-            return None if text.lower() == "none" else float(text)
+            return None if name == "epsilon_high" and text.lower() == "none" else float(text)
     except ValueError:
         kind = "true/false" if isinstance(default, bool) else type(default).__name__ if default is not None else "float"
         raise ConfigError(f"invalid --{name.replace('_', '-')}: {value!r} is not a {kind}")
