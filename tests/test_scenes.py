@@ -11,7 +11,6 @@ must give one ``minigrpo: ...`` line and a non-zero exit.
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import subprocess
 import sys

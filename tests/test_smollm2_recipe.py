@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from minigrpo.cli import _config_from_args, _parser
-from minigrpo.config import PRESETS, ConfigError, build_config
+from minigrpo.config import ConfigError, build_config
 from minigrpo.sft import sft_batches
 from minigrpo.tasks import (
     RewardConfig, TaskError, _CONVERTS_TO, _broken_rule, _parse_statement, load_split, score_completion, sft_target,

@@ -27,7 +27,6 @@ from hypothesis import HealthCheck, given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
 from minigrpo.trace import load, read_index, validate  # noqa: E402
-from minigrpo.trace.reader import TraceWarning  # noqa: E402
 from minigrpo.trace.schema import TraceError  # noqa: E402
 from minigrpo.trace.writer import TraceWriter, new_meta  # noqa: E402
 from trace_factory import make_synthetic_trace  # noqa: E402
