@@ -157,6 +157,10 @@ def summarize(times: list[float], warmup: int) -> dict:
 
 
 # ----------------------------------------------------------------------------- the runs
+def _context(folder: Path) -> int:
+    return json.loads((folder / "config.json").read_text())["max_position_embeddings"]
+
+
 def run_ours(folder: Path, args, algo: str, trace: bool, out: Path) -> dict:
     from minigrpo import decode, experience
     from minigrpo.config import build_config
@@ -170,7 +174,8 @@ def run_ours(folder: Path, args, algo: str, trace: bool, out: Path) -> dict:
         per_device_train_batch_size=args.micro_batch, gradient_accumulation_steps=rows // args.micro_batch,
         num_iterations=1, max_completion_length=args.new_tokens, temperature=0.7, top_p=1.0, beta=0.04,
         learning_rate=1e-6, generation_batch_size=rows, rollout_backend=args.backend, trace=trace,
-        max_steps=args.warmup + args.steps, save_steps=10**6, eval_n=1, logging_steps=1))
+        max_steps=args.warmup + args.steps, save_steps=10**6, eval_n=1, logging_steps=1,
+        max_prompt_length=min(512, _context(folder) - args.new_tokens)))
     gen_seconds: list[float] = []
     plain_generate = experience.generate
 
