@@ -15,6 +15,7 @@ for p in (str(ROOT), str(ROOT / "tests")):
         sys.path.insert(0, p)
 
 import numpy as np  # noqa: E402
+import pytest  # noqa: E402
 import torch  # noqa: E402
 
 # A run of 6 updates on 2 rollouts (4 updates per rollout: buffer 16 = 8 per update x 2 passes),
@@ -29,7 +30,10 @@ TIMING = {"step_time", "rollout_time", "trace_time", "peak_memory_mb"}
 
 
 def env(**extra) -> dict:
+    # one torch thread: the tiny model gains nothing from two, and two OpenMP threads on a busy
+    # 2-core machine spin-wait each other (a 3-update run: 5 s of CPU with one thread, 42 s with two)
     out = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", "PYTHONUNBUFFERED": "1",
+           "OMP_NUM_THREADS": "1",
            "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
     out.pop("MINIGRPO_FAULT", None)
     out.update({k: str(v) for k, v in extra.items()})
@@ -130,3 +134,12 @@ def trainer(model: str, out, algo: str = "grpo", **kw):
     logs: list[str] = []
     cls = GRPOTrainer if algo == "grpo" else PPOTrainer
     return cls(fast_config(model=model, algo=algo, **{**SMALL, **kw}), out, log=logs.append), logs
+
+
+@pytest.fixture
+def one_thread():
+    """In-process runs on one torch thread (see env()), the thread count restored afterwards."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -18,6 +18,10 @@ from minigrpo.cli import main
 from minigrpo.config import ConfigError, TrainConfig, build_config, field_names
 from minigrpo.trace import load
 
+from harness import one_thread  # noqa: E402,F401 - the fixture below
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 
 def one_error_line(capsys) -> str:
     err = capsys.readouterr().err.strip().splitlines()

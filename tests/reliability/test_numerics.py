@@ -15,6 +15,10 @@ from harness import trainer
 from minigrpo.runtime import TrainingError
 from minigrpo.trace import load
 
+from harness import one_thread  # noqa: E402,F401 - the fixture below
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 
 def nan_logits_when(t, steps):
     """From now on, the policy's logits are NaN during the updates numbered ``steps``."""

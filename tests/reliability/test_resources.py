@@ -20,6 +20,10 @@ from minigrpo.grpo import GRPOTrainer
 from minigrpo.runtime import TrainingError
 from minigrpo.trace import load
 
+from harness import one_thread  # noqa: E402,F401 - the fixture below
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 
 def _cli_train(sft_model, out, *extra) -> list[str]:
     flags = ["train", "--preset", "tiny", "--model", sft_model, "--out", str(out), "--train-size", "64",

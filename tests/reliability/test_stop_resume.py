@@ -16,6 +16,10 @@ from minigrpo.ppo import PPOTrainer
 from minigrpo.runtime import TrainingError
 from minigrpo.trace import load
 
+from harness import one_thread  # noqa: E402,F401 - the fixture below
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 
 def test_ctrl_c_stops_cleanly_and_resume_is_the_same_ppo_run(sft_model, tmp_path):
     ref, _ = H.trainer(sft_model, tmp_path / "ref", algo="ppo", max_steps=3, save_steps=1000)
