@@ -5,7 +5,8 @@ more ways, then reads it every way a user can (``load`` lazy and eager, every pr
 ``validate``, ``read_index``, ``minigrpo trace inspect``, the scenes' loader, and a writer
 resuming it). The only exception allowed is the documented ``TraceError`` (one line); a
 torn last line may give a ``TraceWarning``. A trace that loads must hold increasing steps
-whose rollouts are loaded. ``MINIGRPO_FUZZ_EXAMPLES`` sets the budget (default 150).
+whose rollouts are loaded. ``MINIGRPO_FUZZ_EXAMPLES`` sets the budget (default 150),
+``MINIGRPO_FUZZ_REPORT=FILE`` logs each example's damages and outcome.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ import numpy as np
 import pytest
 
 hypothesis = pytest.importorskip("hypothesis")
-from hypothesis import HealthCheck, given, settings  # noqa: E402
+from hypothesis import HealthCheck, event, given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
 from minigrpo.trace import load, read_index, validate  # noqa: E402
@@ -32,6 +33,7 @@ from minigrpo.trace.writer import TraceWriter, new_meta  # noqa: E402
 from trace_factory import make_synthetic_trace  # noqa: E402
 
 EXAMPLES = int(os.environ.get("MINIGRPO_FUZZ_EXAMPLES", "150"))
+REPORT = os.environ.get("MINIGRPO_FUZZ_REPORT")  # a file: one JSON line per example (damages, outcome)
 FILES = ["meta.json", "rollouts.jsonl", "steps.jsonl", "payloads/rollout_000000.npz",
          "payloads/rollout_000001.npz", "payloads/step_000001.npz", "payloads/step_000003.npz"]
 JSONL = ["rollouts.jsonl", "steps.jsonl"]
@@ -221,12 +223,19 @@ def test_damaged_trace_loads_or_raises_trace_error(base_traces, capsys, algo, da
         shutil.copytree(base_traces[algo], root)
         for kind, rel, rnd, value in damages:
             apply(root, kind, rel, rnd, value)
+            event(f"damage: {kind}")
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # TraceWarning, and the writer's note on a torn line it repairs
             try:
                 read_every_way(root)
+                outcome = "loaded"
             except TraceError as e:
                 assert "\n" not in str(e)
+                outcome = "refused with TraceError"
+            event(outcome)
+            if REPORT:
+                with open(REPORT, "a") as f:
+                    f.write(json.dumps({"outcome": outcome, "damages": [d[0] for d in damages]}) + "\n")
             check_other_readers(root, capsys)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
