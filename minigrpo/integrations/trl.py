@@ -472,6 +472,10 @@ def _train(args) -> int:
     trainer.train()
     if trainer.dist.is_main:
         print(f"trace written to {Path(args.out) / 'trace'}")
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        # leave together: a rank that exits while the other still holds gloo's threads can abort
+        torch.distributed.barrier()
+        torch.distributed.destroy_process_group()
     return 0
 
 
