@@ -20,6 +20,7 @@ graphs on a GPU), which also returns the log-probs of the tokens it sampled.
 
 from __future__ import annotations
 
+import functools
 import inspect
 from dataclasses import dataclass
 
@@ -221,7 +222,12 @@ def _cache_of(output):
 
 def _cache_arg(module) -> str:
     """transformers ≥ 5.2x names the forward's cache argument ``cache``; earlier ones ``past_key_values``."""
-    return "cache" if "cache" in inspect.signature(module.forward).parameters else "past_key_values"
+    return _cache_arg_of(type(module))
+
+
+@functools.lru_cache(maxsize=None)
+def _cache_arg_of(module_class) -> str:  # read the signature once per class, not on every micro-batch
+    return "cache" if "cache" in inspect.signature(module_class.forward).parameters else "past_key_values"
 
 
 @torch.no_grad()

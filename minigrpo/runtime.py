@@ -49,7 +49,9 @@ def seed_everything(seed: int) -> None:
         torch.cuda.manual_seed_all(seed)
 
 
-def make_optimizer(params, cfg, lr: float, total_steps: int):
+def make_optimizer(params, cfg, lr: float, total_steps: int, schedule: str | None = None):
+    """AdamW and its LR schedule: ``schedule`` (default ``cfg.lr_scheduler_type``) after ``cfg.warmup_steps``."""
+    schedule = schedule or cfg.lr_scheduler_type
     optimizer = torch.optim.AdamW(params, lr=lr, betas=(cfg.adam_beta1, cfg.adam_beta2),
                                   weight_decay=cfg.weight_decay)
 
@@ -57,9 +59,9 @@ def make_optimizer(params, cfg, lr: float, total_steps: int):
         if cfg.warmup_steps and step < cfg.warmup_steps:
             return (step + 1) / cfg.warmup_steps
         progress = min(1.0, (step - cfg.warmup_steps) / max(1, total_steps - cfg.warmup_steps))
-        if cfg.lr_scheduler_type == "linear":
+        if schedule == "linear":
             return 1.0 - progress
-        if cfg.lr_scheduler_type == "cosine":
+        if schedule == "cosine":
             return 0.5 * (1.0 + math.cos(math.pi * progress))
         return 1.0
 

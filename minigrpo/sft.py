@@ -11,7 +11,6 @@ of ``sft_batch_size`` (the last batch of a pass may be smaller), as the seed rec
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import random
 import shutil
@@ -92,8 +91,8 @@ def run_sft(cfg, out_dir: str | Path, log=print) -> dict:
         f"format {before['format_rate']:.3f}")
     batches = sft_batches(len(examples), cfg, random.Random(cfg.seed))
     total = len(batches)
-    schedule = dataclasses.replace(cfg, lr_scheduler_type=cfg.sft_lr_scheduler_type)
-    optimizer, scheduler = runtime.make_optimizer(model.parameters(), schedule, cfg.sft_learning_rate, total)
+    optimizer, scheduler = runtime.make_optimizer(model.parameters(), cfg, cfg.sft_learning_rate, total,
+                                                  schedule=cfg.sft_lr_scheduler_type)
     model.train()
     started = time.time()
     for step, indices in enumerate(batches, start=1):
