@@ -34,7 +34,7 @@ class TrainConfig:
     train_size: int = 4000  # items in the training split
     eval_size: int = 500  # held-out items (different seed)
     device: str = "auto"  # auto | cpu | cuda
-    dtype: str = "auto"  # auto (bf16 on CUDA, fp32 on CPU) | float32 | bfloat16
+    dtype: str = "auto"  # auto (bf16 on CUDA, fp32 on CPU) | float32 | bfloat16 (bf16: float32 master weights)
 
     # --- rollouts ------------------------------------------------------------------
     num_generations: int = 6  # G completions per prompt
@@ -186,9 +186,9 @@ class TrainConfig:
 # gradient accumulation 12, 300 new tokens; its SFT warm-up: about 200 examples, 3 epochs,
 # lr 5e-5. The syllogism SFT target of a real model is a short chain of rule checks in
 # words (sft_style="rules"): a pretrained model reads English, not the tiny model's codes.
-# dtype float32: the trainer keeps no float32 master copy of bf16 weights, and an AdamW step
-# at lr 1e-6 (about 1e-6 per weight) is far below bf16's spacing near typical weights
-# (~1e-4), so in bf16 nearly every update would round away (tests/test_smollm2_recipe.py).
+# dtype auto: bf16 on a GPU. An AdamW step at lr 1e-6 (about 1e-6 per weight) is far below
+# bf16's spacing near typical weights (~1e-4), so the optimiser steps float32 master copies
+# and rounds them into the bf16 model (minigrpo/optim.py, tests/test_optim.py).
 # generation_batch_size=512 samples a whole 500-completion buffer (and a 500-item eval) in
 # one generate call: on a GPU a decode step of a 135M model is bound by per-step overhead
 # (93 ms at batch 48 on an H100, issue 5), not by the batch, so one call replaces ten.
@@ -196,7 +196,7 @@ _SEED_RECIPE: dict[str, Any] = dict(
     learning_rate=1e-6, temperature=0.7, num_generations=6, buffer_size=500,
     gradient_accumulation_steps=12, max_completion_length=300, per_device_train_batch_size=4,
     num_iterations=2, sft_learning_rate=5e-5, sft_size=200, sft_epochs=3, sft_batch_size=16,
-    sft_style="rules", generation_batch_size=512, dtype="float32",
+    sft_style="rules", generation_batch_size=512,
 )
 
 PRESETS: dict[str, dict[str, Any]] = {

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
 import os
 import pickle
 import random
@@ -20,6 +19,7 @@ import torch
 
 from . import faults
 from .config import ConfigError
+from .optim import make_optimizer, state_tensors  # noqa: F401  (make_optimizer: the loops' entry point)
 from .trace.writer import _fsync_dir
 
 
@@ -49,25 +49,6 @@ def seed_everything(seed: int) -> None:
         torch.cuda.manual_seed_all(seed)
 
 
-def make_optimizer(params, cfg, lr: float, total_steps: int, schedule: str | None = None):
-    """AdamW and its LR schedule: ``schedule`` (default ``cfg.lr_scheduler_type``) after ``cfg.warmup_steps``."""
-    schedule = schedule or cfg.lr_scheduler_type
-    optimizer = torch.optim.AdamW(params, lr=lr, betas=(cfg.adam_beta1, cfg.adam_beta2),
-                                  weight_decay=cfg.weight_decay)
-
-    def factor(step: int) -> float:
-        if cfg.warmup_steps and step < cfg.warmup_steps:
-            return (step + 1) / cfg.warmup_steps
-        progress = min(1.0, (step - cfg.warmup_steps) / max(1, total_steps - cfg.warmup_steps))
-        if schedule == "linear":
-            return 1.0 - progress
-        if schedule == "cosine":
-            return 0.5 * (1.0 + math.cos(math.pi * progress))
-        return 1.0
-
-    return optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
-
-
 def peak_memory_mb(device: torch.device) -> float:
     """CUDA: peak allocated by torch. CPU: peak resident set size of this process."""
     if device.type == "cuda":
@@ -77,15 +58,13 @@ def peak_memory_mb(device: torch.device) -> float:
 
 
 def train_state_mb(modules, optimizer) -> float:
-    """Bytes held by parameters, their gradients and the optimiser state (an exact count)."""
+    """Bytes held by parameters, their gradients and the optimiser state, masters included (an exact count)."""
     total = 0
     for module in modules:
         for p in module.parameters():
             total += p.numel() * p.element_size() * (2 if p.requires_grad else 1)
-    for state in optimizer.state.values():
-        for value in state.values():
-            if torch.is_tensor(value):
-                total += value.numel() * value.element_size()
+    for value in state_tensors(optimizer):
+        total += value.numel() * value.element_size()
     return total / 2**20
 
 

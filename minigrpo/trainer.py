@@ -27,7 +27,7 @@ from pathlib import Path
 
 import torch
 
-from . import distributed, faults, runtime
+from . import distributed, faults, optim, runtime
 from .evaluate import evaluate
 from .experience import Experience, collect, sample_items, trace_groups
 from .models import load_model
@@ -241,7 +241,7 @@ class RLTrainer:
             self.dist.mean({"bad": 1.0})
         grad_norm = torch.tensor(math.nan)
         if bad is None:
-            params = [p for g in self.optimizer.param_groups for p in g["params"]]
+            params = optim.optimized_params(self.optimizer)
             self.dist.average_gradients(params)
             grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
             if not torch.isfinite(grad_norm):

@@ -1,0 +1,118 @@
+"""The optimiser: AdamW with its learning-rate schedule, and float32 master weights for bf16 models.
+
+Why master weights: at the seed recipe's lr of 1e-6 an AdamW step moves a weight by about
+1e-6, while bf16 can only represent changes of about 1e-4 near a typical weight (|w| ≈ 0.02,
+spacing 2^-13). Stepping bf16 weights directly rounds nearly every update away. So a
+low-precision parameter gets a float32 copy (its master); AdamW updates the masters with the
+gradients cast to float32, and the new values are copied back into the model's bf16 tensors
+*in place* (their storage never moves, so captured CUDA graphs stay valid). Float32
+parameters are their own masters. The model, its forward passes and the rollouts stay in bf16.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+
+class MasterWeightAdamW:
+    """AdamW over float32 masters of ``params``; the model's own tensors get the rounded result.
+
+    The parts the trainer uses: ``params`` (the model's tensors, whose ``.grad`` the backward
+    pass fills), ``zero_grad``, ``step``, ``state_dict`` / ``load_state_dict`` (the masters
+    travel with the AdamW state, so a resumed bf16 run continues from the same float32 values),
+    ``param_groups``/``state`` of the inner AdamW (the LR schedule drives ``inner``).
+    """
+
+    def __init__(self, params, **adamw_kwargs):
+        self.params = list(params)
+        self.masters = [p if p.dtype == torch.float32 else p.detach().float().clone() for p in self.params]
+        self.inner = torch.optim.AdamW(self.masters, **adamw_kwargs)
+
+    @property
+    def param_groups(self):
+        return self.inner.param_groups
+
+    @property
+    def state(self):
+        return self.inner.state
+
+    def low_precision_masters(self) -> list[torch.Tensor]:
+        return [m for p, m in zip(self.params, self.masters) if m is not p]
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        for p in self.params:
+            if set_to_none:
+                p.grad = None
+            elif p.grad is not None:
+                p.grad.zero_()
+
+    @torch.no_grad()
+    def step(self) -> None:
+        for p, master in zip(self.params, self.masters):
+            if master is not p:
+                master.grad = None if p.grad is None else p.grad.float()
+        self.inner.step()
+        for p, master in zip(self.params, self.masters):
+            if master is not p:
+                p.copy_(master)  # round to the model's dtype, in place
+                master.grad = None
+
+    def state_dict(self) -> dict:
+        return {"adamw": self.inner.state_dict(), "masters": [m.detach().clone() for m in self.low_precision_masters()]}
+
+    def load_state_dict(self, blob: dict) -> None:
+        masters = self.low_precision_masters()
+        saved = blob.get("masters") if isinstance(blob, dict) else None
+        if not isinstance(saved, list) or "adamw" not in blob or len(saved) != len(masters) or any(
+                not torch.is_tensor(s) or s.shape != m.shape for s, m in zip(saved, masters)):
+            raise ValueError("the optimizer state does not hold float32 master weights for this model's "
+                             "low-precision parameters (was the checkpoint written with another --dtype?)")
+        self.inner.load_state_dict(blob["adamw"])
+        with torch.no_grad():
+            for master, value in zip(masters, saved):
+                master.copy_(value)
+
+
+def make_optimizer(params, cfg, lr: float, total_steps: int, schedule: str | None = None):
+    """AdamW and its LR schedule: ``schedule`` (default ``cfg.lr_scheduler_type``) after ``cfg.warmup_steps``.
+
+    When some parameter is not float32 (a bf16 model) the optimiser is a ``MasterWeightAdamW``.
+    """
+    schedule = schedule or cfg.lr_scheduler_type
+    params = list(params)
+    kwargs = dict(lr=lr, betas=(cfg.adam_beta1, cfg.adam_beta2), weight_decay=cfg.weight_decay)
+    if all(p.dtype == torch.float32 for p in params):
+        optimizer = torch.optim.AdamW(params, **kwargs)
+        inner = optimizer
+    else:
+        optimizer = MasterWeightAdamW(params, **kwargs)
+        inner = optimizer.inner
+
+    def factor(step: int) -> float:
+        if cfg.warmup_steps and step < cfg.warmup_steps:
+            return (step + 1) / cfg.warmup_steps
+        progress = min(1.0, (step - cfg.warmup_steps) / max(1, total_steps - cfg.warmup_steps))
+        if schedule == "linear":
+            return 1.0 - progress
+        if schedule == "cosine":
+            return 0.5 * (1.0 + math.cos(math.pi * progress))
+        return 1.0
+
+    return optimizer, torch.optim.lr_scheduler.LambdaLR(inner, factor)
+
+
+def optimized_params(optimizer) -> list[torch.Tensor]:
+    """The model tensors whose gradients the optimiser consumes (for clipping and all-reduce)."""
+    if isinstance(optimizer, MasterWeightAdamW):
+        return optimizer.params
+    return [p for group in optimizer.param_groups for p in group["params"]]
+
+
+def state_tensors(optimizer) -> list[torch.Tensor]:
+    """Every tensor the optimiser holds besides the model: AdamW moments, and masters if any."""
+    tensors = [v for state in optimizer.state.values() for v in state.values() if torch.is_tensor(v)]
+    if isinstance(optimizer, MasterWeightAdamW):
+        tensors += optimizer.low_precision_masters()
+    return tensors
