@@ -18,7 +18,8 @@ def evaluate(model, tokenizer, data: TaskData, cfg, n: int | None = None) -> dic
                               penalize_premise_copy=cfg.penalize_premise_copy)
     results = [score_completion(text, item, data, reward_cfg) for text, item in zip(rollout.completions, items)]
     count = max(1, len(results))
-    baseline = TaskData(data.name, items, data.dataset).majority_baseline() if items else math.nan
+    baseline = (TaskData(data.name, items, data.dataset).majority_baseline(cfg.penalize_premise_copy)
+                if items else math.nan)
     return {
         "accuracy": sum(r.correct for r in results) / count,
         "mean_score": sum(r.parts["correctness"] for r in results) / count,

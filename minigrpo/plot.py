@@ -78,7 +78,8 @@ def recompute_majority(meta) -> Optional[float]:
         _, evaluation = load_train_eval(cfg["task"], int(cfg["train_size"]), int(cfg["eval_size"]), int(cfg["seed"]),
                                         **(cfg.get("task_kwargs") or {}))
         n = min(int(cfg.get("eval_n") or len(evaluation)), len(evaluation))
-        return _finite(TaskData(evaluation.name, [evaluation[i] for i in range(n)], evaluation.dataset).majority_baseline())
+        items = TaskData(evaluation.name, [evaluation[i] for i in range(n)], evaluation.dataset)
+        return _finite(items.majority_baseline(bool(cfg.get("penalize_premise_copy", True))))
     except Exception:  # an unknown task, an old config: then the baseline is simply unknown
         return None
 

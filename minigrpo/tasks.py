@@ -85,19 +85,24 @@ class TaskData:
     def questions(self) -> list[str]:
         return [item["question"] for item in self.items]
 
-    def majority_baseline(self) -> float:
-        """The fraction correct (score == 1.0) from always giving the most common reference answer.
+    def majority_baseline(self, penalize_premise_copy: bool = True) -> float:
+        """The accuracy (counted as the eval counts it) of always giving the most common reference answer.
 
-        For syllogism this is the share of the majority label. Returns NaN for an
-        empty split, or when an item has no reference answer (``answer is None``,
-        as in propositional_logic), because then there is no constant answer to
-        give. Ties go to the answer seen first.
+        An item's reference answer is its ``answer``; propositional_logic has ``answer = None``,
+        and there it is the valid conclusion in ``metadata["example_answer"]`` (the one SFT
+        teaches). For syllogism this is the share of the majority label; for
+        propositional_logic, the share of items that one fixed conclusion answers correctly
+        (a policy that ignores the premises scores that much). A premise copy counts as wrong
+        when ``penalize_premise_copy``, as in the eval. NaN for an empty split or an item with
+        no reference answer at all. Ties go to the answer seen first.
         """
-        answers = [item.get("answer") for item in self.items]
+        answers = [item.get("answer") if item.get("answer") is not None
+                   else (item.get("metadata") or {}).get("example_answer") for item in self.items]
         if not answers or any(a is None for a in answers):
             return float("nan")
         majority = Counter(answers).most_common(1)[0][0]
-        hits = sum(_rg_score(self.dataset, majority, item) == 1.0 for item in self.items)
+        hits = sum(_rg_score(self.dataset, majority, item) == 1.0
+                   and not (penalize_premise_copy and is_premise_copy(majority, item)) for item in self.items)
         return hits / len(self.items)
 
 

@@ -199,8 +199,24 @@ def test_majority_baseline(syllogism):
     items = [{"question": str(k), "answer": a, "metadata": {}} for k, a in enumerate("Yes Yes Yes No".split())]
     task = TaskData(name="syllogism", items=items, dataset=syllogism.dataset)
     assert task.majority_baseline() == pytest.approx(0.75)
-    assert math.isnan(TaskData("propositional_logic", [make_logic_item(["P"], ["P"])], None).majority_baseline())
     assert math.isnan(TaskData("syllogism", [], syllogism.dataset).majority_baseline())
+
+
+def test_majority_baseline_of_propositional_logic_uses_the_example_answers(logic):
+    """No item has an ``answer``: the constant answer is the most common example answer, (P ∧ Q) here."""
+    def item(premises, example):
+        return {**make_logic_item(premises, ["P", "Q"]), "metadata": {
+            **make_logic_item(premises, ["P", "Q"])["metadata"], "example_answer": example}}
+
+    items = [item(["P", "Q"], "(P ∧ Q)"),          # entailed: 1.0
+             item(["(P ∧ Q)"], "(P ∧ Q)"),          # entailed, but it restates the premise
+             item(["P", "¬Q"], "(P ∧ ¬Q)"),         # (P ∧ Q) not entailed
+             item(["(P ∨ Q)"], "P")]                # (P ∧ Q) not entailed
+    task = TaskData("propositional_logic", items, logic.dataset)
+    assert task.majority_baseline() == pytest.approx(1 / 4)  # the premise copy counts as wrong, as in the eval
+    assert task.majority_baseline(penalize_premise_copy=False) == pytest.approx(2 / 4)
+    no_reference = {**items[0], "metadata": {k: v for k, v in items[0]["metadata"].items() if k != "example_answer"}}
+    assert math.isnan(TaskData("propositional_logic", [no_reference], logic.dataset).majority_baseline())
 
 
 def test_unknown_task_and_knob_errors():
