@@ -2,15 +2,16 @@
 # Does RL learn? SFT then RL on the tiny preset, held-out accuracy (500 items) before/after.
 #   bash bench/learning.sh [TASK] [ALGO] [OUT]        e.g. bash bench/learning.sh syllogism grpo runs/bench
 #   RL_ARGS="--max-steps 200" bash bench/learning.sh syllogism ppo   (extra flags for the RL command)
+#   ARGS="--seed 1" bash bench/learning.sh syllogism grpo             (extra flags for both commands)
 # Prints one table row: SFT accuracy, RL accuracy, gain, majority baseline, wall seconds of each phase.
 set -euo pipefail
 task=${1:-syllogism}; algo=${2:-grpo}; out=${3:-runs/bench-$task-$algo}
 py=${PYTHON:-python}
 rm -rf "$out"; mkdir -p "$out"
 t0=$SECONDS
-$py -m minigrpo.cli sft --task "$task" --preset tiny --out "$out/sft" > "$out/sft.log" 2>&1
+$py -m minigrpo.cli sft --task "$task" --preset tiny --out "$out/sft" ${ARGS:-} > "$out/sft.log" 2>&1
 t1=$SECONDS
-$py -m minigrpo.cli train --algo "$algo" --task "$task" --preset tiny --model "$out/sft" --out "$out/rl" ${RL_ARGS:-} > "$out/rl.log" 2>&1
+$py -m minigrpo.cli train --algo "$algo" --task "$task" --preset tiny --model "$out/sft" --out "$out/rl" ${ARGS:-} ${RL_ARGS:-} > "$out/rl.log" 2>&1
 t2=$SECONDS
 $py - "$out" "$task" "$algo" $((t1 - t0)) $((t2 - t1)) <<'PY'
 import json, sys

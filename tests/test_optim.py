@@ -8,16 +8,20 @@ from minigrpo.optim import MasterWeightAdamW, make_optimizer, optimized_params, 
 from minigrpo.runtime import train_state_mb
 
 
-def _layer(dtype, seed=0):
+needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+DEVICES = ["cpu", pytest.param("cuda", marks=[pytest.mark.gpu, needs_cuda])]
+
+
+def _layer(dtype, seed=0, device="cpu"):
     torch.manual_seed(seed)
-    return torch.nn.Linear(64, 64).to(dtype)
+    return torch.nn.Linear(64, 64).to(dtype).to(device)
 
 
 def _steps(layer, optimizer, n, seed=1):
     gen = torch.Generator().manual_seed(seed)
     for _ in range(n):
         optimizer.zero_grad(set_to_none=True)
-        x = torch.randn(32, 64, generator=gen).to(layer.weight.dtype)
+        x = torch.randn(32, 64, generator=gen).to(layer.weight.dtype).to(layer.weight.device)
         layer(x).pow(2).mean().backward()
         optimizer.step()
 
@@ -36,9 +40,10 @@ def test_bf16_weights_lose_small_updates_without_masters():
     assert changed[torch.bfloat16] < 0.1
 
 
-def test_masters_accumulate_what_bf16_would_round_away():
+@pytest.mark.parametrize("device", DEVICES)
+def test_masters_accumulate_what_bf16_would_round_away(device):
     cfg = build_config("tiny", overrides={"weight_decay": 0.0})
-    bf16, fp32 = _layer(torch.bfloat16), _layer(torch.bfloat16)
+    bf16, fp32 = _layer(torch.bfloat16, device=device), _layer(torch.bfloat16, device=device)
     fp32 = fp32.float()  # the same (bf16-representable) start, trained in float32
     opt_bf16, _ = make_optimizer(bf16.parameters(), cfg, 1e-6, 100)
     opt_fp32, _ = make_optimizer(fp32.parameters(), cfg, 1e-6, 100)
@@ -57,9 +62,10 @@ def test_masters_accumulate_what_bf16_would_round_away():
     assert master.dtype == torch.float32 and bf16.weight.dtype == torch.bfloat16
 
 
-def test_model_storage_is_updated_in_place():
+@pytest.mark.parametrize("device", DEVICES)
+def test_model_storage_is_updated_in_place(device):
     """CUDA graphs captured over the weights read fixed addresses: a step must not move them."""
-    layer = _layer(torch.bfloat16)
+    layer = _layer(torch.bfloat16, device=device)
     cfg = build_config("tiny")
     opt, _ = make_optimizer(layer.parameters(), cfg, 1e-2, 10)
     ptr = layer.weight.data_ptr()
