@@ -18,6 +18,12 @@ from .config import ConfigError, TrainConfig, build_config, field_names
 SHARED_FLAGS = ("task", "model", "seed", "algo")
 
 
+def json_line(result: dict) -> str:
+    """One strict-JSON object: a NaN or inf (e.g. no majority baseline) becomes null, which every parser reads."""
+    return json.dumps({key: None if isinstance(value, float) and not math.isfinite(value) else value
+                       for key, value in result.items()}, allow_nan=False)
+
+
 def _add_config_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--preset", help="tiny | smollm2-135m | smollm-135m | smollm-360m | qwen3-0.6b")
     parser.add_argument("--config", help="TOML or JSON file of config fields")
@@ -177,7 +183,7 @@ def _run(args: argparse.Namespace) -> int:
         result = evaluate(model, tokenizer, eval_data, cfg, n=args.n)
         result.update(task=cfg.task, model=cfg.model)
         if args.json:
-            print(json.dumps(result))
+            print(json_line(result))
         else:
             for key, value in result.items():
                 print(f"{key:<20}{value}")

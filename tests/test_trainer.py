@@ -54,10 +54,22 @@ def test_eval_json_prints_one_object(sft_model):
     result = run_cli("eval", "--task", "syllogism", "--model", sft_model, "--n", "20", "--json",
                      "--train-size", "300", "--max-completion-length", "24")
     assert result.returncode == 0, result.stderr
-    data = json.loads(result.stdout.strip().splitlines()[-1])
+    data = json.loads(result.stdout.strip().splitlines()[-1], parse_constant=_no_constants)
     for key in ("accuracy", "mean_score", "format_rate", "majority_baseline", "n"):
         assert key in data
     assert data["n"] == 20
+
+
+def _no_constants(name):
+    raise AssertionError(f"{name} is not JSON")
+
+
+def test_eval_json_writes_null_for_a_missing_baseline():
+    from minigrpo.cli import json_line
+
+    line = json_line({"accuracy": 0.5, "majority_baseline": float("nan"), "x": float("inf"), "n": 3})
+    assert json.loads(line, parse_constant=_no_constants) == {"accuracy": 0.5, "majority_baseline": None,
+                                                              "x": None, "n": 3}
 
 
 @pytest.mark.parametrize("argv, needle", [
