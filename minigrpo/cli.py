@@ -20,8 +20,9 @@ SHARED_FLAGS = ("task", "model", "seed", "algo")
 
 def json_line(result: dict) -> str:
     """One strict-JSON object: a NaN or inf (e.g. no majority baseline) becomes null, which every parser reads."""
-    return json.dumps({key: None if isinstance(value, float) and not math.isfinite(value) else value
-                       for key, value in result.items()}, allow_nan=False)
+    from .trace.writer import jsonable
+
+    return json.dumps(jsonable(result, "eval result"), allow_nan=False)
 
 
 def _add_config_flags(parser: argparse.ArgumentParser) -> None:

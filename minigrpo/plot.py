@@ -426,18 +426,6 @@ def _atomic_write(path: Path, write: Callable[[str], None]) -> None:
         raise
 
 
-def _jsonable(x):
-    if isinstance(x, dict):
-        return {str(k): _jsonable(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple)):
-        return [_jsonable(v) for v in x]
-    if isinstance(x, (np.floating, float)):
-        return float(x) if math.isfinite(x) else None
-    if isinstance(x, np.integer):
-        return int(x)
-    return x
-
-
 def default_out(path: str | os.PathLike) -> Path:
     trace_dir, _ = find_run(path)
     name = trace_dir.parent.name if trace_dir.name == "trace" else trace_dir.name
@@ -451,6 +439,7 @@ def plot(path: str | os.PathLike, out: str | os.PathLike | None = None, recomput
     Returns ``{"files": [...], "figures": {name: plotted data}}``, the same as ``plot_data.json``.
     """
     from .trace import TraceError, load
+    from .trace.writer import jsonable
 
     trace_dir, summary_path = find_run(path)
     summary = read_summary(summary_path)
@@ -475,7 +464,7 @@ def plot(path: str | os.PathLike, out: str | os.PathLike | None = None, recomput
                 result["files"].append(str(target))
         plt.close(fig)
         result["figures"][name] = data
-    result = _jsonable(result)
+    result = jsonable(result, "plot data")
     _atomic_write(out / "plot_data.json", lambda tmp: Path(tmp).write_text(json.dumps(result, indent=1, ensure_ascii=False)))
     log(f"minigrpo: {len(FIGURES)} figures ({', '.join(FORMATS)}) + plot_data.json -> {out}")
     return result

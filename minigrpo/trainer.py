@@ -334,8 +334,7 @@ class RLTrainer:
         self.checkpoint_step = self.step
         self._kept_rollout = state["rollout_id"]
         self.rollout_id = state["rollout_id"] + 1
-        knobs = {k: getattr(self.cfg, k) for k in runtime.EXPERIENCE_KNOBS}
-        if "rollout_first_step" in state and state.get("knobs") == knobs:
+        if "rollout_first_step" in state and state.get("knobs") == self._experience_knobs():
             self.rng.seed(self.cfg.seed + 7919 * state["rollout_id"])  # the items of that rollout, drawn again
             items = sample_items(self.train_data, self.cfg.prompts_per_rollout, self.rng)
             exp = runtime.load_experience(self._ckpt, items, self.device)
@@ -357,10 +356,14 @@ class RLTrainer:
         if self._inflight is not None:
             exp, rollout_id, first_step = self._inflight
             state.update(rollout_id=rollout_id, rollout_first_step=first_step,
-                         knobs={k: getattr(self.cfg, k) for k in runtime.EXPERIENCE_KNOBS})
+                         knobs=self._experience_knobs())
         runtime.save_checkpoint(self.out, self.policy, self.tokenizer, self.optimizer, self.scheduler, state,
                                 self.extra_modules, experience=exp)
         self.checkpoint_step = self.step
+
+    def _experience_knobs(self) -> dict:
+        """The config a checkpointed rollout depends on: resuming reuses it only if these match."""
+        return {k: getattr(self.cfg, k) for k in runtime.EXPERIENCE_KNOBS}
 
     def _stage_step(self) -> int:
         """The update the current stage belongs to (recording and checkpointing follow the step count)."""

@@ -105,8 +105,8 @@ def json_number(x: Any) -> Optional[float]:
     return x if math.isfinite(x) else None
 
 
-def _jsonable(obj: Any, where: str) -> Any:
-    """Plain JSON values from config-like objects; non-finite floats become null."""
+def jsonable(obj: Any, where: str = "value") -> Any:
+    """Plain JSON values from config-like objects; non-finite floats become null (strict JSON has no NaN)."""
     if obj is None or isinstance(obj, (bool, str)):
         return obj
     if isinstance(obj, (int, np.integer)) and not isinstance(obj, np.bool_):
@@ -120,18 +120,18 @@ def _jsonable(obj: Any, where: str) -> Any:
         for k, v in obj.items():
             if not isinstance(k, str):
                 raise ValueError(f"{where}: key {k!r} is not a string (JSON keys must be strings)")
-            out[k] = _jsonable(v, f"{where}.{k}")
+            out[k] = jsonable(v, f"{where}.{k}")
         return out
     if isinstance(obj, (list, tuple)):
-        return [_jsonable(v, f"{where}[{i}]") for i, v in enumerate(obj)]
+        return [jsonable(v, f"{where}[{i}]") for i, v in enumerate(obj)]
     if isinstance(obj, np.ndarray):
-        return _jsonable(obj.tolist(), where)
+        return jsonable(obj.tolist(), where)
     if isinstance(obj, os.PathLike):
         return os.fspath(obj)
     if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
-        return _jsonable(dataclasses.asdict(obj), where)
+        return jsonable(dataclasses.asdict(obj), where)
     if isinstance(obj, enum.Enum):
-        return _jsonable(obj.value, where)
+        return jsonable(obj.value, where)
     raise ValueError(f"{where}: {type(obj).__name__} value {obj!r} cannot be stored in JSON")
 
 
@@ -321,7 +321,7 @@ def new_meta(algo: str, model: str, task: str, config: Any, tokenizer: str,
 
 
 def meta_to_json(meta: Meta) -> dict:
-    return _jsonable(dataclasses.asdict(meta), "meta")
+    return jsonable(dataclasses.asdict(meta), "meta")
 
 
 # ----------------------------------------------------------------------------- writer
