@@ -115,6 +115,31 @@ def test_ppo_logits_bars_follow_the_trace(traces, media, scene_env):
     np.testing.assert_allclose(scene.chart.displayed_probs(), scene.record[-1]["shown_after"], atol=1e-9)
 
 
+def _boxes_overlap(a, b, pad=0.0) -> bool:
+    """Axis-aligned bounding boxes of two mobjects intersect (``pad`` widens ``a``)."""
+    return not (a.get_right()[0] + pad < b.get_left()[0] or b.get_right()[0] < a.get_left()[0] - pad
+                or a.get_top()[1] + pad < b.get_bottom()[1] or b.get_top()[1] < a.get_bottom()[1] - pad)
+
+
+@pytest.mark.parametrize("which", ["grpo", "demo"])
+def test_ppo_logits_labels_do_not_collide(which, traces, media, scene_env):
+    """The reward value never sits on the curve; the sampled token's frame never touches its logit."""
+    from scenes.ppo_logits import PPOLogits
+
+    scene_env(MINIGRPO_TRACE=traces["grpo"] if which == "grpo" else ROOT / "traces" / "demo-grpo-syllogism")
+    scene = construct(PPOLogits, media)
+    curve = scene.curve
+    plot_top = curve.box_origin.get_center()[1] + curve.height_
+    assert curve.readout.string and curve.readout.get_bottom()[1] > plot_top, "reward readout inside the plot"
+    assert not _boxes_overlap(curve.readout, curve.title, pad=0.05)
+    chart = scene.chart
+    frame = chart.sampled_frame
+    assert len(frame.submobjects) == 1
+    for lab in chart.logit_labels:
+        if lab.string:
+            assert not _boxes_overlap(frame, lab, pad=0.03), f"logit {lab.string} touches the sampled-token frame"
+
+
 def test_ppo_logits_probe_and_steps_from_env(traces, media, scene_env):
     from scenes.ppo_logits import PPOLogits
 

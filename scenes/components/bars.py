@@ -133,7 +133,7 @@ class LogitBarChart(VGroup):
         return self.origin[1] - 0.12 - self.font_size / 48 * 0.45
 
     def _logit_row_y(self) -> float:
-        return self._token_row_y() - self.font_size / 48 * 0.75
+        return self._token_row_y() - self.font_size / 48 * 0.95
 
     def _layout_labels(self):
         for i in range(self.n_slots):

@@ -45,7 +45,8 @@ class MetricCurve(VGroup):
 
     Non-finite values are skipped (a metric a step lacks). ``marker`` is a dot on the
     curve at step ``self.k`` (a ValueTracker holding a step number; between steps it
-    interpolates); its value readout shows the metric at the nearest step. Tick labels
+    interpolates); its value readout, right of the title, shows the metric at the nearest
+    step. Tick labels
     are plain Text (no LaTeX needed).
     """
 
@@ -151,16 +152,11 @@ class MetricCurve(VGroup):
 
     def _sync(self):
         x = float(self.k.get_value())
-        p = self.to_scene(x, self.value_at(x))
-        self.marker.move_to(p)
+        self.marker.move_to(self.to_scene(x, self.value_at(x)))
         self.readout.set_value(self.nearest_value(x))
-        frac = (x - self.x0) / (self.x1 - self.x0)
-        up = (p[1] - self.box_origin.get_center()[1]) < 0.55 * self.height_
-        dy = UP * 0.15 if up else DOWN * 0.4
-        if frac > 0.6:
-            self.readout.place_at(p + LEFT * 0.2 + dy, align="right")
-        else:
-            self.readout.place_at(p + RIGHT * 0.2 + dy, align="left")
+        # the value sits on the title line, never on the curve, whatever the data's shape
+        top = self.title.get_corner(UP + RIGHT)
+        self.readout.place_at(top + RIGHT * 0.25 + DOWN * self.readout.text_height(), align="left")
         return self
 
     def marker_to(self, step: float, run_time: float = 0.8):
