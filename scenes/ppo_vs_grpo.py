@@ -120,8 +120,8 @@ class PPOvsGRPO(Scene):
         left = self._axes(T_p, lo, hi, -3.35)
         right = self._axes(T_g, lo, hi, 3.85)
         self.axes = {"ppo": left, "grpo": right}
-        lt = label("PPO: learned critic V(s_t)", P.LABEL + 2, P.PPO_C, weight="BOLD").next_to(left[0], UP, buff=0.75)
-        rt = label("GRPO: group baseline", P.LABEL + 2, P.GRPO_C, weight="BOLD").next_to(right[0], UP, buff=0.75)
+        lt = label("PPO: learned critic V(s_t)", P.LABEL + 2, P.PPO_C, weight="BOLD").next_to(left[0], UP, buff=0.95)
+        rt = label("GRPO: group baseline", P.LABEL + 2, P.GRPO_C, weight="BOLD").next_to(right[0], UP, buff=0.95)
         self.play(FadeIn(left), FadeIn(right), FadeIn(lt), FadeIn(rt), run_time=0.8)
 
         # PPO: advantage bars, value + return lines
@@ -131,7 +131,8 @@ class PPOvsGRPO(Scene):
         r_line = VMobject(stroke_width=4, color=P.RETURN).set_points_as_corners([axp.c2p(t, y) for t, y in enumerate(r)])
         legend = VGroup(label("— value V(s_t)", P.TINY, P.VALUE), label("— return", P.TINY, P.RETURN),
                         label("▮ GAE advantage", P.TINY, P.FG)).arrange(RIGHT, buff=0.3)
-        legend.next_to(axp, UP, buff=0.1)
+        # centred on the plot, and above `left`, whose top is the highest y label
+        legend.move_to(axp).next_to(left, UP, buff=0.1, coor_mask=UP)
         self.play(Create(v_line), Create(r_line), FadeIn(legend), run_time=1.2)
         self.play(LaggedStart(*[GrowFromEdge(b, DOWN if y >= 0 else UP) for b, y in zip(p_bars, a)],
                               lag_ratio=0.03), run_time=1.4)
@@ -150,7 +151,7 @@ class PPOvsGRPO(Scene):
             z = [f"A = {fmt_num(float(ga[0]), True)} for every token"]
         gnote = VGroup(*[label(t, P.SMALL, P.GRPO_C, mono=True, max_width=5.6) for t in z]).arrange(
             DOWN, aligned_edge=LEFT, buff=0.08)
-        gnote.next_to(axg, UP, buff=0.08)
+        gnote.move_to(axg).next_to(right, UP, buff=0.1, coor_mask=UP)
         self.play(LaggedStart(*[GrowFromEdge(b, DOWN if y >= 0 else UP) for b, y in zip(g_bars, ga)],
                               lag_ratio=0.03), FadeIn(gnote), run_time=1.4)
         gnote2 = label(f"the same for every token · step {grpo.steps[gsi].step}, probe {gpi}", P.TINY, P.MUTED)
@@ -177,6 +178,8 @@ class PPOvsGRPO(Scene):
             "peak_memory_mb": mem, "train_state_mb": state, "step_time": tim,
         }
         self.lines = {"values": v_line, "returns": r_line}
+        self.texts = {"ppo_title": lt, "grpo_title": rt, "legend": legend, "grpo_formula": gnote,
+                      "ppo_axis_labels": left[3], "grpo_axis_labels": right[3]}
         self.wait(2.0)
 
     # ----------------------------------------------------------------------------------

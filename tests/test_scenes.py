@@ -264,6 +264,25 @@ def test_ppo_vs_grpo_numbers(traces, media, scene_env):
     np.testing.assert_allclose(ys, pr.values[: len(ys)], atol=1e-6)
 
 
+@pytest.mark.parametrize("which", ["synthetic", "demo"])
+def test_ppo_vs_grpo_texts_do_not_collide(which, traces, media, scene_env):
+    from itertools import combinations
+
+    from scenes.ppo_vs_grpo import PPOvsGRPO
+
+    if which == "demo":
+        scene_env(MINIGRPO_TRACE=ROOT / "traces" / "demo-grpo-syllogism",
+                  MINIGRPO_PPO_TRACE=ROOT / "traces" / "demo-ppo-syllogism")
+    else:
+        scene_env(MINIGRPO_TRACE=traces["grpo"], MINIGRPO_PPO_TRACE=traces["ppo"])
+    scene = construct(PPOvsGRPO, media)
+    for (na, a), (nb, b) in combinations(scene.texts.items(), 2):
+        assert not _boxes_overlap(a, b, pad=0.02), f"{na} overlaps {nb}"
+    half_w = manim.config.frame_width / 2
+    for name, m in scene.texts.items():
+        assert -half_w <= m.get_left()[0] and m.get_right()[0] <= half_w, f"{name} leaves the frame"
+
+
 # ----------------------------------------------------------------------------- bad input
 def test_data_helpers_reject_bad_input(tmp_path, traces, scene_env):
     with pytest.raises(D.SceneInputError, match="no trace at"):
