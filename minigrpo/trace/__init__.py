@@ -4,7 +4,7 @@ Write with :class:`TraceWriter`, read with :func:`load`, check with :func:`valid
 the format is documented field by field in ``docs/trace-format.md``.
 """
 
-from .reader import LazyStep, TraceWarning, load, read_index, read_meta, validate
+from .reader import LazyStep, TraceWarning, load, read_index, read_meta
 from .schema import (
     FORMAT_NAME,
     FORMAT_VERSION,
@@ -16,6 +16,7 @@ from .schema import (
     Trace,
     TraceError,
 )
+from .validate import validate
 from .writer import TraceWriter, new_meta
 
 __all__ = [
