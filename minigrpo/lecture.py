@@ -29,7 +29,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Optional
 
-from .render import QUALITIES, REPO_ROOT, SCENES, scene_name
+from .render import GRPO_ONLY, QUALITIES, REPO_ROOT, SCENES, scene_name
+from .trace import trace_dir
 
 DEFAULT_TRACE = REPO_ROOT / "traces" / "demo-grpo-syllogism"
 DEFAULT_PPO_TRACE = REPO_ROOT / "traces" / "demo-ppo-syllogism"
@@ -45,7 +46,6 @@ CHAPTERS: dict[str, str] = {
     "ppo_vs_grpo": "PPO's critic vs GRPO's group baseline",
     "training_overview": "The whole run at a glance",
 }
-GRPO_ONLY = ("grpo_advantage", "ppo_vs_grpo")  # they reject a PPO --trace
 LONG_FIRST = ("ppo_logits",)  # started first so the parallel build ends sooner
 
 
@@ -168,9 +168,7 @@ def choose_scenes(scenes: Optional[str], algo: str, have_ppo: bool, log: Callabl
 
 
 def _trace_dir(path, flag: str) -> Path:
-    p = Path(path).expanduser()
-    if (p / "trace" / "meta.json").is_file():  # a run folder
-        p = p / "trace"
+    p = Path(trace_dir(Path(path).expanduser()))  # a run folder holds its trace in trace/
     if not (p / "meta.json").is_file():
         raise LectureError(f"no trace at {p} (no meta.json); pass {flag} a trace folder written by `minigrpo train`")
     return p.resolve()

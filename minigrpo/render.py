@@ -42,6 +42,8 @@ SCENES: dict[str, str] = {
     "ppo_vs_grpo": "PPOvsGRPO",
     "training_overview": "TrainingOverview",
 }
+# scenes that replay GRPO group advantages, so they refuse a PPO --trace
+GRPO_ONLY = ("grpo_advantage", "ppo_vs_grpo")
 QUALITIES = {"l": "480p15", "m": "720p30", "h": "1080p60", "k": "2160p60"}
 _STEPS = re.compile(r"^\s*(\d+)?\s*:\s*(\d+)?\s*$|^\s*\d+\s*$")
 
@@ -79,6 +81,26 @@ def video_path(scene: str, quality: str = "l") -> Path:
     return REPO_ROOT / "renders" / "videos" / scene / QUALITIES[quality] / f"{SCENES[scene]}.mp4"
 
 
+def _applicable(names: list[str], trace: Path) -> list[str]:
+    """``names`` without the GRPO-only scenes when ``trace`` is not a GRPO trace (said on stderr).
+
+    An unreadable meta.json is left for the scenes to report in their own words.
+    """
+    from .trace import TraceError, read_meta, trace_dir
+
+    try:
+        algo = read_meta(trace_dir(trace)).algo
+    except (TraceError, OSError):
+        return names
+    if algo == "grpo":
+        return names
+    for name in names:
+        if name in GRPO_ONLY:
+            print(f"minigrpo: skipping {name}: it needs a GRPO --trace and this trace is {algo.upper()}",
+                  file=sys.stderr)
+    return [n for n in names if n not in GRPO_ONLY]
+
+
 def render(
     scene: Optional[str],
     trace: Optional[str],
@@ -91,6 +113,9 @@ def render(
     media_dir: Optional[str] = None,
 ) -> int:
     """Render one scene (or every scene with ``all_scenes``); returns Manim's exit code.
+
+    With ``all_scenes`` and a PPO ``trace``, the GRPO-only scenes are skipped (one line each
+    on stderr); the others stop at the first failure.
 
     ``trace`` / ``ppo_trace`` default to the demo traces under ``traces/``; ``steps`` is
     ``"a:b"`` (a <= step < b), ``"a:"`` or a single step; ``probe`` an index into the first
@@ -136,6 +161,8 @@ def render(
         extra = ["--media_dir", str(Path(media_dir).resolve())]
     else:
         extra = [] if (REPO_ROOT / "manim.cfg").exists() else ["--media_dir", "renders"]
+    if all_scenes and trace:
+        names = _applicable(names, Path(env["MINIGRPO_TRACE"]))
     rc = 0
     for name in names:
         partial_name = f".{SCENES[name]}.partial"

@@ -334,6 +334,49 @@ def _one_line_error(err: str) -> str:
     return lines[0]
 
 
+def test_render_all_skips_grpo_only_scenes_for_a_ppo_run_folder(traces, tmp_path, capfd, monkeypatch):
+    """`render --all` on a PPO trace (given as its run folder) renders what applies, says what it skips."""
+    import minigrpo.render as R
+
+    run = tmp_path / "run"
+    run.mkdir()
+    shutil.copytree(traces["ppo"], run / "trace")
+    called, expect = [], {"trace": run.resolve()}  # the scenes resolve run/trace themselves
+
+    def fake_manim(cmd, cwd, env):
+        called.append(cmd[-1])
+        assert Path(env["MINIGRPO_TRACE"]) == expect["trace"]
+        out = Path(cmd[cmd.index("--media_dir") + 1]) / "videos"
+        name = Path(cmd[-2]).stem
+        target = out / name / R.QUALITIES["l"] / f".{cmd[-1]}.partial.mp4"
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_bytes(b"video")
+        return 0
+
+    monkeypatch.setattr(R.subprocess, "call", fake_manim)
+    assert R.render(None, str(run), all_scenes=True, media_dir=str(tmp_path / "media")) == 0
+    skipped = [n for n in R.SCENES if n in R.GRPO_ONLY]
+    assert called == [R.SCENES[n] for n in R.SCENES if n not in skipped]
+    err = capfd.readouterr().err
+    assert all(f"skipping {n}: it needs a GRPO --trace and this trace is PPO" in err for n in skipped)
+    # a GRPO trace skips nothing
+    called.clear()
+    expect["trace"] = Path(traces["grpo"]).resolve()
+    assert R.render(None, str(traces["grpo"]), all_scenes=True, media_dir=str(tmp_path / "media")) == 0
+    assert called == list(R.SCENES.values())
+
+
+def test_scene_accepts_a_run_folder(traces, tmp_path, media, scene_env):
+    from scenes.ppo_logits import PPOLogits
+
+    run = tmp_path / "run"
+    run.mkdir()
+    shutil.copytree(traces["grpo"], run / "trace")
+    scene_env(MINIGRPO_TRACE=run)
+    scene = construct(PPOLogits, media)
+    assert Path(scene.trace.path) == run / "trace" and scene.record
+
+
 def test_render_grpo_trace_for_ppo_panel_fails_clearly(traces, tmp_path, capfd, scene_env):
     rc = render("ppo_vs_grpo", traces["grpo"], ppo_trace=traces["grpo"], media_dir=str(tmp_path / "media"))
     assert rc != 0

@@ -590,6 +590,25 @@ def test_cli_inspect_good_trace(trace_dir, capsys):
         assert fragment in out
 
 
+def test_cli_inspect_and_downsample_take_a_run_folder(trace_dir, tmp_path, capsys):
+    """`minigrpo train --out RUN` writes RUN/trace: RUN itself is accepted wherever a trace is."""
+    import shutil
+
+    from minigrpo.trace import trace_dir as resolve
+    from minigrpo.trace.downsample import downsample
+
+    run = tmp_path / "run"
+    run.mkdir()
+    shutil.copytree(trace_dir, run / "trace")
+    assert resolve(run) == str(run / "trace") and resolve(trace_dir) == str(trace_dir)
+    assert resolve(tmp_path / "nothing") == str(tmp_path / "nothing")  # left for the reader to refuse
+    assert cli_inspect(run) == 0
+    assert f"trace      {run / 'trace'}" in capsys.readouterr().out
+    got = downsample(run, tmp_path / "ds", probe_every=2)
+    assert got["steps"] == len(load(trace_dir).steps) and validate(tmp_path / "ds") == []
+    assert got["bytes_before"] == sum(f.stat().st_size for f in (run / "trace").rglob("*") if f.is_file())
+
+
 @pytest.mark.parametrize("damage", [
     lambda p: os.remove(os.path.join(p, "meta.json")),
     _meta_edit(_set("version", 2)),

@@ -4,7 +4,7 @@ Write with :class:`TraceWriter`, read with :func:`load`, check with :func:`valid
 the format is documented field by field in ``docs/trace-format.md``.
 """
 
-from .reader import LazyStep, TraceWarning, load, read_index, read_meta
+from .reader import LazyStep, TraceWarning, load, read_index, read_meta, trace_dir
 from .schema import (
     FORMAT_NAME,
     FORMAT_VERSION,
@@ -36,5 +36,6 @@ __all__ = [
     "new_meta",
     "read_index",
     "read_meta",
+    "trace_dir",
     "validate",
 ]

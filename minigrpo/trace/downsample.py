@@ -25,7 +25,7 @@ import shutil
 import sys
 import warnings
 
-from .reader import TraceWarning, load, probe_counts
+from .reader import TraceWarning, load, probe_counts, trace_dir
 from .schema import Meta, Step, TraceError
 from .writer import TraceWriter
 
@@ -54,7 +54,7 @@ def downsample(src: str | os.PathLike, dst: str | os.PathLike, probe_every: int,
 
     Raises :class:`TraceError` (one line) when ``src`` is not a readable trace or ``dst`` exists.
     """
-    src, dst = os.fspath(src), os.path.normpath(os.fspath(dst))
+    src, dst = trace_dir(src), os.path.normpath(os.fspath(dst))  # src may be a run folder
     if os.path.exists(dst):
         raise TraceError(f"{dst}: already exists; choose a new destination folder (it is never overwritten)")
     if probe_every < 1 or keep_first < 0:

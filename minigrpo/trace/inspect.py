@@ -11,7 +11,7 @@ from collections import Counter
 
 import numpy as np
 
-from .reader import TraceWarning, load, probe_counts
+from .reader import TraceWarning, load, probe_counts, trace_dir
 from .schema import Trace, TraceError
 from .writer import META_FILE, PAYLOAD_DIR, ROLLOUTS_FILE, STEPS_FILE, TMP_PREFIX, TMP_SUFFIX
 
@@ -119,7 +119,7 @@ def export_csv(trace: Trace, out_path: str | os.PathLike) -> int:
 def _load_for_cli(path: str, lazy: bool) -> Trace:
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", TraceWarning)
-        trace = load(path, lazy=lazy)
+        trace = load(trace_dir(path), lazy=lazy)  # a run folder works too
     for w in caught:
         if issubclass(w.category, TraceWarning):
             print(f"warning: {w.message}", file=sys.stderr)

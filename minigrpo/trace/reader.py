@@ -35,7 +35,8 @@ from .writer import (
     probe_shape_problems,
 )
 
-__all__ = ["TraceWarning", "LazyStep", "load", "read_meta", "read_index", "probe_counts", "StepSelection"]
+__all__ = ["TraceWarning", "LazyStep", "load", "read_meta", "read_index", "probe_counts", "StepSelection",
+           "trace_dir"]
 
 StepSelection = Union[None, int, slice, range, Iterable[int]]
 
@@ -290,6 +291,15 @@ class TraceIndex:
     rollouts: dict[int, RolloutRecord]
     steps: list[StepRecord]
     notes: list[str] = field(default_factory=list)  # recoverable problems (torn lines dropped)
+
+
+def trace_dir(path: str | os.PathLike) -> str:
+    """``path`` itself, or ``path/trace`` when ``path`` is a run folder (``minigrpo train --out``)."""
+    path = os.fspath(path)
+    inner = os.path.join(path, "trace")
+    if not os.path.isfile(os.path.join(path, META_FILE)) and os.path.isfile(os.path.join(inner, META_FILE)):
+        return inner
+    return path
 
 
 def read_meta(path: str | os.PathLike) -> Meta:
