@@ -283,6 +283,19 @@ def test_ppo_vs_grpo_texts_do_not_collide(which, traces, media, scene_env):
         assert -half_w <= m.get_left()[0] and m.get_right()[0] <= half_w, f"{name} leaves the frame"
 
 
+@pytest.mark.parametrize("rewards", [[0.0, 0.2, 0.2, 0.2, 1.0, 1.2, 1.2, 1.2], [0.0] * 2 + [1.0] * 6, [0.5, 0.7]])
+def test_reward_line_sigma_label_clears_the_dots(rewards):
+    from scenes.components.reward_group import RewardLine
+
+    r = np.asarray(rewards)
+    line = RewardLine(r, float(r.mean()), float(r.std(ddof=1)))
+    top_dot = max(d.get_top()[1] for d in line.dots)
+    assert line.std_label.get_bottom()[1] > top_dot
+    for d in line.dots:
+        assert not _boxes_overlap(line.std_label, d)
+    assert line.mean_line.get_top()[1] > top_dot and all(sl.get_top()[1] > top_dot for sl in line.std_lines)
+
+
 # ----------------------------------------------------------------------------- bad input
 def test_data_helpers_reject_bad_input(tmp_path, traces, scene_env):
     with pytest.raises(D.SceneInputError, match="no trace at"):

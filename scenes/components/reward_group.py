@@ -197,14 +197,14 @@ class RewardLine(VGroup):
             n = counts.get(key, 0)
             counts[key] = n + 1
             self.dots.add(Dot([x(v), 0.2 + 0.22 * n, 0], radius=0.09, color=P.FG))
-        self.mean_line = Line([x(mean), -0.25, 0], [x(mean), 0.25 + 0.22 * max(counts.values()), 0],
-                              color=P.CLIP, stroke_width=5)
+        top = 0.25 + 0.22 * max(counts.values())  # above the highest stack of dots
+        self.mean_line = Line([x(mean), -0.25, 0], [x(mean), top, 0], color=P.CLIP, stroke_width=5)
         self.mean_label = Text("μ", font=P.FONT, font_size=font_size + 4, color=P.CLIP).next_to(
             self.mean_line, DOWN, buff=0.08)
         self.std_lines = VGroup()
         if np.isfinite(std) and std > 0:
             for s in (-1, 1):
-                self.std_lines.add(DashedLine([x(mean + s * std), -0.2, 0], [x(mean + s * std), 0.6, 0],
+                self.std_lines.add(DashedLine([x(mean + s * std), -0.2, 0], [x(mean + s * std), top, 0],
                                               color=P.MUTED, stroke_width=3))
             self.std_label = Text("±σ", font=P.FONT, font_size=font_size, color=P.MUTED).next_to(
                 self.std_lines[1], UP, buff=0.08)
