@@ -296,6 +296,19 @@ def test_reward_line_sigma_label_clears_the_dots(rewards):
     assert line.mean_line.get_top()[1] > top_dot and all(sl.get_top()[1] > top_dot for sl in line.std_lines)
 
 
+@pytest.mark.parametrize("ys, labels", [
+    ([-6.2e-09, 24.2, 0.045], ("24.2", "0")),  # the k3 KL of the demo run: float rounding of 0 reads as 0
+    ([0.83, 1.141, 0.9], ("1.141", "0.83")),
+    ([-1.0, 1.0], ("1", "-1")),
+    ([2e-7, 5e-7], ("5e-07", "2e-07")),  # tiny but not small next to its own span: kept
+])
+def test_metric_curve_axis_labels(ys, labels):
+    from scenes.components.curves import MetricCurve
+
+    c = MetricCurve(list(range(1, len(ys) + 1)), ys, "metric", show_marker=False)
+    assert tuple(t.text for t in c.y_labels) == labels
+
+
 # ----------------------------------------------------------------------------- bad input
 def test_data_helpers_reject_bad_input(tmp_path, traces, scene_env):
     with pytest.raises(D.SceneInputError, match="no trace at"):

@@ -90,14 +90,22 @@ class MetricCurve(VGroup):
         y_axis = Line([0, 0, 0], [0, height, 0], color=P.MUTED, stroke_width=2.5)
         self.title = Text(title, font=P.FONT, font_size=font_size + 2, color=color)
         self.title.next_to([0, height, 0], UP, buff=0.14, aligned_edge=LEFT).align_to(y_axis, LEFT)
+        # an end within a millionth of the axis span of 0 is 0 at the axis' precision (a k3 KL
+        # mean of -6e-09 is float rounding of 0, and would read as a negative KL)
+        span = self.y1 - self.y0
+
+        def tick(v: float) -> str:
+            return "0" if abs(v) <= 1e-6 * span else fmt_value(v)
+
         ylab = VGroup(
-            Text(fmt_value(self.y1), font=P.MONO, font_size=font_size - 2, color=P.MUTED).next_to(
+            Text(tick(self.y1), font=P.MONO, font_size=font_size - 2, color=P.MUTED).next_to(
                 [0, height, 0], LEFT, buff=0.1
             ),
-            Text(fmt_value(self.y0), font=P.MONO, font_size=font_size - 2, color=P.MUTED).next_to(
+            Text(tick(self.y0), font=P.MONO, font_size=font_size - 2, color=P.MUTED).next_to(
                 [0, 0, 0], LEFT, buff=0.1
             ),
         )
+        self.y_labels = ylab
         xlab = VGroup(
             Text(f"{self.x0:.0f}", font=P.MONO, font_size=font_size - 2, color=P.MUTED).next_to(
                 [0, 0, 0], DOWN, buff=0.1
