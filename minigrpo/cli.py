@@ -172,6 +172,10 @@ def _run(args: argparse.Namespace) -> int:
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()  # no "Loading weights" / "Writing model shards" bars between our lines
+    if args.command == "eval" and args.n < 1:
+        raise ConfigError(f"invalid --n: {args.n} must be >= 1 (the number of held-out items to evaluate)")
+    if args.command in ("sft", "train") and args.out and os.path.exists(args.out) and not os.path.isdir(args.out):
+        raise ConfigError(f"--out {args.out} is a file; pass a folder for the run (it is created if missing)")
     if args.command == "eval":
         from .evaluate import evaluate
         from .models import load_model
@@ -180,7 +184,7 @@ def _run(args: argparse.Namespace) -> int:
 
         device = pick_device(cfg.device)
         model, tokenizer = load_model(cfg.model, device=device, dtype=pick_dtype(cfg.dtype, device))
-        _, eval_data = load_train_eval(cfg.task, cfg.train_size, max(args.n, 1), cfg.seed, **cfg.task_kwargs)
+        _, eval_data = load_train_eval(cfg.task, cfg.train_size, args.n, cfg.seed, **cfg.task_kwargs)
         result = evaluate(model, tokenizer, eval_data, cfg, n=args.n)
         result.update(task=cfg.task, model=cfg.model)
         if args.json:

@@ -246,8 +246,9 @@ def _coerce(name: str, value: Any) -> Any:
         if isinstance(default, float) or name == "epsilon_high":
             return None if name == "epsilon_high" and text.lower() == "none" else float(text)
     except ValueError:
-        kind = "true/false" if isinstance(default, bool) else type(default).__name__ if default is not None else "float"
-        raise ConfigError(f"invalid --{name.replace('_', '-')}: {value!r} is not a {kind}")
+        kind = ("a true/false value" if isinstance(default, bool) else "an integer" if isinstance(default, int)
+                else "a number")
+        raise ConfigError(f"invalid --{name.replace('_', '-')}: {value!r} is not {kind}")
     return text
 
 

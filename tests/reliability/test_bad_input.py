@@ -38,17 +38,30 @@ def one_error_line(capsys) -> str:
     (["trace"], "required: trace_command"),
     (["train", "--preset", "tiny", "--nan-policy", "maybe"], "invalid --nan-policy: 'maybe' is not one of stop, skip"),
     (["train", "--preset", "tiny", "--seed", "-1"], "invalid --seed"),
-    (["train", "--preset", "tiny", "--num-generations", "four"], "'four' is not a int"),
+    (["train", "--preset", "tiny", "--num-generations", "four"], "'four' is not an integer"),
     (["train", "--preset", "tiny", "--trace", "maybe"], "is not a true/false"),
     (["train", "--preset", "tiny", "--task-kwargs", "[1, 2]"], "not a JSON object"),
     (["train", "--preset", "tiny", "--model", "/no/model", "--task", "sylogism"], "unknown task 'sylogism': choose one of syllogism"),
     (["train", "--preset", "tiny", "--model", "/no/model", "--task-kwargs", '{"allow_every": true}'], "unknown config knob 'allow_every'"),
     (["train", "--preset", "tiny", "--temperature", "nan"], "invalid --temperature"),
     (["train", "--preset", "tiny", "--top-p", "inf"], "invalid --top-p"),
+    (["train", "--preset", "tiny", "--learning-rate", "fast"], "invalid --learning-rate: 'fast' is not a number"),
+    (["train", "--preset", "tiny", "--epsilon-high", "wide"], "invalid --epsilon-high: 'wide' is not a number"),
+    (["train", "--preset", "tiny", "--trace", "maybe"], "'maybe' is not a true/false value"),
+    (["eval", "--model", "/no/model", "--n", "0"], "invalid --n: 0 must be >= 1"),
 ])
 def test_bad_arguments_are_one_line(argv, needle, capsys, tmp_path):
     assert run_main([*argv, *(["--out", str(tmp_path / "o")] if argv[:1] == ["train"] else [])]) == 2
     assert needle in one_error_line(capsys)
+
+
+@pytest.mark.parametrize("command", ["sft", "train"])
+def test_out_that_is_a_file_is_refused_and_kept(command, tmp_path, capsys):
+    target = tmp_path / "notes.txt"
+    target.write_text("keep me")
+    assert run_main([command, "--preset", "tiny", "--model", "/no/model", "--out", str(target)]) == 2
+    assert f"--out {target} is a file" in one_error_line(capsys)
+    assert target.read_text() == "keep me"
 
 
 def run_main(argv) -> int:
@@ -60,7 +73,7 @@ def run_main(argv) -> int:
 
 
 @pytest.mark.parametrize("text, suffix, needle", [
-    ("num_generations = 'four'\n", ".toml", "invalid --num-generations: 'four' is not a int"),
+    ("num_generations = 'four'\n", ".toml", "invalid --num-generations: 'four' is not an integer"),
     ("num_generations = 2.5\n", ".toml", "invalid --num-generations: 2.5 is not an integer"),
     ("learning_rate = true\n", ".toml", "invalid --learning-rate: True is not a number"),
     ("trace = 1\n", ".toml", "invalid --trace: 1 is not true/false"),
