@@ -473,7 +473,10 @@ def build_lecture(trace: Optional[str] = None, ppo_trace: Optional[str] = None, 
     names = choose_scenes(scenes, meta.algo, ppo_dir is not None, log)
     jobs = jobs if jobs and jobs > 0 else (os.cpu_count() or 1)
     out_dir = Path(out).expanduser().resolve() if out else DEFAULT_OUT
-    out_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise LectureError(f"cannot create the output folder {out_dir}: {e.strerror or e}; choose another -o") from None
 
     log(f"minigrpo lecture: {len(names)} scene{'s' if len(names) > 1 else ''} at -q{quality} ({QUALITIES[quality]}), {min(jobs, len(names))} at a time, "
         f"trace {trace_dir} -> {out_dir}")

@@ -426,6 +426,29 @@ def _atomic_write(path: Path, write: Callable[[str], None]) -> None:
         raise
 
 
+def _draw_all(trace, trace_dir, summary_path, base, out: Path) -> dict:
+    from .trace.writer import jsonable
+
+    out.mkdir(parents=True, exist_ok=True)
+    plt = pyplot()
+    result: dict = {"trace": str(trace_dir), "summary": str(summary_path) if summary_path else None,
+                    "files": [], "figures": {}}
+    for name in FIGURES:
+        with plt.rc_context(STYLE):
+            fig, data = DRAW[name](plt, trace, base)
+            try:
+                for fmt in FORMATS:
+                    target = out / f"{name}.{fmt}"
+                    _atomic_write(target, lambda tmp, f=fmt: fig.savefig(tmp, format=f))
+                    result["files"].append(str(target))
+            finally:
+                plt.close(fig)
+        result["figures"][name] = data
+    result = jsonable(result, "plot data")
+    _atomic_write(out / "plot_data.json", lambda tmp: Path(tmp).write_text(json.dumps(result, indent=1, ensure_ascii=False)))
+    return result
+
+
 def default_out(path: str | os.PathLike) -> Path:
     trace_dir, _ = find_run(path)
     name = trace_dir.parent.name if trace_dir.name == "trace" else trace_dir.name
@@ -439,7 +462,6 @@ def plot(path: str | os.PathLike, out: str | os.PathLike | None = None, recomput
     Returns ``{"files": [...], "figures": {name: plotted data}}``, the same as ``plot_data.json``.
     """
     from .trace import TraceError, load
-    from .trace.writer import jsonable
 
     trace_dir, summary_path = find_run(path)
     summary = read_summary(summary_path)
@@ -450,21 +472,10 @@ def plot(path: str | os.PathLike, out: str | os.PathLike | None = None, recomput
     if not trace.steps:
         raise PlotError(f"trace {trace_dir} has no optimizer steps yet; train longer, then plot again")
     out = Path(out) if out else default_out(path)
-    out.mkdir(parents=True, exist_ok=True)
     base = baselines(trace.meta, summary, recompute=recompute_baseline)
-    plt = pyplot()
-    result: dict = {"trace": str(trace_dir), "summary": str(summary_path) if summary_path else None,
-                    "files": [], "figures": {}}
-    for name in FIGURES:
-        with plt.rc_context(STYLE):
-            fig, data = DRAW[name](plt, trace, base)
-            for fmt in FORMATS:
-                target = out / f"{name}.{fmt}"
-                _atomic_write(target, lambda tmp, f=fmt: fig.savefig(tmp, format=f))
-                result["files"].append(str(target))
-        plt.close(fig)
-        result["figures"][name] = data
-    result = jsonable(result, "plot data")
-    _atomic_write(out / "plot_data.json", lambda tmp: Path(tmp).write_text(json.dumps(result, indent=1, ensure_ascii=False)))
+    try:
+        result = _draw_all(trace, trace_dir, summary_path, base, out)
+    except OSError as e:  # an unwritable or full -o folder: every figure is written whole or not at all
+        raise PlotError(f"cannot write the figures to {out}: {e.strerror or e}; choose another -o folder") from None
     log(f"minigrpo: {len(FIGURES)} figures ({', '.join(FORMATS)}) + plot_data.json -> {out}")
     return result

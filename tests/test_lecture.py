@@ -182,10 +182,14 @@ def test_progress_redraws_in_place_on_a_terminal():
 def test_lecture_bad_input_is_one_line(tmp_path, capsys):
     from minigrpo.cli import main
 
+    blocker = tmp_path / "a-file"  # -o under a file cannot be created
+    blocker.write_text("x")
+
     for argv, words in [(["lecture", "--trace", str(tmp_path / "nope")], "no trace at"),
                         (["lecture", "--scenes", "nope"], "unknown scene"),
                         (["lecture", "--ppo-trace", str(tmp_path)], "--ppo-trace"),
-                        (["lecture", "--steps", "x:y"], "--steps")]:
+                        (["lecture", "--steps", "x:y"], "--steps"),
+                        (["lecture", "-o", str(blocker / "sub")], "cannot create the output folder")]:
         assert main(argv) == 2
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and err[0].startswith("minigrpo: error:") and words in err[0], err

@@ -198,3 +198,10 @@ def test_plot_errors(tmp_path, capsys):
     assert main(["plot", str(bad), "-o", str(tmp_path / "o")]) == 2
     assert capsys.readouterr().err.startswith("minigrpo: error:")
     assert not (tmp_path / "o").exists() or not any((tmp_path / "o").iterdir())
+    blocker = tmp_path / "a-file"  # an -o that cannot be a folder: one line, the file untouched
+    blocker.write_text("keep")
+    for out in (blocker, blocker / "sub"):
+        assert main(["plot", str(DEMO_GRPO), "-o", str(out)]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and err[0].startswith("minigrpo: error: cannot write the figures to"), err
+    assert blocker.read_text() == "keep"
