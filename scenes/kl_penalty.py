@@ -54,7 +54,7 @@ def pick_kl_probe(trace):
             if key is None or k > key:
                 best, key = (si, pi), k
     if best is None:
-        raise D.SceneInputError(f"no probes in steps {D.step_range_text(trace)} of {trace.path}; choose other MINIGRPO_STEPS")
+        raise D.no_probes(trace)
     return best
 
 

@@ -67,8 +67,7 @@ def pick_ppo_probe(trace):
             if key is None or k > key:
                 best, key = (si, pi), k
     if best is None:
-        raise D.SceneInputError(f"no probe with critic values in {trace.path}; record the PPO run with probes "
-                                f"(minigrpo train --algo ppo --trace) or choose other MINIGRPO_STEPS")
+        raise D.no_probes(trace, "probe with critic values")
     return best
 
 
@@ -83,7 +82,7 @@ def pick_grpo_probe(trace):
             if key is None or k > key:
                 best, key = (si, pi), k
     if best is None:
-        raise D.SceneInputError(f"no probes in {trace.path}; choose other MINIGRPO_STEPS")
+        raise D.no_probes(trace)
     return best
 
 

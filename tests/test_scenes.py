@@ -344,6 +344,21 @@ def test_scene_exits_with_one_line_on_invalid_trace(tmp_path, media, scene_env):
     assert msg.startswith("minigrpo: ") and "\n" not in msg
 
 
+@pytest.mark.parametrize("scene_cls", ["ppo_logits:PPOLogits", "kl_penalty:KLPenalty", "ppo_vs_grpo:PPOvsGRPO"])
+def test_steps_without_probes_say_how_to_record_them(scene_cls, traces, tmp_path, scene_env):
+    from minigrpo.trace.downsample import downsample
+
+    thin = tmp_path / "thin"
+    downsample(traces["grpo"], thin, probe_every=100)  # probes on the first and last update only
+    module, cls = scene_cls.split(":")
+    scene_env(MINIGRPO_TRACE=thin, MINIGRPO_PPO_TRACE=traces["ppo"], MINIGRPO_STEPS="2:4")
+    with pytest.raises(SystemExit) as e:
+        construct(getattr(__import__(f"scenes.{module}", fromlist=[cls]), cls), tmp_path / "media")
+    line = str(e.value.code)
+    assert line.startswith("minigrpo: no ") and "\n" not in line
+    assert "steps 2–3" in line and "--probe-completions N" in line and "MINIGRPO_STEPS" in line
+
+
 def test_render_rejects_bad_arguments(capfd):
     assert render("no_such_scene", None) == 2
     err = capfd.readouterr().err

@@ -148,11 +148,6 @@ def _fmt_range(lo, hi) -> str:
     return f"{'' if lo is None else lo}:{'' if hi is None else hi}"
 
 
-def _avail(trace, p) -> str:
-    nums = [s.step for s in trace.steps]
-    return f"{min(nums)}–{max(nums)}" if nums else "none"
-
-
 def _load_with_steps(load, path: str, lo, hi):
     """Load only the steps a <= step < b (the reader reads only their payloads)."""
     if lo is None and hi is None:
@@ -299,10 +294,7 @@ def pick_flagship(trace, probe_index: Optional[int] = None) -> Shot:
                 if best_key is None or key > best_key:
                     best, best_key = Shot(si, pi, pr, pp), key
     if best is None:
-        raise SceneInputError(
-            f"no probe with a recorded logits position in steps {_avail(trace, trace.path)} of {trace.path}; "
-            f"record probes (minigrpo train --trace) or choose other MINIGRPO_STEPS"
-        )
+        raise no_probes(trace, "probe with a recorded logits position")
     return best
 
 
@@ -389,3 +381,10 @@ def n_groups_checked(trace) -> int:
 def step_range_text(trace) -> str:
     nums = [s.step for s in trace.steps]
     return f"{min(nums)}–{max(nums)}" if nums else "none"
+
+
+def no_probes(trace, what: str = "probes") -> SceneInputError:
+    """The error for chosen steps that hold no probe the scene can use, with both ways out."""
+    return SceneInputError(
+        f"no {what} in steps {step_range_text(trace)} of {trace.path}; choose other MINIGRPO_STEPS (--steps), "
+        f"or record probes: `minigrpo train ... --probe-completions N` (N >= 1; the default is 2)")
