@@ -590,6 +590,15 @@ def test_cli_inspect_good_trace(trace_dir, capsys):
         assert fragment in out
 
 
+def test_a_run_folder_without_a_trace_is_named_as_such(tmp_path):
+    (tmp_path / "train_config.json").write_text("{}")
+    (tmp_path / "model.safetensors").write_bytes(b"")
+    with pytest.raises(TraceError) as e:
+        load(tmp_path)
+    assert_one_line_error(e, "a run folder with no trace in it")
+    assert "--trace false" in str(e.value)
+
+
 def test_cli_inspect_and_downsample_take_a_run_folder(trace_dir, tmp_path, capsys):
     """`minigrpo train --out RUN` writes RUN/trace: RUN itself is accepted wherever a trace is."""
     import shutil

@@ -192,6 +192,10 @@ def _check_dir(path: str) -> None:
                                    f"written by a minigrpo run (a run killed before it wrote meta.json "
                                    f"leaves nothing to read)"))
     if META_FILE not in entries:
+        if "train_config.json" in entries and "trace" not in entries:  # `minigrpo sft`, or `train --trace false`
+            raise TraceError(_one_line(f"{path}: a run folder with no trace in it (an SFT run, or `minigrpo train "
+                                       f"--trace false`); traces are recorded by `minigrpo train` (--trace true, "
+                                       f"the default)"))
         raise TraceError(_one_line(f"{os.path.join(path, META_FILE)}: missing, so {path} is not a minigrpo "
                                    f"trace; pass the directory that holds meta.json"))
 
