@@ -9,7 +9,8 @@ import pytest
 
 from minigrpo.trace import load, validate
 
-TRACES = Path(__file__).resolve().parents[1] / "traces"
+ROOT = Path(__file__).resolve().parents[1]
+TRACES = ROOT / "traces"
 SIZE_LIMIT = 10 * 2**20
 
 
@@ -40,3 +41,27 @@ def test_demo_grpo_trace_shows_learning_and_clipping():
 def test_demo_traces_fit_the_size_budget():
     total = sum(f.stat().st_size for f in TRACES.rglob("*") if f.is_file())
     assert total <= SIZE_LIMIT
+
+
+def test_against_advantage_counts_match_a_plain_loop():
+    """bench/against_advantage.py (quoted in docs/scenes.md) re-derived token by token."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("against", ROOT / "bench" / "against_advantage.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    path = ROOT / "traces" / "demo-ppo-syllogism"
+    got = mod.against(str(path))
+    n = bad = nd = badd = 0
+    for step in load(path).steps:
+        for pr in step.probes:
+            decision = {q.pos for q in pr.positions if q.kind == "decision"}
+            for t in range(len(pr.token_ids)):
+                a, d = float(pr.advantage[t]), float(pr.logp_new[t]) - float(pr.logp[t])
+                if abs(a) <= 1e-6 or abs(d) <= mod.MIN_MOVE:
+                    continue
+                n, bad = n + 1, bad + ((a > 0) != (d > 0))
+                if t in decision:
+                    nd, badd = nd + 1, badd + ((a > 0) != (d > 0))
+    assert got["all"] == [n, bad] and got["decision"] == [nd, badd]
+    assert 0 < bad < n and 0 < badd < nd  # the docs' point: some, not all, move against A
