@@ -87,10 +87,11 @@ def _parser() -> argparse.ArgumentParser:
     down.add_argument("--keep-first", type=int, default=0, metavar="K", help="and of the first K updates (default 0)")
 
     render = sub.add_parser("render", help="render Manim scenes from a trace into renders/")
-    render.add_argument("--trace", help="trace folder (default: the shipped demo trace)")
+    render.add_argument("--trace", help="trace or run folder (default: the shipped demo trace)")
     render.add_argument("--ppo-trace", help="PPO trace for ppo_vs_grpo")
     render.add_argument("--scene", help="scene name, e.g. ppo_logits")
-    render.add_argument("--all", action="store_true", help="render every scene")
+    render.add_argument("--all", action="store_true",
+                        help="render every scene (on a PPO trace: every scene but the GRPO-only ones)")
     render.add_argument("-q", "--quality", default="l", choices=list("lmhk"))
     render.add_argument("--steps", help="update range a:b")
     render.add_argument("--probe", help="probe index")
