@@ -72,6 +72,8 @@ class TrainConfig:
     loss_type: str = "grpo"  # grpo | dr_grpo | dapo | bnpo
     scale_rewards: str = "group"  # group | batch | none
     advantage_eps: float = 1e-4
+    dynamic_sampling: bool = False  # DAPO: train on groups whose rewards differ; sample more prompts to refill
+    max_num_gen_batches: int = 3  # dynamic_sampling: generation batches per rollout at most, then equal groups refill
 
     # --- PPO -----------------------------------------------------------------------
     critic: str = "separate"  # separate (value model = copy of the policy + head) | shared (head on the policy)
@@ -172,6 +174,11 @@ class TrainConfig:
             bad("seed", f"{self.seed} must be in [0, 2**32 - 1] (numpy's seed range)")
         if self.probe_completions < -1:
             bad("probe_completions", f"{self.probe_completions} must be -1 (all) or >= 0")
+        if self.max_num_gen_batches < 1:
+            bad("max_num_gen_batches", f"{self.max_num_gen_batches} must be >= 1")
+        if self.dynamic_sampling and self.algo != "grpo":
+            bad("dynamic_sampling", "keeps the groups whose rewards differ, which only GRPO's group advantages need; "
+                                    "use it with --algo grpo")
         if self.buffer_size < self.num_generations:
             bad("buffer_size", f"{self.buffer_size} is smaller than one group (num_generations={self.num_generations})")
         if not isinstance(self.task_kwargs, dict):

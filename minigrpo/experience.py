@@ -9,7 +9,7 @@ import numpy as np
 import torch
 
 from .losses import group_advantages, group_stats
-from .rollout import Rollout, generate, score_logprobs
+from .rollout import Rollout, concat_rollouts, generate, pad_token_id, score_logprobs
 from .tasks import RewardConfig, TaskData, build_prompt, score_completion
 from .trace.schema import Group
 
@@ -28,12 +28,21 @@ class Experience:
     logp_old: torch.Tensor  # (N, Lc) behaviour policy
     logp_ref: torch.Tensor | None  # (N, Lc) reference policy
     scorer_errors: torch.Tensor | None = None  # (N,) bool: the task's scorer raised or gave NaN/inf (scored 0)
+    item_indices: list | None = None  # dynamic sampling: indices of ``items`` in the training split (for --resume)
+    generation_metrics: dict | None = None  # dynamic sampling: rollout metrics over every sampled group (0-d tensors)
 
     @property
     def num_generations(self) -> int:
         return len(self.rollout) // len(self.items)
 
     def rollout_metrics(self) -> dict[str, float]:
+        """Means over the rollout's completions; with dynamic sampling, over every group sampled
+        (the policy's behaviour), plus the ``dynamic_sampling/*`` counts of the filter."""
+        if self.generation_metrics is not None:
+            return {k: float(v) for k, v in self.generation_metrics.items()}
+        return self.buffer_metrics()
+
+    def buffer_metrics(self) -> dict[str, float]:
         g = self.num_generations
         _, std = group_stats(self.rewards, g)
         return {
@@ -49,15 +58,75 @@ class Experience:
 
 
 def sample_items(data: TaskData, n: int, rng: random.Random) -> list:
-    return [data[i] for i in rng.sample(range(len(data)), min(n, len(data)))]
+    return [data[i] for i in draw_indices(len(data), n, rng)]
+
+
+def draw_indices(size: int, n: int, rng: random.Random, exclude: set | None = None) -> list[int]:
+    """``n`` distinct indices of a split of ``size`` items; those in ``exclude`` only once the others ran out."""
+    n = min(n, size)
+    if not exclude:
+        return rng.sample(range(size), n)
+    fresh = [i for i in range(size) if i not in exclude]
+    if len(fresh) >= n:
+        return rng.sample(fresh, n)
+    return rng.sample(fresh, len(fresh)) + rng.sample([i for i in range(size) if i in exclude], n - len(fresh))
 
 
 def collect(policy, ref, tokenizer, data: TaskData, cfg, rng: random.Random,
             rank: int = 0, world_size: int = 1) -> Experience:
-    """One rollout; with ``world_size`` > 1 every rank draws the same prompts and keeps its block of them."""
-    items = sample_items(data, cfg.prompts_per_rollout, rng)
-    share = len(items) // world_size
-    items = items[rank * share:(rank + 1) * share]
+    """One rollout; with ``world_size`` > 1 every rank draws the same prompts and keeps its block of them.
+
+    With ``cfg.dynamic_sampling`` (DAPO), groups whose rewards are all equal (zero advantage) are
+    set aside and more prompts are sampled, up to ``cfg.max_num_gen_batches`` generation batches,
+    until the buffer holds only groups whose rewards differ; if it is still short, set-aside
+    groups fill it (in sampling order), so every rollout trains on the same number of groups.
+    """
+    indices = draw_indices(len(data), cfg.prompts_per_rollout, rng)
+    batch = _sample_and_score(policy, tokenizer, data, cfg, _share(indices, rank, world_size))
+    generation_metrics = None
+    if cfg.dynamic_sampling:
+        batch, generation_metrics = _refill(batch, policy, tokenizer, data, cfg, rng, rank, world_size, indices)
+    advantages = group_advantages(batch.rewards, cfg.num_generations, cfg.scale_rewards, cfg.advantage_eps)
+    # scoring holds no (N, Lc, V) logits (completion_logprobs), so the fast backend scores a whole generation batch at once
+    score_batch = cfg.generation_batch_size if cfg.rollout_backend == "fast" else cfg.per_device_train_batch_size * 2
+    logp_old = score_logprobs(policy, batch.rollout, cfg.temperature, score_batch)
+    logp_ref = score_logprobs(ref, batch.rollout, cfg.temperature, score_batch) if ref is not None else None
+    return Experience(batch.items, batch.prompts, batch.rollout, batch.rewards, batch.parts, batch.correct,
+                      batch.formatted, batch.premise_copy, advantages, logp_old, logp_ref, batch.scorer_errors,
+                      item_indices=batch.indices if cfg.dynamic_sampling else None,
+                      generation_metrics=generation_metrics)
+
+
+def _share(indices: list[int], rank: int, world_size: int) -> list[int]:
+    share = len(indices) // world_size
+    return indices[rank * share:(rank + 1) * share]
+
+
+@dataclass
+class _Scored:
+    """Sampled and scored groups, before any log-prob pass (rows grouped by prompt, G per group)."""
+    indices: list[int]
+    items: list
+    prompts: list[str]
+    rollout: Rollout
+    rewards: torch.Tensor
+    parts: dict[str, torch.Tensor]
+    correct: torch.Tensor
+    formatted: torch.Tensor
+    premise_copy: torch.Tensor
+    scorer_errors: torch.Tensor
+
+    def rows(self, group: int, g: int) -> list[int]:
+        return list(range(group * g, (group + 1) * g))
+
+    def informative(self, g: int) -> list[bool]:
+        """Per group: do its rewards differ (a non-zero advantage somewhere)?"""
+        grouped = self.rewards.view(-1, g)
+        return (grouped != grouped[:, :1]).any(dim=1).tolist()
+
+
+def _sample_and_score(policy, tokenizer, data: TaskData, cfg, indices: list[int]) -> _Scored:
+    items = [data[i] for i in indices]
     prompts = [build_prompt(item, tokenizer) for item in items]
     rollout = generate(policy, tokenizer, prompts, cfg.num_generations, cfg.max_completion_length,
                        cfg.temperature, cfg.top_p, cfg.generation_batch_size, cfg.max_prompt_length,
@@ -71,13 +140,48 @@ def collect(policy, ref, tokenizer, data: TaskData, cfg, rng: random.Random,
     parts = {name: torch.tensor([r.parts[name] for r in results], dtype=torch.float32, device=device)
              for name in results[0].parts}
     flag = lambda attr: torch.tensor([getattr(r, attr) for r in results], dtype=torch.bool, device=device)  # noqa: E731
-    advantages = group_advantages(rewards, cfg.num_generations, cfg.scale_rewards, cfg.advantage_eps)
-    # scoring holds no (N, Lc, V) logits (completion_logprobs), so the fast backend scores a whole generation batch at once
-    score_batch = cfg.generation_batch_size if cfg.rollout_backend == "fast" else cfg.per_device_train_batch_size * 2
-    logp_old = score_logprobs(policy, rollout, cfg.temperature, score_batch)
-    logp_ref = score_logprobs(ref, rollout, cfg.temperature, score_batch) if ref is not None else None
-    return Experience(items, prompts, rollout, rewards, parts, flag("correct"), flag("formatted"),
-                      flag("premise_copy"), advantages, logp_old, logp_ref, flag("scorer_error"))
+    return _Scored(list(indices), items, prompts, rollout, rewards, parts, flag("correct"), flag("formatted"),
+                   flag("premise_copy"), flag("scorer_error"))
+
+
+def _refill(first: _Scored, policy, tokenizer, data: TaskData, cfg, rng: random.Random, rank: int, world_size: int,
+            drawn: list[int]) -> tuple[_Scored, dict]:
+    """Dynamic sampling: the buffer (groups whose rewards differ first, then set-aside ones if short, kept
+    in sampling order) and the rollout metrics over every sampled group, as 0-d tensors."""
+    g, wanted = cfg.num_generations, len(first.items)
+    batches = [first]
+    used = set(drawn)
+    while sum(sum(b.informative(g)) for b in batches) < wanted and len(batches) < cfg.max_num_gen_batches:
+        indices = draw_indices(len(data), cfg.prompts_per_rollout, rng, exclude=used)
+        used.update(indices)
+        batches.append(_sample_and_score(policy, tokenizer, data, cfg, _share(indices, rank, world_size)))
+    groups = [(b, j, ok) for b, batch in enumerate(batches) for j, ok in enumerate(batch.informative(g))]
+    chosen = sorted(([(b, j) for b, j, ok in groups if ok] + [(b, j) for b, j, ok in groups if not ok])[:wanted])
+    pad_id = pad_token_id(policy, tokenizer)
+
+    def pick(field: str) -> list:
+        return [getattr(batches[b], field)[j] for b, j in chosen]
+
+    def rows(t_of) -> torch.Tensor:
+        return torch.cat([t_of(batches[b])[j * g:(j + 1) * g] for b, j in chosen])
+
+    merged = _Scored(pick("indices"), pick("items"), pick("prompts"),
+                     concat_rollouts([batches[b].rollout.select(batches[b].rows(j, g)) for b, j in chosen], pad_id),
+                     rows(lambda x: x.rewards), {name: rows(lambda x, n=name: x.parts[n]) for name in first.parts},
+                     rows(lambda x: x.correct), rows(lambda x: x.formatted), rows(lambda x: x.premise_copy),
+                     rows(lambda x: x.scorer_errors))
+    everything = Experience(
+        [it for x in batches for it in x.items], [p for x in batches for p in x.prompts],
+        concat_rollouts([x.rollout for x in batches], pad_id), torch.cat([x.rewards for x in batches]), {},
+        torch.cat([x.correct for x in batches]), torch.cat([x.formatted for x in batches]),
+        torch.cat([x.premise_copy for x in batches]), torch.zeros(0), torch.zeros(0), None,
+        torch.cat([x.scorer_errors for x in batches]))
+    metrics = everything.buffer_metrics()
+    metrics["dynamic_sampling/gen_batches"] = float(len(batches))
+    metrics["dynamic_sampling/groups_sampled"] = float(len(groups))
+    metrics["dynamic_sampling/frac_buffer_zero_std"] = sum(
+        1 for b, j in chosen if not batches[b].informative(g)[j]) / len(chosen)
+    return merged, {k: torch.tensor(v, dtype=torch.float64) for k, v in metrics.items()}
 
 
 def trace_groups(exp: Experience, advantages: torch.Tensor) -> list[Group]:

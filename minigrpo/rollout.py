@@ -83,6 +83,32 @@ def eos_token_ids(model, tokenizer) -> set[int]:
 BACKENDS = ("hf", "fast")
 
 
+def pad_token_id(model, tokenizer) -> int:
+    """The id that pads prompts (left) and completions (right): the tokenizer's pad, else an EOS."""
+    return tokenizer.pad_token_id if tokenizer.pad_token_id is not None else next(iter(eos_token_ids(model, tokenizer)))
+
+
+def concat_rollouts(parts: list[Rollout], pad_id: int) -> Rollout:
+    """Rows of several rollouts as one: prompts left-padded, completions right-padded to the widest."""
+    lp = max(r.prompt_ids.shape[1] for r in parts)
+    lc = max(r.completion_ids.shape[1] for r in parts)
+
+    def left(t, width, value):
+        return F.pad(t, (width - t.shape[1], 0), value=value)
+
+    def right(t, width, value):
+        return F.pad(t, (0, width - t.shape[1]), value=value)
+
+    logps = None
+    if all(r.sampling_logprobs is not None for r in parts):
+        logps = torch.cat([right(r.sampling_logprobs, lc, 0.0) for r in parts])
+    return Rollout(torch.cat([left(r.prompt_ids, lp, pad_id) for r in parts]),
+                   torch.cat([left(r.prompt_mask, lp, 0) for r in parts]),
+                   torch.cat([right(r.completion_ids, lc, pad_id) for r in parts]),
+                   torch.cat([right(r.completion_mask, lc, 0) for r in parts]),
+                   [text for r in parts for text in r.completions], logps)
+
+
 @torch.no_grad()
 def generate(model, tokenizer, prompts: list[str], num_generations: int, max_completion_length: int,
              temperature: float, top_p: float = 1.0, batch_size: int = 64, max_prompt_length: int = 512,
@@ -93,7 +119,7 @@ def generate(model, tokenizer, prompts: list[str], num_generations: int, max_com
     device = next(model.parameters()).device
     expanded = [p for p in prompts for _ in range(num_generations)]
     eos_ids = eos_token_ids(model, tokenizer)
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else next(iter(eos_ids))
+    pad_id = pad_token_id(model, tokenizer)
     was_training = model.training
     model.eval()
     chunks = []

@@ -212,7 +212,8 @@ EXPERIENCE_KNOBS = ("num_generations", "buffer_size", "per_device_train_batch_si
 
 def save_experience(folder: Path, exp) -> None:
     """The rollout in flight: its tensors (safetensors) and texts/numbers (JSON); not its task items,
-    which the resumed run draws again from the same seeded generator."""
+    which the resumed run draws again from the same seeded generator (or, after dynamic sampling,
+    looks up by the saved ``item_indices``)."""
     from safetensors.torch import save_file
 
     r = exp.rollout

@@ -338,7 +338,9 @@ class RLTrainer:
             self.rng.seed(self.cfg.seed + 7919 * state["rollout_id"])  # the items of that rollout, drawn again
             items = sample_items(self.train_data, self.cfg.prompts_per_rollout, self.rng)
             exp = runtime.load_experience(self._ckpt, items, self.device)
-            if exp is not None and exp.prompts == [build_prompt(item, self.tokenizer) for item in items]:
+            if exp is not None and exp.item_indices is not None:  # dynamic sampling picked them from several draws
+                exp.items = [self.train_data[i] for i in exp.item_indices]
+            if exp is not None and exp.prompts == [build_prompt(item, self.tokenizer) for item in exp.items]:
                 self.rollout_id = state["rollout_id"]
                 self._resumed = (exp, state["rollout_first_step"])
         if self._resumed is None:

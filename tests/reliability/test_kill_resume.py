@@ -122,3 +122,24 @@ def test_random_kills_then_resume_is_the_same_run(sft_model, reference, tmp_path
     assert kills >= min(KILL_TRIALS, 1)
     assert not H.leftovers(out), H.leftovers(out)
     H.assert_same_run(reference, out)
+
+
+@pytest.mark.timeout(900)
+def test_dynamic_sampling_run_killed_mid_rollout_resumes_the_same(sft_model, tmp_path):
+    """With --dynamic-sampling the buffer's items come from several draws: the checkpoint keeps their
+    indices, so a run killed inside a rollout resumes on the very same buffer."""
+    ds = ("--dynamic-sampling", "true", "--max-num-gen-batches", "3")
+    reference = tmp_path / "reference"
+    result = H.run_train(sft_model, reference, *ds)
+    assert result.returncode == 0, result.stderr[-2000:]
+    from minigrpo.trace import load
+
+    batches = [s.metrics["dynamic_sampling/gen_batches"] for s in load(reference / "trace").steps]
+    assert max(batches) >= 2, "the small run should need a second generation batch at least once"
+    out = tmp_path / "run"
+    killed = H.run_train(sft_model, out, *ds, fault="update:3")  # updates 1-2 checkpointed, inside rollout 0
+    assert killed.returncode == FAULT_EXIT, killed.stderr[-1500:]
+    final = H.run_train(sft_model, out, *ds, "--resume")
+    assert final.returncode == 0, final.stderr[-2000:]
+    assert "a fresh rollout follows" not in final.stdout  # the checkpointed buffer was reused
+    H.assert_same_run(reference, out)
