@@ -6,9 +6,10 @@ For every probed token with A != 0 whose log-prob moved by more than 1e-3 nats, 
 the sign of log π_new − log π_θ (after the step minus the log-prob the loss used) with the
 sign of A; prints the share that moved the other way, for the decision tokens (first token
 inside <answer>) and for all tokens. (Tokens the model is already sure of barely move: their
-change is float noise, so they are not counted.) One
-update sums the gradients of every token of the batch through shared weights, so a token's
-own push is one term among thousands: this is how often the others win.
+change is float noise, so they are not counted.) One update sums the gradients of every token
+of the batch through shared weights, so a token's own push is one term among thousands: this
+is how often the others win. The rule is the one the ppo_logits scene uses to caption such
+an update (scenes/components/data.py, move_vs_advantage).
 """
 
 from __future__ import annotations
@@ -16,30 +17,26 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-import numpy as np
-
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from minigrpo.trace import load, trace_dir  # noqa: E402
-
-MIN_MOVE = 1e-3  # nats
+from scenes.components.data import MIN_MOVE, move_vs_advantage  # noqa: E402,F401 - the scene's rule
 
 
 def against(path: str) -> dict:
     trace = load(trace_dir(path))
-    counts = {"decision": [0, 0], "all": [0, 0]}  # [tokens with A != 0, moved against A]
+    counts = {"decision": [0, 0], "all": [0, 0]}  # [tokens counted, moved against A]
     for step in trace.steps:
         for probe in step.probes:
-            moved = np.asarray(probe.logp_new, float) - np.asarray(probe.logp, float)
-            adv = np.asarray(probe.advantage, float)
-            live = (np.abs(adv) > 1e-6) & (np.abs(moved) > MIN_MOVE)
-            counts["all"][0] += int(live.sum())
-            counts["all"][1] += int((np.sign(moved[live]) != np.sign(adv[live])).sum())
-            for pos in probe.positions:
-                if pos.kind == "decision" and live[pos.pos]:
-                    counts["decision"][0] += 1
-                    counts["decision"][1] += int(np.sign(moved[pos.pos]) != np.sign(adv[pos.pos]))
+            decision = {q.pos for q in probe.positions if q.kind == "decision"}
+            for pos in range(len(probe.token_ids)):
+                verdict = move_vs_advantage(probe, pos)
+                if verdict is None:
+                    continue
+                for key in ("all", "decision") if pos in decision else ("all",):
+                    counts[key][0] += 1
+                    counts[key][1] += int(verdict)
     return {"trace": path, "algo": trace.meta.algo, "updates": len(trace.steps), **counts}
 
 

@@ -88,9 +88,9 @@ class PPOLogits(Scene):
         self.band.rho.set_value(float(shot.probe.ratio[shot.position.pos]))
         self.band_caption = self._status(shot, after=False)
         steps = trace.step_numbers
-        self.curve = MetricCurve(steps, trace.metric("reward"), "reward", color=P.NEW, width=3.9, height=0.8,
+        self.curve = MetricCurve(steps, trace.metric("reward"), "reward", color=P.NEW, width=3.9, height=0.6,
                                  font_size=P.TINY)
-        self.curve.shift(np.array([2.85, -3.62, 0]) - self.curve.box_origin.get_center())
+        self.curve.shift(np.array([2.85, -3.66, 0]) - self.curve.box_origin.get_center())
         self.curve.k.set_value(shot.step(trace).step)
         self.play(FadeIn(self.info), FadeIn(self.band), FadeIn(self.band_caption), FadeIn(self.curve), run_time=1.0)
         self._set_clipped(shot)
@@ -136,18 +136,21 @@ class PPOLogits(Scene):
         return g
 
     def _status(self, shot, after: bool):
-        """Two lines under the band saying which ratio the dot shows (and what clipping did)."""
+        """Lines under the band saying which ratio the dot shows, what clipping did, and, after the
+        step, when the sampled token moved against its advantage."""
         pr, pos = shot.probe, shot.position.pos
         clipped = bool(pr.clipped_low[pos] or pr.clipped_high[pos])
         if after:
             lines = [("after the step: ρ = π_new / π_old;", P.NEW),
                      ("ring: the ρ this step's loss used", P.CLIP if clipped else P.MUTED)]
+            if D.move_vs_advantage(pr, pos):
+                lines.append(("against its A: other tokens won", P.FG))
         else:
             lines = [("ρ = π_θ / π_old as in this step's loss;", P.FG),
                      ("clipped: this token gets no gradient" if clipped else "not clipped: its gradient flows",
                       P.CLIP if clipped else P.MUTED)]
-        g = VGroup(*[label(t, P.TINY, c, max_width=4.7) for t, c in lines]).arrange(DOWN, buff=0.08)
-        return g.move_to([4.55, -1.98, 0])
+        g = VGroup(*[label(t, P.TINY, c, max_width=4.7) for t, c in lines]).arrange(DOWN, buff=0.06)
+        return g.next_to(self.band, DOWN, buff=0.12).set_x(4.55)
 
     def _set_clipped(self, shot):
         pr, pos = shot.probe, shot.position.pos
@@ -186,6 +189,8 @@ class PPOLogits(Scene):
             "rho_loss": float(pr.ratio[pos]),
             "rho_new": float(self.band.rho.get_value()),
             "clipped": was_clipped,
+            "against": D.move_vs_advantage(pr, pos),
+            "status": [m.original_text for m in status],
         })
         self.wait(1.2 if first else 0.6)
 

@@ -114,6 +114,7 @@ def test_ppo_logits_bars_follow_the_trace(traces, media, scene_env):
     # the chart on screen at the end is the last update's "after"
     np.testing.assert_allclose(scene.chart.displayed_probs(), scene.record[-1]["shown_after"], atol=1e-9)
     assert_ppo_logits_layout(scene)
+    assert_against_captions(scene, tr)
 
 
 def _boxes_overlap(a, b, pad=0.0) -> bool:
@@ -125,8 +126,25 @@ def _boxes_overlap(a, b, pad=0.0) -> bool:
 def test_ppo_logits_labels_do_not_collide_on_the_shipped_trace(media, scene_env):
     from scenes.ppo_logits import PPOLogits
 
-    scene_env(MINIGRPO_TRACE=ROOT / "traces" / "demo-grpo-syllogism", MINIGRPO_STEPS="1:40")  # fewer payloads
-    assert_ppo_logits_layout(construct(PPOLogits, media))
+    scene_env(MINIGRPO_TRACE=ROOT / "traces" / "demo-grpo-syllogism")
+    scene = construct(PPOLogits, media)
+    assert_ppo_logits_layout(scene)
+    against = assert_against_captions(scene, load(ROOT / "traces" / "demo-grpo-syllogism"))
+    assert 0 < against < len(scene.record)  # the shipped replay shows both kinds of update
+
+
+def assert_against_captions(scene, tr) -> int:
+    """After each update the status says "against its A" exactly when the token moved so. Returns how often."""
+    n = 0
+    for rec in scene.record:
+        pr = tr.steps[rec["step_index"]].probes[rec["probe_index"]]
+        a = float(pr.advantage[rec["pos"]])
+        moved = float(pr.logp_new[rec["pos"]]) - float(pr.logp[rec["pos"]])
+        against = abs(a) > 1e-6 and abs(moved) > 1e-3 and np.sign(moved) != np.sign(a)
+        assert bool(rec["against"]) == against
+        assert any(line.startswith("against its A") for line in rec["status"]) == against
+        n += against
+    return n
 
 
 def assert_ppo_logits_layout(scene) -> None:
@@ -135,6 +153,8 @@ def assert_ppo_logits_layout(scene) -> None:
     plot_top = curve.box_origin.get_center()[1] + curve.height_
     assert curve.readout.string and curve.readout.get_bottom()[1] > plot_top, "reward readout inside the plot"
     assert not _boxes_overlap(curve.readout, curve.title, pad=0.05)
+    for text in (curve.title, curve.readout, scene.band):  # the status lines under the band clear both
+        assert not _boxes_overlap(scene.band_caption, text, pad=0.03)
     chart = scene.chart
     frame = chart.sampled_frame
     assert len(frame.submobjects) == 1

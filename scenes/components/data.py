@@ -378,6 +378,23 @@ def n_groups_checked(trace) -> int:
     return n
 
 
+MIN_MOVE = 1e-3  # nats: a smaller change of a token's log-prob in one update is float noise, not a direction
+
+
+def move_vs_advantage(probe, pos: int) -> Optional[bool]:
+    """Did one update move the token at ``pos`` against the sign of its advantage?
+
+    True: against; False: with it; None: not counted (A = 0, or log π moved by at most MIN_MOVE).
+    The move is log π_new − log π_θ (after the step minus what the loss used). One update sums
+    every token's gradient through shared weights, so True happens (bench/against_advantage.py).
+    """
+    a = float(probe.advantage[pos])
+    moved = float(probe.logp_new[pos]) - float(probe.logp[pos])
+    if abs(a) <= 1e-6 or abs(moved) <= MIN_MOVE:
+        return None
+    return (moved > 0) != (a > 0)
+
+
 def step_range_text(trace) -> str:
     nums = [s.step for s in trace.steps]
     return f"{min(nums)}–{max(nums)}" if nums else "none"
