@@ -162,14 +162,15 @@ def _refill(first: _Scored, policy, tokenizer, data: TaskData, cfg, rng: random.
     def pick(field: str) -> list:
         return [getattr(batches[b], field)[j] for b, j in chosen]
 
-    def rows(t_of) -> torch.Tensor:
+    def take(t_of) -> torch.Tensor:
+        """The chosen groups' rows of a per-completion tensor."""
         return torch.cat([t_of(batches[b])[j * g:(j + 1) * g] for b, j in chosen])
 
     merged = _Scored(pick("indices"), pick("items"), pick("prompts"),
                      concat_rollouts([batches[b].rollout.select(batches[b].rows(j, g)) for b, j in chosen], pad_id),
-                     rows(lambda x: x.rewards), {name: rows(lambda x, n=name: x.parts[n]) for name in first.parts},
-                     rows(lambda x: x.correct), rows(lambda x: x.formatted), rows(lambda x: x.premise_copy),
-                     rows(lambda x: x.scorer_errors))
+                     take(lambda x: x.rewards), {name: take(lambda x, n=name: x.parts[n]) for name in first.parts},
+                     take(lambda x: x.correct), take(lambda x: x.formatted), take(lambda x: x.premise_copy),
+                     take(lambda x: x.scorer_errors))
     everything = Experience(
         [it for x in batches for it in x.items], [p for x in batches for p in x.prompts],
         concat_rollouts([x.rollout for x in batches], pad_id), torch.cat([x.rewards for x in batches]), {},
