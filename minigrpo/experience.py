@@ -40,21 +40,23 @@ class Experience:
         (the policy's behaviour), plus the ``dynamic_sampling/*`` counts of the filter."""
         if self.generation_metrics is not None:
             return {k: float(v) for k, v in self.generation_metrics.items()}
-        return self.buffer_metrics()
+        return completion_stats(self.num_generations, self.rewards, self.correct, self.formatted, self.premise_copy,
+                                self.rollout.completion_mask.sum(1), self.scorer_errors)
 
-    def buffer_metrics(self) -> dict[str, float]:
-        g = self.num_generations
-        _, std = group_stats(self.rewards, g)
-        return {
-            "reward": self.rewards.mean().item(),
-            "reward_std": std.mean().item(),
-            "frac_reward_zero_std": (std == 0).float().mean().item(),
-            "accuracy": self.correct.float().mean().item(),
-            "format_rate": self.formatted.float().mean().item(),
-            "premise_copy_rate": self.premise_copy.float().mean().item(),
-            "completion_length": self.rollout.completion_mask.sum(1).mean().item(),
-            "scorer_errors": float(self.scorer_errors.sum().item()) if self.scorer_errors is not None else 0.0,
-        }
+
+def completion_stats(g: int, rewards, correct, formatted, premise_copy, lengths, scorer_errors=None) -> dict[str, float]:
+    """The rollout metrics of N = P·G completions (rows grouped by prompt): per-completion tensors in."""
+    _, std = group_stats(rewards, g)
+    return {
+        "reward": rewards.mean().item(),
+        "reward_std": std.mean().item(),
+        "frac_reward_zero_std": (std == 0).float().mean().item(),
+        "accuracy": correct.float().mean().item(),
+        "format_rate": formatted.float().mean().item(),
+        "premise_copy_rate": premise_copy.float().mean().item(),
+        "completion_length": lengths.float().mean().item(),
+        "scorer_errors": float(scorer_errors.sum().item()) if scorer_errors is not None else 0.0,
+    }
 
 
 def sample_items(data: TaskData, n: int, rng: random.Random) -> list:
@@ -149,15 +151,15 @@ def _refill(first: _Scored, policy, tokenizer, data: TaskData, cfg, rng: random.
     """Dynamic sampling: the buffer (groups whose rewards differ first, then set-aside ones if short, kept
     in sampling order) and the rollout metrics over every sampled group, as 0-d tensors."""
     g, wanted = cfg.num_generations, len(first.items)
-    batches = [first]
+    batches, informative = [first], [first.informative(g)]  # per batch, per group: do its rewards differ?
     used = set(drawn)
-    while sum(sum(b.informative(g)) for b in batches) < wanted and len(batches) < cfg.max_num_gen_batches:
+    while sum(map(sum, informative)) < wanted and len(batches) < cfg.max_num_gen_batches:
         indices = draw_indices(len(data), cfg.prompts_per_rollout, rng, exclude=used)
         used.update(indices)
         batches.append(_sample_and_score(policy, tokenizer, data, cfg, _share(indices, rank, world_size)))
-    groups = [(b, j, ok) for b, batch in enumerate(batches) for j, ok in enumerate(batch.informative(g))]
+        informative.append(batches[-1].informative(g))
+    groups = [(b, j, ok) for b, flags in enumerate(informative) for j, ok in enumerate(flags)]
     chosen = sorted(([(b, j) for b, j, ok in groups if ok] + [(b, j) for b, j, ok in groups if not ok])[:wanted])
-    pad_id = pad_token_id(policy, tokenizer)
 
     def pick(field: str) -> list:
         return [getattr(batches[b], field)[j] for b, j in chosen]
@@ -166,22 +168,22 @@ def _refill(first: _Scored, policy, tokenizer, data: TaskData, cfg, rng: random.
         """The chosen groups' rows of a per-completion tensor."""
         return torch.cat([t_of(batches[b])[j * g:(j + 1) * g] for b, j in chosen])
 
+    def every(t_of) -> torch.Tensor:
+        """A per-completion tensor over every sampled batch."""
+        return torch.cat([t_of(x) for x in batches])
+
     merged = _Scored(pick("indices"), pick("items"), pick("prompts"),
-                     concat_rollouts([batches[b].rollout.select(batches[b].rows(j, g)) for b, j in chosen], pad_id),
+                     concat_rollouts([batches[b].rollout.select(batches[b].rows(j, g)) for b, j in chosen],
+                                     pad_token_id(policy, tokenizer)),
                      take(lambda x: x.rewards), {name: take(lambda x, n=name: x.parts[n]) for name in first.parts},
                      take(lambda x: x.correct), take(lambda x: x.formatted), take(lambda x: x.premise_copy),
                      take(lambda x: x.scorer_errors))
-    everything = Experience(
-        [it for x in batches for it in x.items], [p for x in batches for p in x.prompts],
-        concat_rollouts([x.rollout for x in batches], pad_id), torch.cat([x.rewards for x in batches]), {},
-        torch.cat([x.correct for x in batches]), torch.cat([x.formatted for x in batches]),
-        torch.cat([x.premise_copy for x in batches]), torch.zeros(0), torch.zeros(0), None,
-        torch.cat([x.scorer_errors for x in batches]))
-    metrics = everything.buffer_metrics()
+    metrics = completion_stats(g, every(lambda x: x.rewards), every(lambda x: x.correct),
+                               every(lambda x: x.formatted), every(lambda x: x.premise_copy),
+                               every(lambda x: x.rollout.completion_mask.sum(1)), every(lambda x: x.scorer_errors))
     metrics["dynamic_sampling/gen_batches"] = float(len(batches))
     metrics["dynamic_sampling/groups_sampled"] = float(len(groups))
-    metrics["dynamic_sampling/frac_buffer_zero_std"] = sum(
-        1 for b, j in chosen if not batches[b].informative(g)[j]) / len(chosen)
+    metrics["dynamic_sampling/frac_buffer_zero_std"] = sum(not informative[b][j] for b, j in chosen) / len(chosen)
     return merged, {k: torch.tensor(v, dtype=torch.float64) for k, v in metrics.items()}
 
 
