@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Optional
 
-from .render import GRPO_ONLY, QUALITIES, REPO_ROOT, SCENES, scene_name
+from .render import QUALITIES, REPO_ROOT, SCENES, for_algo, scene_name
 from .trace import trace_dir
 
 DEFAULT_TRACE = REPO_ROOT / "traces" / "demo-grpo-syllogism"
@@ -154,14 +154,10 @@ def choose_scenes(scenes: Optional[str], algo: str, have_ppo: bool, log: Callabl
         names = [n for n in CHAPTERS if n in names]  # lecture order, no duplicates
     else:
         names = list(CHAPTERS)
-    keep = []
-    for name in names:
-        if algo != "grpo" and name in GRPO_ONLY:
-            log(f"minigrpo: skipping {name}: it needs a GRPO --trace and this trace is {algo.upper()}")
-        elif name == "ppo_vs_grpo" and not have_ppo:
-            log("minigrpo: skipping ppo_vs_grpo: no PPO trace (pass --ppo-trace, a trace of `minigrpo train --algo ppo`)")
-        else:
-            keep.append(name)
+    keep = for_algo(names, algo, log)
+    if "ppo_vs_grpo" in keep and not have_ppo:
+        log("minigrpo: skipping ppo_vs_grpo: no PPO trace (pass --ppo-trace, a trace of `minigrpo train --algo ppo`)")
+        keep.remove("ppo_vs_grpo")
     if not keep:
         raise LectureError("no scene left to render for this trace; pass a GRPO --trace or other --scenes")
     return keep

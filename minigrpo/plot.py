@@ -37,18 +37,16 @@ HEATMAP_ROWS = 8  # tokens shown in the decision heat map
 # ----------------------------------------------------------------------------- input
 def find_run(path: str | os.PathLike) -> tuple[Path, Optional[Path]]:
     """(trace folder, summary.json or None) for a run folder or a trace folder."""
+    from .trace import trace_dir as resolve
+
     p = Path(path).expanduser()
     if not p.exists():
         raise PlotError(f"{p} does not exist; pass a run folder (with trace/ and summary.json) or a trace folder")
-    if (p / "meta.json").is_file():
-        trace_dir = p
-        summary = p.parent / "summary.json"  # a trace inside its run folder
-    elif (p / "trace" / "meta.json").is_file():
-        trace_dir = p / "trace"
-        summary = p / "summary.json"
-    else:
+    trace_dir = Path(resolve(p))
+    if not (trace_dir / "meta.json").is_file():
         raise PlotError(f"{p} holds neither meta.json (a trace folder) nor trace/meta.json (a run folder); "
                         f"pass the folder `minigrpo train --out` wrote, or its trace/")
+    summary = trace_dir.parent / "summary.json"  # the run folder's, whichever folder was given
     return trace_dir, (summary if summary.is_file() else None)
 
 

@@ -26,7 +26,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Optional, Union
+from typing import Callable, Optional, Union
 
 from . import faults
 
@@ -81,24 +81,26 @@ def video_path(scene: str, quality: str = "l") -> Path:
     return REPO_ROOT / "renders" / "videos" / scene / QUALITIES[quality] / f"{SCENES[scene]}.mp4"
 
 
-def _applicable(names: list[str], trace: Path) -> list[str]:
-    """``names`` without the GRPO-only scenes when ``trace`` is not a GRPO trace (said on stderr).
+def for_algo(names: list[str], algo: str, log: Callable[[str], None]) -> list[str]:
+    """``names`` without the GRPO-only scenes when the trace's ``algo`` is not GRPO, each skip logged."""
+    if algo == "grpo":
+        return names
+    for name in names:
+        if name in GRPO_ONLY:
+            log(f"minigrpo: skipping {name}: it needs a GRPO --trace and this trace is {algo.upper()}")
+    return [n for n in names if n not in GRPO_ONLY]
 
-    An unreadable meta.json is left for the scenes to report in their own words.
-    """
+
+def _applicable(names: list[str], trace: Path) -> list[str]:
+    """:func:`for_algo` for the trace at ``trace`` (said on stderr). An unreadable meta.json is
+    left for the scenes to report in their own words."""
     from .trace import TraceError, read_meta, trace_dir
 
     try:
         algo = read_meta(trace_dir(trace)).algo
     except (TraceError, OSError):
         return names
-    if algo == "grpo":
-        return names
-    for name in names:
-        if name in GRPO_ONLY:
-            print(f"minigrpo: skipping {name}: it needs a GRPO --trace and this trace is {algo.upper()}",
-                  file=sys.stderr)
-    return [n for n in names if n not in GRPO_ONLY]
+    return for_algo(names, algo, lambda line: print(line, file=sys.stderr))
 
 
 def render(

@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from minigrpo import lecture as L
+from minigrpo.render import GRPO_ONLY
 
 REPO = Path(__file__).resolve().parents[1]
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -153,7 +154,7 @@ def test_choose_scenes():
     assert L.choose_scenes("training_overview, PPOLogits", "grpo", True, said.append) == ["ppo_logits", "training_overview"]
     assert L.choose_scenes(None, "grpo", False, said.append) == [n for n in L.CHAPTERS if n != "ppo_vs_grpo"]
     assert "ppo_vs_grpo" in said[-1] and "--ppo-trace" in said[-1]
-    assert L.choose_scenes(None, "ppo", True, said.append) == [n for n in L.CHAPTERS if n not in L.GRPO_ONLY]
+    assert L.choose_scenes(None, "ppo", True, said.append) == [n for n in L.CHAPTERS if n not in GRPO_ONLY]
     with pytest.raises(L.LectureError, match="unknown scene 'nope'"):
         L.choose_scenes("nope", "grpo", True, said.append)
     with pytest.raises(L.LectureError, match="no scene left"):
