@@ -54,7 +54,8 @@ ARCHS = {
                            num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
                            tie_word_embeddings=True)),
 }
-# measured on this workplace's H100 (device KINDS.md, 2026-11-13): copy bandwidth, bf16 matmul rate
+# measured on this workplace's H100 (device KINDS.md, 2026-11-13): copy bandwidth, bf16 matmul rate; the floor
+# uses the rates measured in the run itself (measure_ceilings) when there is a GPU
 H100_BYTES_PER_S, H100_FLOP_PER_S = 3.0e12, 7.9e14
 
 
@@ -258,8 +259,45 @@ def run_trl(folder: Path, prompts: list[str], args, out: Path, device: str) -> d
 
 
 # ----------------------------------------------------------------------------- floor
-def floor_estimate(facts: dict, args, prompt_len: float) -> dict:
-    """Seconds no implementation beats on an H100: bytes each decode step must read, and the matmul FLOPs.
+def measure_ceilings() -> dict:
+    """This GPU's copy bandwidth (bytes read + written per s) and bf16 matmul rate, on random data.
+
+    Device-to-device copies of 1 GiB and 8192³ bf16 products, each timed with CUDA events
+    after warm-up (the median of 5 timings of 10). None without CUDA.
+    """
+    if not torch.cuda.is_available():
+        return {"bytes_per_s": None, "flop_per_s": None}
+
+    def median_seconds(fn, repeats=10, timings=5):
+        fn()
+        torch.cuda.synchronize()
+        times = []
+        for _ in range(timings):
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            for _ in range(repeats):
+                fn()
+            end.record()
+            end.synchronize()
+            times.append(start.elapsed_time(end) / 1e3 / repeats)
+        return statistics.median(times)
+
+    src = torch.randn(2**29, device="cuda", dtype=torch.bfloat16)  # 1 GiB
+    dst = torch.empty_like(src)
+    copy_s = median_seconds(lambda: dst.copy_(src))
+    del src, dst
+    n = 8192
+    a, b = (torch.randn(n, n, device="cuda", dtype=torch.bfloat16) for _ in range(2))
+    matmul_s = median_seconds(lambda: a @ b)
+    del a, b
+    torch.cuda.empty_cache()
+    return {"bytes_per_s": 2 * 2**30 / copy_s, "flop_per_s": 2 * n**3 / matmul_s}
+
+
+def floor_estimate(facts: dict, args, prompt_len: float, ceilings: dict | None = None) -> dict:
+    """Seconds no implementation beats: bytes each decode step must read, and the matmul FLOPs.
+
+    At the rates in ``ceilings`` (measured here), or this workplace's H100 rates without them.
 
     decode: every step reads the weights (bf16) and the KV cache so far (average context);
     matmuls: 2·P FLOPs per token for the prefill and each decode token, 6·P per token for the
@@ -267,11 +305,14 @@ def floor_estimate(facts: dict, args, prompt_len: float) -> dict:
     """
     rows, new = args.prompts * args.num_generations, args.new_tokens
     p = facts["params"]
+    bandwidth = (ceilings or {}).get("bytes_per_s") or H100_BYTES_PER_S
+    rate = (ceilings or {}).get("flop_per_s") or H100_FLOP_PER_S
     kv_bytes = rows * (prompt_len + new / 2) * facts["kv_per_token"] * 2
-    decode_s = new * (2 * p + kv_bytes) / H100_BYTES_PER_S
+    decode_s = new * (2 * p + kv_bytes) / bandwidth
     tokens = rows * (prompt_len + new)
     flops = 2 * p * tokens + (6 + 2 + 2) * p * tokens
-    return {"decode_s": decode_s, "matmul_s": flops / H100_FLOP_PER_S, "total_s": decode_s + flops / H100_FLOP_PER_S}
+    return {"decode_s": decode_s, "matmul_s": flops / rate, "total_s": decode_s + flops / rate,
+            "bytes_per_s": bandwidth, "flop_per_s": rate}
 
 
 # ----------------------------------------------------------------------------- main
@@ -325,7 +366,8 @@ def main() -> None:
         tmp = Path(tmp)
         facts = build_model_folder(arch, tmp / "model")
         report["params"] = facts["params"]
-        report["floor"] = floor_estimate(facts, args, sum(prompt_lengths) / 2)
+        report["ceilings"] = measure_ceilings()
+        report["floor"] = floor_estimate(facts, args, sum(prompt_lengths) / 2, report["ceilings"])
         print(f"device {report['device']}  arch {arch} ({facts['params'] / 1e6:.1f}M params)  "
               f"{args.prompts} prompts × G={args.num_generations}, {args.new_tokens} new tokens", flush=True)
         report["ours_grpo"] = run_ours(tmp / "model", args, "grpo", True, tmp / "ours")
@@ -381,7 +423,8 @@ def print_table(r: dict) -> None:
     f = r["floor"]
     if r["device"].startswith("CPU"):
         return  # the H100 floor and graph capture mean nothing at the CPU smoke size
-    print(f"H100 floor: {f['total_s']:.3g} s/step (decode bytes {f['decode_s']:.3g} s + matmuls {f['matmul_s']:.3g} s); "
+    print(f"floor: {f['total_s']:.3g} s/step (decode bytes {f['decode_s']:.3g} s + matmuls {f['matmul_s']:.3g} s at "
+          f"{f['bytes_per_s'] / 1e12:.2f} TB/s, {f['flop_per_s'] / 1e12:.0f} TFLOP/s measured); "
           f"ours is {ours['median_s'] / f['total_s']:.0f}x the floor")
     if ours.get("decode"):
         d = ours["decode"]

@@ -25,6 +25,7 @@ eagerly. Capture takes about two forward passes, not a compilation.
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import os
 import time
@@ -84,6 +85,52 @@ def sample(logits: torch.Tensor, temperature: float, top_p: float = 1.0, greedy:
     return token, logprobs_from_logits(logits / temperature, token)
 
 
+# ----------------------------------------------------------------------------- attention of one new token
+GQA_ATTENTION = "minigrpo_gqa_decode"  # the name it is registered under in transformers' AttentionInterface
+
+
+def gqa_decode_attention(module, query, key, value, attention_mask, scaling, dropout=0.0, **kwargs):
+    """softmax(q·kᵀ·scaling + mask)·v for one query token per row, each KV head shared by its query heads.
+
+    transformers' eager formula (``eager_attention_forward``: bf16 products, float32 softmax)
+    without ``repeat_kv``, which copies the whole KV cache Hq/Hkv times per layer and step:
+    query head h = kv·g + r uses KV head kv (g = Hq/Hkv), so a reshape of the query to
+    (B, Hkv, g, D) lines each group up with its head. ``attention_mask`` is additive, (B, 1, 1, L).
+    Returns (B, 1, Hq, D), as the attention modules expect.
+    """
+    b, heads, q, d = query.shape
+    if q != 1:
+        raise ValueError(f"gqa_decode_attention takes one query token per row, got {q}")
+    grouped = query.reshape(b, key.shape[1], heads // key.shape[1], d)
+    scores = torch.matmul(grouped, key.transpose(-1, -2)) * scaling + attention_mask
+    weights = torch.softmax(scores, dim=-1, dtype=torch.float32).to(query.dtype)
+    return torch.matmul(weights, value).reshape(b, 1, heads, d), None
+
+
+def _register_gqa_attention() -> bool:
+    """Make ``GQA_ATTENTION`` a name the attention modules can look up (False on a transformers without the registry)."""
+    try:
+        from transformers import AttentionInterface
+    except ImportError:
+        return False
+    AttentionInterface.register(GQA_ATTENTION, gqa_decode_attention)
+    return True
+
+
+@contextlib.contextmanager
+def attention_implementation(model, name: str | None):
+    """The model's layers look up ``name`` as their attention function inside the block (None: unchanged)."""
+    if name is None:
+        yield
+        return
+    before = model.config._attn_implementation
+    model.config._attn_implementation = name
+    try:
+        yield
+    finally:
+        model.config._attn_implementation = before
+
+
 # ----------------------------------------------------------------------------- KV cache
 class KVCache:
     """Preallocated keys/values of every layer; a forward writes its q positions at columns [col, col+q).
@@ -102,7 +149,8 @@ class KVCache:
             b, h, _, d = key_states.shape
             self.keys[layer_idx] = key_states.new_zeros(b, h, self.length, d)
             self.values[layer_idx] = value_states.new_zeros(b, h, self.length, value_states.shape[-1])
-        columns = self.col + torch.arange(key_states.shape[-2], device=key_states.device)
+        q = key_states.shape[-2]
+        columns = self.col.view(1) if q == 1 else self.col + torch.arange(q, device=key_states.device)
         self.keys[layer_idx].index_copy_(2, columns, key_states)
         self.values[layer_idx].index_copy_(2, columns, value_states)
         return self.keys[layer_idx], self.values[layer_idx]
@@ -124,7 +172,7 @@ class Decoder:
     """
 
     def __init__(self, model, batch: int, prompt_len: int, max_new: int, temperature: float, top_p: float,
-                 greedy: bool, eos_ids, pad_id: int, use_graph: bool):
+                 greedy: bool, eos_ids, pad_id: int, use_graph: bool, attention: str = "gqa"):
         attn = getattr(model.config, "_attn_implementation", "sdpa") or "sdpa"
         if attn not in ("sdpa", "eager"):
             raise ValueError(f"rollout_backend 'fast' needs attn_implementation sdpa or eager, the model uses {attn!r}; "
@@ -133,6 +181,9 @@ class Decoder:
         self._model = weakref.ref(model)
         self.cache_arg = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
         self.float_mask = model.dtype if attn == "eager" else None
+        # decode steps: our grouped attention over an additive mask, or the model's own implementation
+        self.step_attention = GQA_ATTENTION if attention == "gqa" and _register_gqa_attention() else None
+        self.step_mask = model.dtype if self.step_attention else self.float_mask
         self.prompt_len, self.max_new = prompt_len, max_new
         self.temperature, self.top_p, self.greedy = temperature, top_p, greedy
         length = prompt_len + max_new
@@ -155,8 +206,8 @@ class Decoder:
         self.restart: tuple | None = None
 
     # -- one forward
-    def _forward(self, input_ids, allowed, position_ids, **extra):
-        mask = allowed if self.float_mask is None else torch.where(allowed, self.zero, self.neg)
+    def _forward(self, input_ids, allowed, position_ids, float_mask=None, **extra):
+        mask = allowed if float_mask is None else torch.where(allowed, self.zero, self.neg)
         return self._model()(input_ids=input_ids, attention_mask=mask, position_ids=position_ids,
                              use_cache=True, **{self.cache_arg: self.cache}, **extra)
 
@@ -172,7 +223,8 @@ class Decoder:
 
     def _decode_step(self) -> None:
         allowed = (self.valid & (self.kv_index <= self.col))[:, None, None, :]
-        out = self._forward(self.token[:, None], allowed, self.position[:, None])
+        with attention_implementation(self._model(), self.step_attention):
+            out = self._forward(self.token[:, None], allowed, self.position[:, None], self.step_mask)
         self._record(*sample(out.logits[:, -1], self.temperature, self.top_p, self.greedy))
         self.col.add_(1)
         self.position.add_(1)
@@ -198,7 +250,7 @@ class Decoder:
         # softmax is empty (its output only reaches padding columns, which nothing reads)
         allowed = (self.valid[:, None, None, :] & (self.kv_index <= query)) | (self.kv_index == query)
         self.col.zero_()
-        out = self._forward(prompt_ids, allowed, positions, logits_to_keep=1)
+        out = self._forward(prompt_ids, allowed, positions, self.float_mask, logits_to_keep=1)
         token, logp = sample(out.logits[:, -1], self.temperature, self.top_p, self.greedy)
         self.restart = (token, logp, positions[:, -1] + 1)
         self._restore()
@@ -277,16 +329,20 @@ def _round_up(n: int, multiple: int) -> int:
 def decode(model, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, max_new_tokens: int, temperature: float,
            top_p: float, greedy: bool, eos_ids, pad_id: int, batch_bucket: int | None = None,
            prompt_bucket: int | None = None, check_every: int | None = None,
-           cuda_graphs: bool | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+           cuda_graphs: bool | None = None, attention: str = "gqa") -> tuple[torch.Tensor, torch.Tensor]:
     """Complete left-padded prompts (B, Lp): completion ids (B, Lc), pad after EOS, and their log-probs.
 
     Lc is the longest completion (≤ max_new_tokens), as ``model.generate`` returns. Log-probs
     are 0 after EOS. Defaults by device: CUDA rounds shapes up to buckets, looks at the
     finished rows every CHECK_EVERY steps and replays a CUDA graph (MINIGRPO_CUDA_GRAPHS=0
     turns graphs off); elsewhere shapes stay exact and finished rows are looked at every step.
+    ``attention``: "gqa" runs the decode steps' attention with ``gqa_decode_attention``,
+    "model" with the model's own implementation (the prefill always uses the model's).
     """
     from .rollout import completion_mask_from_ids
 
+    if attention not in ("gqa", "model"):
+        raise ValueError(f"attention must be 'gqa' or 'model', got {attention!r}")
     on_cuda = prompt_ids.device.type == "cuda"
     if cuda_graphs is None:
         cuda_graphs = on_cuda and os.environ.get("MINIGRPO_CUDA_GRAPHS", "1") != "0"
@@ -304,8 +360,9 @@ def decode(model, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, max_new_t
     was_training = model.training
     model.eval()
     build = lambda: Decoder(model, rows, cols, max_new_tokens, temperature, top_p, greedy, eos_ids, pad_id,  # noqa: E731
-                            use_graph=cuda_graphs)
-    key = (rows, cols, max_new_tokens, float(temperature), float(top_p), bool(greedy), tuple(sorted(eos_ids)), pad_id)
+                            use_graph=cuda_graphs, attention=attention)
+    key = (rows, cols, max_new_tokens, float(temperature), float(top_p), bool(greedy), tuple(sorted(eos_ids)), pad_id,
+           attention)
     decoder = _decoder(model, key, build) if cuda_graphs else build()
     try:
         tokens, logps, made = decoder.run(ids, mask, check_every)

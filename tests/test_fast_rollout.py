@@ -205,6 +205,94 @@ def test_all_rows_finished_stops_early(tiny):
     assert tokens.shape == (len(PROMPTS), 1) and torch.equal(tokens[:, 0], first)
 
 
+# ----------------------------------------------------------------------------- (e) grouped-query attention
+def _attention_inputs(batch, heads, kv_heads, length, dim, seed):
+    g = torch.Generator().manual_seed(seed)
+    q = torch.randn(batch, heads, 1, dim, generator=g)
+    k, v = (torch.randn(batch, kv_heads, length, dim, generator=g) for _ in range(2))
+    allowed = torch.rand(batch, 1, 1, length, generator=g) < 0.6
+    allowed[..., -1] = True  # every row attends somewhere
+    mask = torch.where(allowed, 0.0, torch.finfo(torch.float32).min)
+    return q, k, v, allowed, mask
+
+
+@pytest.mark.parametrize("heads,kv_heads", [(6, 2), (4, 4), (8, 1)])
+def test_gqa_attention_equals_the_eager_formula(heads, kv_heads):
+    """Against transformers' eager_attention_forward (repeat_kv) and a float64 loop over heads."""
+    from types import SimpleNamespace
+
+    from transformers.models.llama.modeling_llama import eager_attention_forward
+
+    q, k, v, allowed, mask = _attention_inputs(3, heads, kv_heads, 11, 8, seed=heads)
+    ours, _ = fast.gqa_decode_attention(None, q, k, v, mask, scaling=0.3)
+    module = SimpleNamespace(num_key_value_groups=heads // kv_heads, training=False)
+    theirs, _ = eager_attention_forward(module, q, k, v, mask, scaling=0.3)
+    assert ours.shape == theirs.shape == (3, 1, heads, 8)
+    torch.testing.assert_close(ours, theirs, rtol=1e-6, atol=1e-6)
+    group = heads // kv_heads
+    for b in range(3):
+        for h in range(heads):
+            kv = h // group
+            scores = (k[b, kv].double() @ q[b, h, 0].double()) * 0.3
+            scores[~allowed[b, 0, 0]] = -math.inf
+            expected = torch.softmax(scores, 0) @ v[b, kv].double()
+            torch.testing.assert_close(ours[b, 0, h].double(), expected, rtol=1e-5, atol=1e-6)
+
+
+def test_gqa_attention_refuses_more_than_one_query():
+    q, k, v, _, mask = _attention_inputs(2, 4, 2, 5, 8, seed=0)
+    with pytest.raises(ValueError, match="one query token"):
+        fast.gqa_decode_attention(None, q.expand(-1, -1, 3, -1), k, v, mask, scaling=1.0)
+    with pytest.raises(ValueError, match="attention must be"):
+        fast.decode(None, torch.ones(1, 2, dtype=torch.long), torch.ones(1, 2), 4, 1.0, 1.0, True, {0}, 0,
+                    attention="flash")
+
+
+@pytest.fixture(scope="module", params=["llama", "qwen3"])
+def gqa_model(request, tiny):
+    """A random 2-layer model with 4 query heads sharing 2 KV heads, over the tiny tokenizer."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    _, tok = tiny
+    extra = {"head_dim": 16} if request.param == "qwen3" else {}
+    config = AutoConfig.for_model(request.param, vocab_size=len(tok), hidden_size=64, intermediate_size=96,
+                                  num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                                  max_position_embeddings=256, pad_token_id=tok.pad_token_id,
+                                  eos_token_id=tok.eos_token_id, **extra)
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_config(config, attn_implementation="sdpa").eval()
+    return model, tok
+
+
+def test_gqa_decode_equals_the_models_own_attention(gqa_model):
+    model, tok = gqa_model
+    ids, mask = _prompt_batch(tok)
+    eos, pad = eos_token_ids(model, tok), tok.pad_token_id
+    ours = fast.decode(model, ids, mask, 12, 1.0, 1.0, True, eos, pad, attention="gqa")
+    stock = fast.decode(model, ids, mask, 12, 1.0, 1.0, True, eos, pad, attention="model")
+    assert torch.equal(ours[0], stock[0])
+    torch.testing.assert_close(ours[1], stock[1], rtol=0, atol=1e-5)
+    assert model.config._attn_implementation == "sdpa"  # switched for the decode steps only
+
+
+def test_gqa_sampled_logprobs_equal_a_plain_forward_pass(gqa_model):
+    model, tok = gqa_model
+    torch.manual_seed(2)
+    rollout = generate(model, tok, PROMPTS, 2, 12, 0.7, backend="fast")
+    logits, _ = forward_completion(model, rollout, 0.7)
+    plain = logprobs_from_logits(logits, rollout.completion_ids) * rollout.completion_mask
+    torch.testing.assert_close(rollout.sampling_logprobs, plain, rtol=0, atol=2e-5)
+
+
+def test_attention_switch_is_undone_on_error(gqa_model):
+    model, _ = gqa_model
+    with pytest.raises(RuntimeError, match="boom"):
+        with fast.attention_implementation(model, fast.GQA_ATTENTION):
+            assert model.config._attn_implementation == fast.GQA_ATTENTION
+            raise RuntimeError("boom")
+    assert model.config._attn_implementation == "sdpa"
+
+
 # ----------------------------------------------------------------------------- the captured-step logic on CPU
 def test_replayed_step_with_reused_buffers_equals_eager(tiny, monkeypatch):
     """The CUDA path's bookkeeping, with a stand-in for the graph: warm-up steps really run
@@ -337,3 +425,24 @@ def test_gpu_step_bench_runs_at_cpu_size(tmp_path):
     trl = report["trl_grpo"]
     assert "skipped" in trl or (len(trl["steps_s"]) == 3 and trl["median_s"] > 0)
     assert "TRL / ours" in proc.stdout or "skipped" in trl
+
+
+def test_gpu_decode_bench_runs_at_cpu_size(tmp_path):
+    """bench/gpu_decode.py end to end at its CPU size: both attentions, full-length rows, JSON written."""
+    import json
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "OUT": str(tmp_path), "PYTHONPATH": str(root)}
+    proc = subprocess.run([sys.executable, str(root / "bench" / "gpu_decode.py"), "--tiny", "--repeats", "2"],
+                          capture_output=True, text=True, env=env, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    tiny = json.loads((tmp_path / "gpu_decode.json").read_text())["archs"]["tiny"]
+    for attention in ("model", "gqa"):
+        assert len(tiny[attention]["times_s"]) == 2 and tiny[attention]["tokens_per_s"] > 0
+        assert tiny[attention]["decode"]["mode"] == "eager"
+    assert tiny["gqa_eager"]["ms_per_step"] > 0
+    assert "gqa eager" in proc.stdout

@@ -1,0 +1,193 @@
+"""The fast decode loop alone: tokens/s at batch 48, which attention, graphs or not, kernels per step.
+
+    python bench/gpu_decode.py                                   # CUDA: SmolLM-135M architecture
+    python bench/gpu_decode.py --arch smollm-135m qwen3-0.6b     # both, one JSON
+    python bench/gpu_decode.py --tiny                            # CPU smoke size (the default without CUDA)
+
+Random-weight model of the architecture (bf16 on CUDA), 48 left-padded prompts of 22-41
+tokens, 300 new tokens at temperature 0.7 with an EOS id outside the vocabulary, so every
+row runs to the full length. For each attention of the decode steps (``model``: the
+model's own sdpa, which copies the KV cache per query head with repeat_kv; ``gqa``:
+minigrpo.decode.gqa_decode_attention) the first call (it captures the CUDA graph) is
+reported apart from the median of ``--repeats`` more. An eager run (no graph) gives the
+launch-bound cost per step, and a profile of eager steps counts the kernels each decode
+step launches and the GPU time they take (no launch gaps: what a perfect graph replay would
+cost). The floor per step reads the bf16 weights and the average KV cache once, at the copy
+bandwidth measured in the run. Prints a table, writes JSON ($OUT/gpu_decode.json when OUT is set).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import torch  # noqa: E402
+
+from gpu_step import ARCHS, measure_ceilings  # noqa: E402
+from minigrpo import decode as fast  # noqa: E402
+
+
+def build(arch: str, device: str):
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    kind, shape = ARCHS[arch]
+    config = AutoConfig.for_model(kind, **shape, pad_token_id=0, eos_token_id=shape["vocab_size"], bos_token_id=None)
+    dtype = torch.bfloat16 if device == "cuda" else torch.float32
+    torch.manual_seed(0)
+    with torch.device(device):
+        model = AutoModelForCausalLM.from_config(config, attn_implementation="sdpa", dtype=dtype)
+    return model.eval(), shape
+
+
+def prompt_batch(rows: int, lengths: tuple[int, int], vocab: int, device: str):
+    g = torch.Generator().manual_seed(1)
+    sizes = torch.linspace(lengths[0], lengths[1], rows).round().long().tolist()
+    width = max(sizes)
+    ids = torch.zeros(rows, width, dtype=torch.long)
+    mask = torch.zeros(rows, width, dtype=torch.long)
+    for r, n in enumerate(sizes):
+        ids[r, width - n:] = torch.randint(1, vocab, (n,), generator=g)
+        mask[r, width - n:] = 1
+    return ids.to(device), mask.to(device)
+
+
+def timed(fn) -> float:
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    fn()
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+    return time.perf_counter() - t0
+
+
+def kernels_per_step(run, short: int, long: int) -> dict:
+    """GPU activities (kernels, copies) and their GPU time per decode step: eager runs of ``long`` and ``short``
+    tokens, differenced."""
+    from torch.profiler import ProfilerActivity, profile
+
+    counts = {}
+    for n in (short, long):
+        with profile(activities=[ProfilerActivity.CUDA]) as prof:
+            run(n)
+            torch.cuda.synchronize()
+        kernels = [e for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA]
+        busy_us = sum(e.device_time_total for e in kernels)  # a device event's own duration
+        counts[n] = (len(kernels), busy_us)
+    steps = long - short
+    return {"kernels": (counts[long][0] - counts[short][0]) / steps,
+            "gpu_busy_ms": (counts[long][1] - counts[short][1]) / steps / 1e3}
+
+
+def bench_arch(arch: str, args, device: str, ceilings: dict) -> dict:
+    model, shape = build(arch, device)
+    vocab = shape["vocab_size"]
+    ids, mask = prompt_batch(args.rows, args.prompt_lengths, vocab, device)
+    eos, pad = {vocab}, 0
+    params = sum(p.numel() for p in model.parameters())
+    result = {"params": params, "rows": args.rows, "new_tokens": args.new_tokens}
+
+    def run(new_tokens, attention="gqa", graphs=None):
+        return fast.decode(model, ids, mask, new_tokens, 0.7, 1.0, False, eos, pad, cuda_graphs=graphs,
+                           attention=attention)
+
+    tokens = args.rows * args.new_tokens
+    for attention in ("model", "gqa"):
+        fast.STATS.update(mode=None, captures=0, capture_seconds=0.0, fallback=None)
+        first = timed(lambda: run(args.new_tokens, attention))
+        out = run(args.new_tokens, attention)
+        assert out[0].shape == (args.rows, args.new_tokens), out[0].shape  # EOS is never sampled
+        times = [timed(lambda: run(args.new_tokens, attention)) for _ in range(args.repeats)]
+        median = statistics.median(times)
+        result[attention] = {"first_s": first, "times_s": times, "median_s": median, "tokens_per_s": tokens / median,
+                             "ms_per_step": 1e3 * median / args.new_tokens, "decode": dict(fast.STATS)}
+        print(f"  {arch} {attention}: {median:.3f} s, {tokens / median:,.0f} tok/s ({fast.STATS['mode']})", flush=True)
+
+    eager = [timed(lambda: run(args.eager_tokens, "gqa", graphs=False)) for _ in range(2)]
+    result["gqa_eager"] = {"new_tokens": args.eager_tokens, "ms_per_step": 1e3 * min(eager) / args.eager_tokens}
+    if device == "cuda":
+        for attention in ("model", "gqa"):
+            try:
+                result[attention]["profile"] = kernels_per_step(
+                    lambda n, a=attention: run(n, a, graphs=False), 2, 2 + args.profile_steps)
+            except Exception as exc:  # noqa: BLE001 - the profile is extra information, not the measurement
+                result[attention]["profile"] = {"error": f"{type(exc).__name__}: {exc}"}
+    kv_per_token = 2 * shape["num_hidden_layers"] * shape["num_key_value_heads"] * \
+        shape.get("head_dim", shape["hidden_size"] // shape["num_attention_heads"])
+    context = sum(args.prompt_lengths) / 2 + args.new_tokens / 2
+    step_bytes = 2 * params + args.rows * context * kv_per_token * 2
+    if ceilings.get("bytes_per_s"):
+        result["floor_ms_per_step"] = 1e3 * step_bytes / ceilings["bytes_per_s"]
+    del model
+    if device == "cuda":
+        torch.cuda.empty_cache()
+    return result
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--arch", nargs="+", default=None, choices=[a for a in ARCHS if a != "tiny"])
+    parser.add_argument("--tiny", action="store_true", help="CPU smoke size (the default when CUDA is missing)")
+    parser.add_argument("--rows", type=int)
+    parser.add_argument("--new-tokens", type=int)
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--eager-tokens", type=int, help="tokens of the eager (no graph) run")
+    parser.add_argument("--profile-steps", type=int, default=8)
+    args = parser.parse_args()
+
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    tiny = args.tiny or device == "cpu"
+    archs = ["tiny"] if tiny else (args.arch or ["smollm-135m"])
+    for key, value in (dict(rows=4, new_tokens=16, eager_tokens=8) if tiny else
+                       dict(rows=48, new_tokens=300, eager_tokens=64)).items():
+        if getattr(args, key) is None:
+            setattr(args, key, value)
+    args.prompt_lengths = (6, 12) if tiny else (22, 41)
+    if device == "cpu":
+        torch.set_num_threads(1)
+
+    import transformers
+
+    report = {"date": time.strftime("%Y-%m-%d"), "torch": torch.__version__, "transformers": transformers.__version__,
+              "device": torch.cuda.get_device_name() if device == "cuda" else "CPU"}
+    report["ceilings"] = measure_ceilings()
+    report["archs"] = {arch: bench_arch(arch, args, device, report["ceilings"]) for arch in archs}
+
+    print(f"\n{report['device']}, torch {report['torch']}, transformers {report['transformers']}")
+    c = report["ceilings"]
+    if c["bytes_per_s"]:
+        print(f"measured: copy {c['bytes_per_s'] / 1e12:.2f} TB/s, bf16 matmul {c['flop_per_s'] / 1e12:.0f} TFLOP/s")
+    print(f"{'arch':<13}{'attention':<11}{'first s':>9}{'s':>8}{'tok/s':>9}{'ms/step':>9}"
+          f"{'kernels':>9}{'GPU ms':>8}{'floor ms':>9}")
+    for arch, r in report["archs"].items():
+        for attention in ("model", "gqa"):
+            x = r[attention]
+            prof = x.get("profile", {})
+            kern = f"{prof['kernels']:.0f}" if "kernels" in prof else "-"
+            busy = f"{prof['gpu_busy_ms']:.2f}" if "gpu_busy_ms" in prof else "-"
+            floor = f"{r['floor_ms_per_step']:.3f}" if "floor_ms_per_step" in r else "-"
+            print(f"{arch:<13}{attention:<11}{x['first_s']:>9.2f}{x['median_s']:>8.3f}{x['tokens_per_s']:>9,.0f}"
+                  f"{x['ms_per_step']:>9.2f}{kern:>9}{busy:>8}{floor:>9}")
+        print(f"{arch:<13}{'gqa eager':<11}{'':>9}{'':>8}{'':>9}{r['gqa_eager']['ms_per_step']:>9.2f}"
+              f"   (no graph, {r['gqa_eager']['new_tokens']} tokens)")
+        mode = r["gqa"]["decode"]
+        if mode.get("fallback"):
+            print(f"  graph capture fell back to eager: {mode['fallback']}")
+    out_dir = os.environ.get("OUT")
+    path = Path(out_dir) / "gpu_decode.json" if out_dir else Path("gpu_decode.json")
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(report, indent=2))
+    tmp.replace(path)
+    print(f"wrote {path}")
+
+
+if __name__ == "__main__":
+    main()
