@@ -8,8 +8,9 @@ Random-weight model of the architecture (bf16 on CUDA), 48 left-padded prompts o
 tokens, 300 new tokens at temperature 0.7 with an EOS id outside the vocabulary, so every
 row runs to the full length. For each attention of the decode steps (``model``: the
 model's own sdpa, which copies the KV cache per query head with repeat_kv; ``gqa``:
-minigrpo.decode.gqa_decode_attention) the first call (it captures the CUDA graph) is
-reported apart from the median of ``--repeats`` more. An eager run (no graph) gives the
+minigrpo.decode.gqa_decode_attention; with ``--compile`` also ``compiled``: gqa through
+torch.compile) the first call (it captures the CUDA graph, and compiles) is reported apart
+from the median of ``--repeats`` more. An eager run (no graph) gives the
 launch-bound cost per step, and a profile of eager steps counts the kernels each decode
 step launches and the GPU time they take (no launch gaps: what a perfect graph replay would
 cost). The floor per step reads the bf16 weights and the average KV cache once, at the copy
@@ -33,6 +34,9 @@ import torch  # noqa: E402
 
 from gpu_step import ARCHS, measure_ceilings  # noqa: E402
 from minigrpo import decode as fast  # noqa: E402
+
+# the decode steps' attention: the model's own (sdpa + repeat_kv), ours (gqa), ours through torch.compile
+VARIANTS = ("model", "gqa", "compiled")
 
 
 def build(arch: str, device: str):
@@ -95,31 +99,35 @@ def bench_arch(arch: str, args, device: str, ceilings: dict) -> dict:
     params = sum(p.numel() for p in model.parameters())
     result = {"params": params, "rows": args.rows, "new_tokens": args.new_tokens}
 
-    def run(new_tokens, attention="gqa", graphs=None):
+    def run(new_tokens, attention="gqa", graphs=None, compile=False):
         return fast.decode(model, ids, mask, new_tokens, 0.7, 1.0, False, eos, pad, cuda_graphs=graphs,
-                           attention=attention)
+                           attention=attention, compile=compile)
 
     tokens = args.rows * args.new_tokens
-    for attention in ("model", "gqa"):
-        fast.STATS.update(mode=None, captures=0, capture_seconds=0.0, fallback=None)
-        first = timed(lambda: run(args.new_tokens, attention))
-        out = run(args.new_tokens, attention)
+    for variant in VARIANTS if args.compile else VARIANTS[:2]:
+        attention, compile = ("gqa", True) if variant == "compiled" else (variant, False)
+        fast.STATS.update(mode=None, compiled=False, captures=0, capture_seconds=0.0, fallback=None)
+        first = timed(lambda: run(args.new_tokens, attention, compile=compile))
+        out = run(args.new_tokens, attention, compile=compile)
         assert out[0].shape == (args.rows, args.new_tokens), out[0].shape  # EOS is never sampled
-        times = [timed(lambda: run(args.new_tokens, attention)) for _ in range(args.repeats)]
+        times = [timed(lambda: run(args.new_tokens, attention, compile=compile)) for _ in range(args.repeats)]
         median = statistics.median(times)
-        result[attention] = {"first_s": first, "times_s": times, "median_s": median, "tokens_per_s": tokens / median,
-                             "ms_per_step": 1e3 * median / args.new_tokens, "decode": dict(fast.STATS)}
-        print(f"  {arch} {attention}: {median:.3f} s, {tokens / median:,.0f} tok/s ({fast.STATS['mode']})", flush=True)
+        result[variant] = {"first_s": first, "times_s": times, "median_s": median, "tokens_per_s": tokens / median,
+                           "ms_per_step": 1e3 * median / args.new_tokens, "decode": dict(fast.STATS)}
+        print(f"  {arch} {variant}: {median:.3f} s, {tokens / median:,.0f} tok/s ({fast.STATS['mode']}), "
+              f"first call {first:.1f} s", flush=True)
 
     eager = [timed(lambda: run(args.eager_tokens, "gqa", graphs=False)) for _ in range(2)]
     result["gqa_eager"] = {"new_tokens": args.eager_tokens, "ms_per_step": 1e3 * min(eager) / args.eager_tokens}
     if device == "cuda":
-        for attention in ("model", "gqa"):
+        for variant in (v for v in VARIANTS if v in result):
+            compile = variant == "compiled"
+            attention = "gqa" if compile else variant
             try:
-                result[attention]["profile"] = kernels_per_step(
-                    lambda n, a=attention: run(n, a, graphs=False), 2, 2 + args.profile_steps)
+                result[variant]["profile"] = kernels_per_step(
+                    lambda n: run(n, attention, graphs=False, compile=compile), 2, 2 + args.profile_steps)
             except Exception as exc:  # noqa: BLE001 - the profile is extra information, not the measurement
-                result[attention]["profile"] = {"error": f"{type(exc).__name__}: {exc}"}
+                result[variant]["profile"] = {"error": f"{type(exc).__name__}: {exc}"}
     kv_per_token = 2 * shape["num_hidden_layers"] * shape["num_key_value_heads"] * \
         shape.get("head_dim", shape["hidden_size"] // shape["num_attention_heads"])
     context = sum(args.prompt_lengths) / 2 + args.new_tokens / 2
@@ -141,6 +149,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--eager-tokens", type=int, help="tokens of the eager (no graph) run")
     parser.add_argument("--profile-steps", type=int, default=8)
+    parser.add_argument("--compile", action="store_true", help="also time the torch.compile'd step (first call compiles)")
     args = parser.parse_args()
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -165,16 +174,16 @@ def main() -> None:
     c = report["ceilings"]
     if c["bytes_per_s"]:
         print(f"measured: copy {c['bytes_per_s'] / 1e12:.2f} TB/s, bf16 matmul {c['flop_per_s'] / 1e12:.0f} TFLOP/s")
-    print(f"{'arch':<13}{'attention':<11}{'first s':>9}{'s':>8}{'tok/s':>9}{'ms/step':>9}"
+    print(f"{'arch':<13}{'variant':<11}{'first s':>9}{'s':>8}{'tok/s':>9}{'ms/step':>9}"
           f"{'kernels':>9}{'GPU ms':>8}{'floor ms':>9}")
     for arch, r in report["archs"].items():
-        for attention in ("model", "gqa"):
-            x = r[attention]
+        for variant in (v for v in VARIANTS if v in r):
+            x = r[variant]
             prof = x.get("profile", {})
             kern = f"{prof['kernels']:.0f}" if "kernels" in prof else "-"
             busy = f"{prof['gpu_busy_ms']:.2f}" if "gpu_busy_ms" in prof else "-"
             floor = f"{r['floor_ms_per_step']:.3f}" if "floor_ms_per_step" in r else "-"
-            print(f"{arch:<13}{attention:<11}{x['first_s']:>9.2f}{x['median_s']:>8.3f}{x['tokens_per_s']:>9,.0f}"
+            print(f"{arch:<13}{variant:<11}{x['first_s']:>9.2f}{x['median_s']:>8.3f}{x['tokens_per_s']:>9,.0f}"
                   f"{x['ms_per_step']:>9.2f}{kern:>9}{busy:>8}{floor:>9}")
         print(f"{arch:<13}{'gqa eager':<11}{'':>9}{'':>8}{'':>9}{r['gqa_eager']['ms_per_step']:>9.2f}"
               f"   (no graph, {r['gqa_eager']['new_tokens']} tokens)")

@@ -162,7 +162,7 @@ def _context(folder: Path) -> int:
     return json.loads((folder / "config.json").read_text())["max_position_embeddings"]
 
 
-def run_ours(folder: Path, args, algo: str, trace: bool, out: Path) -> dict:
+def run_ours(folder: Path, args, algo: str, trace: bool, out: Path, compile_decode: bool = False) -> dict:
     from minigrpo import decode, experience
     from minigrpo.config import build_config
     from minigrpo.grpo import GRPOTrainer
@@ -175,6 +175,7 @@ def run_ours(folder: Path, args, algo: str, trace: bool, out: Path) -> dict:
         per_device_train_batch_size=args.micro_batch, gradient_accumulation_steps=rows // args.micro_batch,
         num_iterations=1, max_completion_length=args.new_tokens, temperature=0.7, top_p=1.0, beta=0.04,
         learning_rate=1e-6, generation_batch_size=rows, rollout_backend=args.backend, trace=trace,
+        compile_decode=compile_decode,
         max_steps=args.warmup + args.steps, save_steps=10**6, eval_n=1, logging_steps=1,
         max_prompt_length=min(512, _context(folder) - args.new_tokens)))
     gen_seconds: list[float] = []
@@ -189,7 +190,7 @@ def run_ours(folder: Path, args, algo: str, trace: bool, out: Path) -> dict:
         return result
 
     experience.generate = timed_generate
-    decode.STATS.update(mode=None, captures=0, capture_seconds=0.0, fallback=None)
+    decode.STATS.update(mode=None, compiled=False, captures=0, capture_seconds=0.0, fallback=None)
     stamps: list[float] = []
 
     def log(line: str) -> None:  # "eval before", then one line per step, each after the trace is written
@@ -331,6 +332,8 @@ def main() -> None:
     parser.add_argument("--skip-trl", action="store_true")
     parser.add_argument("--skip-ppo", action="store_true")
     parser.add_argument("--skip-trace-off", action="store_true")
+    parser.add_argument("--compile-decode", action="store_true",
+                        help="also run ours with compile_decode (torch.compile of the decode step; fast backend)")
     parser.add_argument("--json", default="gpu_step.json", help="output file when $OUT is not set")
     parser.add_argument("--threads", type=int, default=1,
                         help="CPU threads (default 1: on a shared machine more threads only add contention)")
@@ -372,6 +375,8 @@ def main() -> None:
               f"{args.prompts} prompts × G={args.num_generations}, {args.new_tokens} new tokens", flush=True)
         report["ours_grpo"] = run_ours(tmp / "model", args, "grpo", True, tmp / "ours")
         print("ours (trace on) done", flush=True)
+        if args.compile_decode:
+            report["ours_grpo_compiled"] = run_ours(tmp / "model", args, "grpo", True, tmp / "ours-compiled", True)
         if not args.skip_trace_off:
             report["ours_grpo_trace_off"] = run_ours(tmp / "model", args, "grpo", False, tmp / "ours-off")
         if not args.skip_ppo:
@@ -401,7 +406,8 @@ def print_table(r: dict) -> None:
     mem = lambda x: "-" if not x or x.get("peak_mb") is None else f"{x['peak_mb']:.0f}"  # noqa: E731
     print()
     print(f"{'run':<24}{'s/step':>9}{'first':>9}{'gen s':>8}{'gen tok/s':>11}{'peak MiB':>10}")
-    rows = [("ours GRPO (trace on)", ours), ("ours GRPO (trace off)", r.get("ours_grpo_trace_off")),
+    rows = [("ours GRPO (trace on)", ours), ("ours GRPO (compiled)", r.get("ours_grpo_compiled")),
+            ("ours GRPO (trace off)", r.get("ours_grpo_trace_off")),
             ("ours PPO (trace on)", r.get("ours_ppo")), ("TRL GRPOTrainer", trl)]
     for name, x in rows:
         if not x:
@@ -414,6 +420,8 @@ def print_table(r: dict) -> None:
               f"{(f'{gen:.3f}' if gen else '-'):>8}{(f'{tokens / gen:,.0f}' if gen else '-'):>11}{mem(x):>10}")
     if trl.get("median_s"):
         print(f"TRL / ours: {trl['median_s'] / ours['median_s']:.2f}x")
+        if r.get("ours_grpo_compiled"):
+            print(f"TRL / ours (compiled decode): {trl['median_s'] / r['ours_grpo_compiled']['median_s']:.2f}x")
     if r.get("ours_grpo_trace_off"):
         print(f"tracing overhead: {100 * (ours['median_s'] / r['ours_grpo_trace_off']['median_s'] - 1):+.1f}%")
     print(f"ours, per step: rollout {ours.get('rollout_time_median_s', float('nan')):.3f} s "
@@ -426,10 +434,12 @@ def print_table(r: dict) -> None:
     print(f"floor: {f['total_s']:.3g} s/step (decode bytes {f['decode_s']:.3g} s + matmuls {f['matmul_s']:.3g} s at "
           f"{f['bytes_per_s'] / 1e12:.2f} TB/s, {f['flop_per_s'] / 1e12:.0f} TFLOP/s measured); "
           f"ours is {ours['median_s'] / f['total_s']:.0f}x the floor")
-    if ours.get("decode"):
-        d = ours["decode"]
-        print(f"decode: {d['mode']}, {d['captures']} graph(s) captured in {d['capture_seconds']:.2f} s"
-              + (f", fell back: {d['fallback']}" if d.get("fallback") else ""))
+    for name, x in (("decode", ours), ("decode (compiled)", r.get("ours_grpo_compiled"))):
+        if x and x.get("decode"):
+            d = x["decode"]
+            print(f"{name}: {d['mode']}, {d['captures']} graph(s) captured in {d['capture_seconds']:.2f} s"
+                  + (" (compiling included)" if d.get("compiled") else "")
+                  + (f", fell back: {d['fallback']}" if d.get("fallback") else ""))
 
 
 if __name__ == "__main__":

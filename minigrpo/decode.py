@@ -42,9 +42,9 @@ from .losses import logprobs_from_logits
 BATCH_BUCKET, PROMPT_BUCKET, CHECK_EVERY = 8, 64, 32
 MAX_DECODERS_PER_MODEL = 4  # captured shapes kept per model (each holds its own KV cache)
 
-# what the last decode calls did (read by bench/gpu_step.py): "cuda-graph" or "eager",
-# graphs captured, seconds spent capturing, and why a capture fell back to eager if it did
-STATS: dict = {"mode": None, "captures": 0, "capture_seconds": 0.0, "fallback": None}
+# what the last decode calls did (read by bench/gpu_step.py): "cuda-graph" or "eager", compiled or not,
+# graphs captured, seconds spent capturing (compiling included), and why a capture fell back to eager if it did
+STATS: dict = {"mode": None, "compiled": False, "captures": 0, "capture_seconds": 0.0, "fallback": None}
 
 
 # ----------------------------------------------------------------------------- sampling
@@ -172,7 +172,7 @@ class Decoder:
     """
 
     def __init__(self, model, batch: int, prompt_len: int, max_new: int, temperature: float, top_p: float,
-                 greedy: bool, eos_ids, pad_id: int, use_graph: bool, attention: str = "gqa"):
+                 greedy: bool, eos_ids, pad_id: int, use_graph: bool, attention: str = "gqa", compile: bool = False):
         attn = getattr(model.config, "_attn_implementation", "sdpa") or "sdpa"
         if attn not in ("sdpa", "eager"):
             raise ValueError(f"rollout_backend 'fast' needs attn_implementation sdpa or eager, the model uses {attn!r}; "
@@ -203,6 +203,10 @@ class Decoder:
                                for v in (0.0, torch.finfo(model.dtype).min))
         self.use_graph = use_graph and max_new > 3  # capture warms up on two steps
         self.replay = None  # the captured decode step
+        # torch.compile fuses the step's small kernels; aten's own random kernels keep the draws those of eager
+        self.compiled = compile
+        self.step_fn = torch.compile(self._decode_step, dynamic=False, options={"fallback_random": True}) \
+            if compile else self._decode_step
         self.restart: tuple | None = None
 
     # -- one forward
@@ -222,9 +226,9 @@ class Decoder:
         self.step.add_(1)
 
     def _decode_step(self) -> None:
+        """One token per row; runs (is captured, is compiled) with ``step_attention`` switched on."""
         allowed = (self.valid & (self.kv_index <= self.col))[:, None, None, :]
-        with attention_implementation(self._model(), self.step_attention):
-            out = self._forward(self.token[:, None], allowed, self.position[:, None], self.step_mask)
+        out = self._forward(self.token[:, None], allowed, self.position[:, None], self.step_mask)
         self._record(*sample(out.logits[:, -1], self.temperature, self.top_p, self.greedy))
         self.col.add_(1)
         self.position.add_(1)
@@ -258,7 +262,7 @@ class Decoder:
     def _capture(self) -> None:
         started = time.perf_counter()
         try:
-            self.replay = capture_graph(self._decode_step)
+            self.replay = capture_graph(self.step_fn)
             STATS["captures"] += 1
         except Exception as exc:  # noqa: BLE001 - an uncapturable model still decodes, eagerly
             self.use_graph = False
@@ -270,16 +274,18 @@ class Decoder:
     def run(self, prompt_ids, prompt_mask, check_every: int) -> tuple[torch.Tensor, torch.Tensor, int]:
         """Tokens and log-probs (static buffers: copy them) and the number of columns made."""
         self.prefill(prompt_ids, prompt_mask)
-        if self.use_graph and self.replay is None:
-            self._capture()
-        STATS["mode"] = "cuda-graph" if self.replay is not None else "eager"
-        step = self.replay or self._decode_step
-        made = 1
-        while made < self.max_new:
-            if check_every and made % check_every == 0 and bool(self.finished.all()):
-                break
-            step()
-            made += 1
+        with attention_implementation(self._model(), self.step_attention):
+            if self.use_graph and self.replay is None:
+                self._capture()
+            STATS["mode"] = "cuda-graph" if self.replay is not None else "eager"
+            STATS["compiled"] = self.compiled
+            step = self.replay or self.step_fn
+            made = 1
+            while made < self.max_new:
+                if check_every and made % check_every == 0 and bool(self.finished.all()):
+                    break
+                step()
+                made += 1
         return self.tokens, self.logps, made
 
 
@@ -329,7 +335,8 @@ def _round_up(n: int, multiple: int) -> int:
 def decode(model, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, max_new_tokens: int, temperature: float,
            top_p: float, greedy: bool, eos_ids, pad_id: int, batch_bucket: int | None = None,
            prompt_bucket: int | None = None, check_every: int | None = None,
-           cuda_graphs: bool | None = None, attention: str = "gqa") -> tuple[torch.Tensor, torch.Tensor]:
+           cuda_graphs: bool | None = None, attention: str = "gqa",
+           compile: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """Complete left-padded prompts (B, Lp): completion ids (B, Lc), pad after EOS, and their log-probs.
 
     Lc is the longest completion (≤ max_new_tokens), as ``model.generate`` returns. Log-probs
@@ -338,6 +345,8 @@ def decode(model, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, max_new_t
     turns graphs off); elsewhere shapes stay exact and finished rows are looked at every step.
     ``attention``: "gqa" runs the decode steps' attention with ``gqa_decode_attention``,
     "model" with the model's own implementation (the prefill always uses the model's).
+    ``compile``: the decode step goes through ``torch.compile`` (once per shape and model;
+    on CUDA the compiled step is what the graph captures).
     """
     from .rollout import completion_mask_from_ids
 
@@ -360,10 +369,10 @@ def decode(model, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, max_new_t
     was_training = model.training
     model.eval()
     build = lambda: Decoder(model, rows, cols, max_new_tokens, temperature, top_p, greedy, eos_ids, pad_id,  # noqa: E731
-                            use_graph=cuda_graphs, attention=attention)
+                            use_graph=cuda_graphs, attention=attention, compile=compile)
     key = (rows, cols, max_new_tokens, float(temperature), float(top_p), bool(greedy), tuple(sorted(eos_ids)), pad_id,
-           attention)
-    decoder = _decoder(model, key, build) if cuda_graphs else build()
+           attention, compile, cuda_graphs)
+    decoder = _decoder(model, key, build) if cuda_graphs or compile else build()
     try:
         tokens, logps, made = decoder.run(ids, mask, check_every)
     finally:

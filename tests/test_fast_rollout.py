@@ -293,6 +293,29 @@ def test_attention_switch_is_undone_on_error(gqa_model):
     assert model.config._attn_implementation == "sdpa"
 
 
+# ----------------------------------------------------------------------------- (f) the compiled step
+def test_compiled_step_gives_the_same_tokens_and_logprobs(tiny):
+    """torch.compile of the decode step (inductor's CPU code here): greedy and sampled tokens as eager,
+    the same draws from the same seed (aten's random kernels), log-probs to float32 rounding."""
+    model, tok = tiny
+    ids, mask = _prompt_batch(tok)
+    eos, pad = eos_token_ids(model, tok), tok.pad_token_id
+    for greedy, temperature in ((True, 1.0), (False, 0.7)):
+        torch.manual_seed(5)
+        eager = fast.decode(model, ids, mask, 10, temperature, 1.0, greedy, eos, pad)
+        torch.manual_seed(5)
+        compiled = fast.decode(model, ids, mask, 10, temperature, 1.0, greedy, eos, pad, compile=True)
+        assert fast.STATS["compiled"] is True
+        assert torch.equal(eager[0], compiled[0])
+        torch.testing.assert_close(eager[1], compiled[1], rtol=0, atol=1e-5)
+
+
+def test_compile_decode_needs_the_fast_backend():
+    with pytest.raises(ConfigError, match="compile-decode.*rollout-backend fast"):
+        fast_config(compile_decode=True)
+    assert fast_config(compile_decode=True, rollout_backend="fast").compile_decode
+
+
 # ----------------------------------------------------------------------------- the captured-step logic on CPU
 def test_replayed_step_with_reused_buffers_equals_eager(tiny, monkeypatch):
     """The CUDA path's bookkeeping, with a stand-in for the graph: warm-up steps really run
@@ -400,6 +423,24 @@ def test_gpu_graph_replay_equals_eager_decode(cuda_model):
     assert torch.equal(eager[0], graph[0])
     again = fast.decode(model, ids, mask, 32, 1.0, 1.0, True, eos, pad, cuda_graphs=True)  # replayed buffers
     assert torch.equal(graph[0], again[0])
+
+
+@pytest.mark.gpu
+@needs_cuda
+def test_gpu_compiled_graph_equals_eager_decode(cuda_model):
+    model, tok = cuda_model
+    ids, mask = tokenize_prompts(tok, PROMPTS * 4, 160, "cuda")
+    eos, pad = eos_token_ids(model, tok), tok.pad_token_id
+    eager = fast.decode(model, ids, mask, 32, 1.0, 1.0, True, eos, pad, cuda_graphs=False)
+    compiled = fast.decode(model, ids, mask, 32, 1.0, 1.0, True, eos, pad, cuda_graphs=True, compile=True)
+    assert fast.STATS["mode"] == "cuda-graph" and fast.STATS["compiled"], fast.STATS["fallback"]
+    assert torch.equal(eager[0], compiled[0])
+    torch.manual_seed(0)
+    rollout = generate(model, tok, PROMPTS * 3, 4, 48, 0.7, backend="fast", compile_decode=True)
+    scored = score_logprobs(model, rollout, 0.7, batch_size=64)
+    on = rollout.completion_mask.bool()
+    diff = (rollout.sampling_logprobs - scored)[on].abs()
+    assert diff.mean() < 0.02 and (diff <= 0.05 + 0.05 * scored[on].abs()).float().mean() > 0.99
 
 
 # ----------------------------------------------------------------------------- the benchmark runs

@@ -1,0 +1,141 @@
+"""Where one of our GRPO steps spends its time: a torch.profiler table of one step after warm-up.
+
+    python bench/gpu_profile.py                  # CUDA: SmolLM-135M architecture, the gpu_step.py config
+    python bench/gpu_profile.py --tiny           # CPU smoke size (the default without CUDA)
+
+The bench task and model of bench/gpu_step.py. After ``--warmup`` steps, one step runs under
+the profiler with its parts labelled (generation, the π_old/π_ref scoring passes, the probes'
+passes, each micro-batch's loss, backward, gradient clipping, the optimizer step, the trace
+writes). Prints, last, per part, wall seconds (CPU side) and GPU seconds of the kernels it launched,
+after the operators with the most CPU time and the most GPU time; writes the tables to
+$OUT/gpu_profile.txt when OUT is set. A part whose CPU seconds exceed its GPU seconds is bound
+by launching work, not by the GPU.
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import torch  # noqa: E402
+from torch.profiler import ProfilerActivity, profile, record_function  # noqa: E402
+
+import gpu_step  # noqa: E402
+
+PARTS = []  # (label, owner, attribute) wrapped in record_function for the profiled step
+
+
+def label(owner, name: str, tag: str) -> None:
+    original = getattr(owner, name)
+
+    @functools.wraps(original)
+    def wrapped(*a, **k):
+        with record_function(tag):
+            return original(*a, **k)
+
+    setattr(owner, name, wrapped)
+    PARTS.append(tag)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--arch", default="smollm-135m", choices=[a for a in gpu_step.ARCHS if a != "tiny"])
+    parser.add_argument("--tiny", action="store_true")
+    parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--compile-decode", action="store_true")
+    parser.add_argument("--rows", type=int, default=15, help="operator rows per table")
+    args = parser.parse_args()
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    tiny = args.tiny or device == "cpu"
+    arch = "tiny" if tiny else args.arch
+    size = dict(prompts=4, num_generations=2, new_tokens=16, micro_batch=8) if tiny else \
+        dict(prompts=8, num_generations=6, new_tokens=300, micro_batch=16)
+    run = argparse.Namespace(**size, steps=1, warmup=args.warmup, backend="fast")
+    if device == "cpu":
+        torch.set_num_threads(1)
+    gpu_step.stub_reasoning_gym()
+    lengths = (6, 12) if tiny else (22, 41)
+    gpu_step.install_bench_task(gpu_step.make_prompts(run.prompts, lengths, gpu_step.ARCHS[arch][1]["vocab_size"]))
+
+    from minigrpo import experience, grpo, optim, probes, trainer
+    from minigrpo.trace import writer
+
+    label(experience, "generate", "generation")
+    label(experience, "score_logprobs", "logp old/ref passes")
+    label(probes.ProbeRecorder, "start", "probes: before")
+    label(probes.ProbeRecorder, "finish", "probes: after")
+    label(grpo.GRPOTrainer, "micro_loss", "micro-batch loss")
+    label(torch.Tensor, "backward", "backward")
+    label(torch.nn.utils, "clip_grad_norm_", "clip grad norm")
+    label(optim.MasterWeightAdamW, "step", "optimizer step")
+    label(writer.TraceWriter, "write_step", "trace: write step")
+    label(writer.TraceWriter, "write_rollout", "trace: write rollout")
+    label(trainer.RLTrainer, "_update", "update (all)")
+
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device == "cuda" else [])
+    prof = profile(activities=activities)
+    seen = {"lines": 0, "wall": 0.0}
+
+    def on_log(line: str) -> None:  # one call per step (after "eval before"): profile step warmup + 1
+        gpu_step.sync()
+        seen["lines"] += 1
+        if seen["lines"] == args.warmup + 1:
+            seen["wall"] = time.perf_counter()
+            prof.start()
+        elif seen["lines"] == args.warmup + 2:
+            prof.stop()
+            seen["wall"] = time.perf_counter() - seen["wall"]
+
+    from minigrpo.config import build_config
+    from minigrpo.grpo import GRPOTrainer
+
+    rows = run.prompts * run.num_generations
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        gpu_step.build_model_folder(arch, tmp / "model")
+        cfg = build_config(overrides=dict(
+            model=str(tmp / "model"), task="bench", algo="grpo", seed=0, num_generations=run.num_generations,
+            buffer_size=rows, per_device_train_batch_size=run.micro_batch,
+            gradient_accumulation_steps=rows // run.micro_batch, num_iterations=1,
+            max_completion_length=run.new_tokens, temperature=0.7, beta=0.04, learning_rate=1e-6,
+            generation_batch_size=rows, rollout_backend="fast", compile_decode=args.compile_decode, trace=True,
+            max_steps=args.warmup + 1, save_steps=10**6, eval_n=1, logging_steps=1,
+            max_prompt_length=min(512, gpu_step._context(tmp / "model") - run.new_tokens)))
+        GRPOTrainer(cfg, tmp / "run", log=on_log).train()
+
+    events = prof.key_averages()
+    gpu_attr = "self_device_time_total"
+    by_name = {e.key: e for e in events}
+    ops = [e for e in events if e.key not in PARTS]
+    lines = []
+    for title, key in (("most CPU time (self)", "self_cpu_time_total"), ("most GPU time", gpu_attr)):
+        lines += ["", f"operators with the {title}:", f"{'op':<56}{'calls':>7}{'self CPU ms':>13}{'self GPU ms':>13}"]
+        for e in sorted(ops, key=lambda e: getattr(e, key), reverse=True)[:args.rows]:
+            lines.append(f"{e.key[:55]:<56}{e.count:>7}{e.self_cpu_time_total / 1e3:>13.2f}{getattr(e, gpu_attr) / 1e3:>13.2f}")
+    lines += ["", f"{device}: {torch.cuda.get_device_name() if device == 'cuda' else 'CPU'}, arch {arch}, "
+              f"one GRPO step after {args.warmup} warm-up steps, compile_decode={args.compile_decode}",
+              f"{'part':<24}{'calls':>6}{'CPU s':>9}{'GPU s':>9}"]
+    for tag in PARTS:
+        e = by_name.get(tag)
+        if e is not None:
+            lines.append(f"{tag:<24}{e.count:>6}{e.cpu_time_total / 1e6:>9.3f}{e.device_time_total / 1e6:>9.3f}")
+    total_gpu = sum(getattr(e, gpu_attr) for e in ops)
+    lines.append(f"the profiled step: {seen['wall']:.3f} s wall (profiler on); GPU busy (sum of kernel time): "
+                 f"{total_gpu / 1e6:.3f} s")
+    text = "\n".join(lines)
+    print(text)
+    out = os.environ.get("OUT")
+    if out:
+        (Path(out) / "gpu_profile.txt").write_text(text + "\n")
+
+
+if __name__ == "__main__":
+    main()
