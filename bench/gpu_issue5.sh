@@ -26,7 +26,7 @@ export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 TQDM_DISABL
 mode=${1:-full}
 step_args=(--steps 4 --warmup 2)
 decode_args=(--arch smollm-135m qwen3-0.6b)
-[ "$mode" = compile ] && { step_args+=(--compile-decode --skip-ppo --skip-trace-off); decode_args=(--arch smollm-135m --compile); }
+[ "$mode" = compile ] && { step_args=(--steps 3 --warmup 1 --compile-decode --skip-ppo --skip-trace-off); decode_args=(--arch smollm-135m --compile); }
 left() { echo $((budget - SECONDS)); }
 cap() { local l; l=$(left); echo $(( $1 < l ? $1 : (l > 5 ? l : 5) )); }  # a part's timeout: at most $1, at most what is left
 
