@@ -79,6 +79,10 @@ RENDER_PKGS=(ffmpeg texlive-latex-base texlive-latex-extra texlive-fonts-recomme
 
 # toolchain / interpreter bits, only when the venv will be created or built
 EXTRA_BUILD=()
+# a C++ compiler: torch.compile's CPU code (inductor) in the compiled-decode tests
+if ! command -v g++ >/dev/null 2>&1 && ! command -v c++ >/dev/null 2>&1; then
+  EXTRA_BUILD+=(g++)
+fi
 if [ "$NEED_BUILD" = 1 ]; then
   if ! command -v cc >/dev/null 2>&1 && ! command -v gcc >/dev/null 2>&1; then
     EXTRA_BUILD+=(build-essential)
