@@ -160,6 +160,14 @@ class KVCache:
 
 
 # ----------------------------------------------------------------------------- the loop
+def shorter_sliding_window(config, length: int) -> int | None:
+    """The model's attention window if some layer uses one shorter than ``length`` tokens (our mask has none)."""
+    window = getattr(config, "sliding_window", None)
+    layer_types = getattr(config, "layer_types", None)  # per layer, where the config says (Qwen3)
+    windowed = "sliding_attention" in layer_types if layer_types else getattr(config, "use_sliding_window", True)
+    return window if window and windowed and window < length else None
+
+
 class Decoder:
     """Static buffers (and on CUDA the captured step) for one model, batch size and cache length.
 
@@ -177,6 +185,11 @@ class Decoder:
         if attn not in ("sdpa", "eager"):
             raise ValueError(f"rollout_backend 'fast' needs attn_implementation sdpa or eager, the model uses {attn!r}; "
                              f"load it with attn_implementation='sdpa' or use rollout_backend 'hf'")
+        window = shorter_sliding_window(model.config, prompt_len + max_new)
+        if window:
+            raise ValueError(f"rollout_backend 'fast' attends to the whole context, but this model uses a sliding "
+                             f"window of {window} tokens, shorter than prompt + completion ({prompt_len + max_new}); "
+                             f"use rollout_backend 'hf'")
         device = next(model.parameters()).device
         self._model = weakref.ref(model)
         self.cache_arg = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"

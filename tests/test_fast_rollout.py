@@ -284,6 +284,37 @@ def test_gqa_sampled_logprobs_equal_a_plain_forward_pass(gqa_model):
     torch.testing.assert_close(rollout.sampling_logprobs, plain, rtol=0, atol=2e-5)
 
 
+@pytest.mark.parametrize("config,expected", [
+    (dict(), None),  # Llama: no window
+    (dict(sliding_window=8), 8),  # Mistral-style: the window applies to every layer
+    (dict(sliding_window=4096), None),  # longer than the context
+    (dict(sliding_window=8, use_sliding_window=False), None),
+    (dict(sliding_window=8, layer_types=["full_attention"] * 2), None),  # Qwen3 default
+    (dict(sliding_window=8, layer_types=["full_attention", "sliding_attention"]), 8),
+])
+def test_which_sliding_windows_the_fast_backend_refuses(config, expected):
+    from types import SimpleNamespace
+
+    assert fast.shorter_sliding_window(SimpleNamespace(**config), 100) == expected
+
+
+def test_a_sliding_window_shorter_than_the_context_is_refused(gqa_model):
+    model, tok = gqa_model
+    ids, mask = _prompt_batch(tok)
+    eos, pad = eos_token_ids(model, tok), tok.pad_token_id
+    saved = getattr(model.config, "sliding_window", None), getattr(model.config, "layer_types", None)
+    model.config.sliding_window = 8
+    if saved[1]:  # Qwen3 says per layer which ones use the window
+        model.config.layer_types = ["sliding_attention"] * len(saved[1])
+    try:
+        with pytest.raises(ValueError, match="sliding window of 8 tokens.*rollout_backend 'hf'"):
+            fast.decode(model, ids, mask, 12, 1.0, 1.0, True, eos, pad)
+    finally:
+        model.config.sliding_window = saved[0]
+        if saved[1]:
+            model.config.layer_types = saved[1]
+
+
 def test_attention_switch_is_undone_on_error(gqa_model):
     model, _ = gqa_model
     with pytest.raises(RuntimeError, match="boom"):
