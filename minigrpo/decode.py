@@ -20,7 +20,10 @@ tensor, looked at every ``check_every`` steps. The KV cache is preallocated and 
 attention mask is built on the device from a column counter, so every decode step has
 the same shapes and addresses. On CUDA the step is captured once per shape (batch and
 prompt length rounded up to buckets) into a CUDA graph and replayed; elsewhere it runs
-eagerly. Capture takes about two forward passes, not a compilation.
+eagerly. Capture takes about two forward passes, not a compilation; ``compile=True``
+(config ``compile_decode``) also passes the step through torch.compile, which fuses its
+small kernels at the cost of compiling once per process and shape. The steps' attention
+is ``gqa_decode_attention``: each KV head serves its query heads without copying the cache.
 """
 
 from __future__ import annotations
