@@ -325,7 +325,8 @@ def main() -> None:
     parser.add_argument("--prompts", type=int)
     parser.add_argument("--num-generations", type=int)
     parser.add_argument("--new-tokens", type=int)
-    parser.add_argument("--micro-batch", type=int, help="completions per micro-batch (both trainers)")
+    parser.add_argument("--micro-batch", type=int,
+                        help="completions per micro-batch (both trainers; 0: all prompts × G in one)")
     parser.add_argument("--steps", type=int, help="timed steps per run")
     parser.add_argument("--warmup", type=int, help="steps run first and reported apart")
     parser.add_argument("--backend", default="fast", choices=["fast", "hf"], help="our rollout_backend")
@@ -350,6 +351,7 @@ def main() -> None:
         if getattr(args, key) is None:
             setattr(args, key, value)
     rows = args.prompts * args.num_generations
+    args.micro_batch = args.micro_batch or rows
     if rows % args.micro_batch:
         parser.error(f"--micro-batch {args.micro_batch} must divide prompts × G = {rows}")
     stubbed = stub_reasoning_gym()
