@@ -20,8 +20,6 @@ bandwidth measured in the run. Prints a table, writes JSON ($OUT/gpu_decode.json
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import statistics
 import sys
 import time
@@ -32,7 +30,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
 
-from gpu_step import ARCHS, measure_ceilings  # noqa: E402
+from gpu_step import (ARCHS, floor_estimate, kv_values_per_token, measure_ceilings, model_config,  # noqa: E402
+                      sync, write_report)
 from minigrpo import decode as fast  # noqa: E402
 
 # the decode steps' attention: the model's own (sdpa + repeat_kv), ours (gqa), ours through torch.compile
@@ -40,15 +39,13 @@ VARIANTS = ("model", "gqa", "compiled")
 
 
 def build(arch: str, device: str):
-    from transformers import AutoConfig, AutoModelForCausalLM
+    from transformers import AutoModelForCausalLM
 
-    kind, shape = ARCHS[arch]
-    config = AutoConfig.for_model(kind, **shape, pad_token_id=0, eos_token_id=shape["vocab_size"], bos_token_id=None)
     dtype = torch.bfloat16 if device == "cuda" else torch.float32
     torch.manual_seed(0)
     with torch.device(device):
-        model = AutoModelForCausalLM.from_config(config, attn_implementation="sdpa", dtype=dtype)
-    return model.eval(), shape
+        model = AutoModelForCausalLM.from_config(model_config(arch), attn_implementation="sdpa", dtype=dtype)
+    return model.eval()
 
 
 def prompt_batch(rows: int, lengths: tuple[int, int], vocab: int, device: str):
@@ -64,12 +61,10 @@ def prompt_batch(rows: int, lengths: tuple[int, int], vocab: int, device: str):
 
 
 def timed(fn) -> float:
-    if torch.cuda.is_available():
-        torch.cuda.synchronize()
+    sync()
     t0 = time.perf_counter()
     fn()
-    if torch.cuda.is_available():
-        torch.cuda.synchronize()
+    sync()
     return time.perf_counter() - t0
 
 
@@ -92,8 +87,8 @@ def kernels_per_step(run, short: int, long: int) -> dict:
 
 
 def bench_arch(arch: str, args, device: str, ceilings: dict) -> dict:
-    model, shape = build(arch, device)
-    vocab = shape["vocab_size"]
+    model = build(arch, device)
+    vocab = ARCHS[arch][1]["vocab_size"]
     ids, mask = prompt_batch(args.rows, args.prompt_lengths, vocab, device)
     eos, pad = {vocab}, 0
     params = sum(p.numel() for p in model.parameters())
@@ -106,7 +101,7 @@ def bench_arch(arch: str, args, device: str, ceilings: dict) -> dict:
     tokens = args.rows * args.new_tokens
     for variant in VARIANTS if args.compile else VARIANTS[:2]:
         attention, compile = ("gqa", True) if variant == "compiled" else (variant, False)
-        fast.STATS.update(mode=None, compiled=False, captures=0, capture_seconds=0.0, fallback=None)
+        fast.reset_stats()
         first = timed(lambda: run(args.new_tokens, attention, compile=compile))
         out = run(args.new_tokens, attention, compile=compile)
         assert out[0].shape == (args.rows, args.new_tokens), out[0].shape  # EOS is never sampled
@@ -128,12 +123,11 @@ def bench_arch(arch: str, args, device: str, ceilings: dict) -> dict:
                     lambda n: run(n, attention, graphs=False, compile=compile), 2, 2 + args.profile_steps)
             except Exception as exc:  # noqa: BLE001 - the profile is extra information, not the measurement
                 result[variant]["profile"] = {"error": f"{type(exc).__name__}: {exc}"}
-    kv_per_token = 2 * shape["num_hidden_layers"] * shape["num_key_value_heads"] * \
-        shape.get("head_dim", shape["hidden_size"] // shape["num_attention_heads"])
-    context = sum(args.prompt_lengths) / 2 + args.new_tokens / 2
-    step_bytes = 2 * params + args.rows * context * kv_per_token * 2
-    if ceilings.get("bytes_per_s"):
-        result["floor_ms_per_step"] = 1e3 * step_bytes / ceilings["bytes_per_s"]
+    if ceilings.get("bytes_per_s"):  # gpu_step's decode floor, per step: weights and the average cache read once
+        shape = argparse.Namespace(prompts=args.rows, num_generations=1, new_tokens=args.new_tokens)
+        floor = floor_estimate({"params": params, "kv_per_token": kv_values_per_token(arch)}, shape,
+                               sum(args.prompt_lengths) / 2, ceilings)
+        result["floor_ms_per_step"] = 1e3 * floor["decode_s"] / args.new_tokens
     del model
     if device == "cuda":
         torch.cuda.empty_cache()
@@ -190,12 +184,7 @@ def main() -> None:
         mode = r["gqa"]["decode"]
         if mode.get("fallback"):
             print(f"  graph capture fell back to eager: {mode['fallback']}")
-    out_dir = os.environ.get("OUT")
-    path = Path(out_dir) / "gpu_decode.json" if out_dir else Path("gpu_decode.json")
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(report, indent=2))
-    tmp.replace(path)
-    print(f"wrote {path}")
+    print(f"wrote {write_report(report, 'gpu_decode.json', 'gpu_decode.json')}")
 
 
 if __name__ == "__main__":

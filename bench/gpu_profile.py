@@ -30,7 +30,7 @@ from torch.profiler import ProfilerActivity, profile, record_function  # noqa: E
 
 import gpu_step  # noqa: E402
 
-PARTS = []  # (label, owner, attribute) wrapped in record_function for the profiled step
+PARTS = []  # the labels of the functions wrapped in record_function, in the order of the table
 
 
 def label(owner, name: str, tag: str) -> None:
@@ -94,21 +94,12 @@ def main() -> None:
             prof.stop()
             seen["wall"] = time.perf_counter() - seen["wall"]
 
-    from minigrpo.config import build_config
     from minigrpo.grpo import GRPOTrainer
 
-    rows = run.prompts * run.num_generations
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         gpu_step.build_model_folder(arch, tmp / "model")
-        cfg = build_config(overrides=dict(
-            model=str(tmp / "model"), task="bench", algo="grpo", seed=0, num_generations=run.num_generations,
-            buffer_size=rows, per_device_train_batch_size=run.micro_batch,
-            gradient_accumulation_steps=rows // run.micro_batch, num_iterations=1,
-            max_completion_length=run.new_tokens, temperature=0.7, beta=0.04, learning_rate=1e-6,
-            generation_batch_size=rows, rollout_backend="fast", compile_decode=args.compile_decode, trace=True,
-            max_steps=args.warmup + 1, save_steps=10**6, eval_n=1, logging_steps=1,
-            max_prompt_length=min(512, gpu_step._context(tmp / "model") - run.new_tokens)))
+        cfg = gpu_step.bench_config(tmp / "model", run, "grpo", True, args.compile_decode)
         GRPOTrainer(cfg, tmp / "run", log=on_log).train()
 
     events = prof.key_averages()

@@ -75,28 +75,39 @@ def stub_reasoning_gym() -> bool:
 
 
 # ----------------------------------------------------------------------------- model, tokenizer, task
+def model_config(arch: str):
+    """The architecture's transformers config; its EOS id is the vocabulary size, outside the vocabulary."""
+    from transformers import AutoConfig
+
+    kind, shape = ARCHS[arch]
+    return AutoConfig.for_model(kind, **shape, pad_token_id=0, eos_token_id=shape["vocab_size"], bos_token_id=None)
+
+
+def kv_values_per_token(arch: str) -> int:
+    """Keys and values the cache holds per token, over all layers."""
+    shape = ARCHS[arch][1]
+    head_dim = shape.get("head_dim", shape["hidden_size"] // shape["num_attention_heads"])
+    return 2 * shape["num_hidden_layers"] * shape["num_key_value_heads"] * head_dim
+
+
 def build_model_folder(arch: str, folder: Path) -> dict:
     """Random-weight model of ``arch`` + a word-level tokenizer over its vocabulary, saved as an HF folder."""
     from tokenizers import Tokenizer, models, pre_tokenizers
-    from transformers import AutoConfig, AutoModelForCausalLM, GenerationConfig, PreTrainedTokenizerFast
+    from transformers import AutoModelForCausalLM, GenerationConfig, PreTrainedTokenizerFast
 
-    kind, shape = ARCHS[arch]
-    vocab = shape["vocab_size"]
+    vocab = ARCHS[arch][1]["vocab_size"]
     # ids 0..V-1 are the model's tokens ("<pad>" = 0); "<eos>" = V lies outside: never sampled
     words = {"<pad>": 0, **{f"w{i}": i for i in range(1, vocab)}, "<eos>": vocab}
     core = Tokenizer(models.WordLevel(words, unk_token="<pad>"))
     core.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
     tok = PreTrainedTokenizerFast(tokenizer_object=core, pad_token="<pad>", eos_token="<eos>", padding_side="left")
-    config = AutoConfig.for_model(kind, **shape, pad_token_id=0, eos_token_id=vocab, bos_token_id=None)
     torch.manual_seed(0)
-    model = AutoModelForCausalLM.from_config(config)
+    model = AutoModelForCausalLM.from_config(model_config(arch))
     model.generation_config = GenerationConfig(eos_token_id=vocab, pad_token_id=0)
     model.save_pretrained(folder)
     tok.save_pretrained(folder)
     params = sum(p.numel() for p in model.parameters())
-    kv_heads = shape["num_key_value_heads"]
-    head_dim = shape.get("head_dim", shape["hidden_size"] // shape["num_attention_heads"])
-    return {"params": params, "layers": shape["num_hidden_layers"], "kv_per_token": 2 * shape["num_hidden_layers"] * kv_heads * head_dim}
+    return {"params": params, "layers": ARCHS[arch][1]["num_hidden_layers"], "kv_per_token": kv_values_per_token(arch)}
 
 
 def make_prompts(n: int, lengths: tuple[int, int], vocab: int) -> list[str]:
@@ -162,15 +173,12 @@ def _context(folder: Path) -> int:
     return json.loads((folder / "config.json").read_text())["max_position_embeddings"]
 
 
-def run_ours(folder: Path, args, algo: str, trace: bool, out: Path, compile_decode: bool = False) -> dict:
-    from minigrpo import decode, experience
+def bench_config(folder: Path, args, algo: str, trace: bool, compile_decode: bool = False):
+    """Our trainer's config for the bench: one rollout and one optimizer step per step, as TRL with β = 0.04."""
     from minigrpo.config import build_config
-    from minigrpo.grpo import GRPOTrainer
-    from minigrpo.ppo import PPOTrainer
-    from minigrpo.trace import load
 
     rows = args.prompts * args.num_generations
-    cfg = build_config(overrides=dict(
+    return build_config(overrides=dict(
         model=str(folder), task="bench", algo=algo, seed=0, num_generations=args.num_generations, buffer_size=rows,
         per_device_train_batch_size=args.micro_batch, gradient_accumulation_steps=rows // args.micro_batch,
         num_iterations=1, max_completion_length=args.new_tokens, temperature=0.7, top_p=1.0, beta=0.04,
@@ -178,6 +186,26 @@ def run_ours(folder: Path, args, algo: str, trace: bool, out: Path, compile_deco
         compile_decode=compile_decode,
         max_steps=args.warmup + args.steps, save_steps=10**6, eval_n=1, logging_steps=1,
         max_prompt_length=min(512, _context(folder) - args.new_tokens)))
+
+
+def write_report(report: dict, name: str, fallback: str) -> Path:
+    """The JSON report, written whole: to $OUT/``name`` when OUT is set, else to ``fallback``."""
+    out_dir = os.environ.get("OUT")
+    path = Path(out_dir) / name if out_dir else Path(fallback)
+    tmp_path = path.with_suffix(".tmp")
+    tmp_path.write_text(json.dumps(report, indent=2))
+    tmp_path.replace(path)
+    return path
+
+
+def run_ours(folder: Path, args, algo: str, trace: bool, out: Path, compile_decode: bool = False) -> dict:
+    from minigrpo import decode, experience
+    from minigrpo.grpo import GRPOTrainer
+    from minigrpo.ppo import PPOTrainer
+    from minigrpo.trace import load
+
+    rows = args.prompts * args.num_generations
+    cfg = bench_config(folder, args, algo, trace, compile_decode)
     gen_seconds: list[float] = []
     plain_generate = experience.generate
 
@@ -190,7 +218,7 @@ def run_ours(folder: Path, args, algo: str, trace: bool, out: Path, compile_deco
         return result
 
     experience.generate = timed_generate
-    decode.STATS.update(mode=None, compiled=False, captures=0, capture_seconds=0.0, fallback=None)
+    decode.reset_stats()
     stamps: list[float] = []
 
     def log(line: str) -> None:  # "eval before", then one line per step, each after the trace is written
@@ -393,12 +421,7 @@ def main() -> None:
                 report["trl_grpo"] = {"skipped": f"trl not importable: {exc}"}
 
     print_table(report)
-    out_dir = os.environ.get("OUT")
-    path = Path(out_dir) / "gpu_step.json" if out_dir else Path(args.json)
-    tmp_path = path.with_suffix(".tmp")
-    tmp_path.write_text(json.dumps(report, indent=2))
-    tmp_path.replace(path)
-    print(f"wrote {path}")
+    print(f"wrote {write_report(report, 'gpu_step.json', args.json)}")
 
 
 def print_table(r: dict) -> None:

@@ -47,7 +47,14 @@ MAX_DECODERS_PER_MODEL = 4  # captured shapes kept per model (each holds its own
 
 # what the last decode calls did (read by bench/gpu_step.py): "cuda-graph" or "eager", compiled or not,
 # graphs captured, seconds spent capturing (compiling included), and why a capture fell back to eager if it did
-STATS: dict = {"mode": None, "compiled": False, "captures": 0, "capture_seconds": 0.0, "fallback": None}
+STATS: dict = {}
+
+
+def reset_stats() -> None:
+    STATS.update(mode=None, compiled=False, captures=0, capture_seconds=0.0, fallback=None)
+
+
+reset_stats()
 
 
 # ----------------------------------------------------------------------------- sampling
