@@ -1,4 +1,4 @@
-"""Plumbing shared by the loops: device, seeds, optimiser, checkpoints, faults, memory, run facts."""
+"""Plumbing shared by the loops: device, seeds, checkpoints, faults, memory, run facts."""
 
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ import torch
 
 from . import faults
 from .config import ConfigError
-from .optim import make_optimizer, state_tensors  # noqa: F401  (make_optimizer: the loops' entry point)
+from .optim import state_tensors
 from .trace.writer import _fsync_dir
 
 

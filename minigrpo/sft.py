@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from . import runtime
+from . import optim, runtime
 from .evaluate import evaluate
 from .models import build_tiny, load_model
 from .tasks import RewardConfig, build_prompt, load_train_eval, score_completion, sft_target, task_corpus
@@ -91,7 +91,7 @@ def run_sft(cfg, out_dir: str | Path, log=print) -> dict:
         f"format {before['format_rate']:.3f}")
     batches = sft_batches(len(examples), cfg, random.Random(cfg.seed))
     total = len(batches)
-    optimizer, scheduler = runtime.make_optimizer(model.parameters(), cfg, cfg.sft_learning_rate, total,
+    optimizer, scheduler = optim.make_optimizer(model.parameters(), cfg, cfg.sft_learning_rate, total,
                                                   schedule=cfg.sft_lr_scheduler_type)
     model.train()
     started = time.time()

@@ -66,7 +66,7 @@ class RLTrainer:
         params = [p for p in self.policy.parameters() if p.requires_grad]
         for module in self.extra_modules.values():
             params += [p for p in module.parameters() if p.requires_grad and all(p is not q for q in params)]
-        self.optimizer, self.scheduler = runtime.make_optimizer(params, cfg, cfg.learning_rate, cfg.max_steps)
+        self.optimizer, self.scheduler = optim.make_optimizer(params, cfg, cfg.learning_rate, cfg.max_steps)
         self.rng = random.Random(cfg.seed)
         self.probes = ProbeRecorder(self.tokenizer, cfg, pick=self.dist.pick_probe_rows)
         self.step, self.rollout_id = 0, 0
