@@ -8,6 +8,9 @@
 #   BUDGET_S=325 bash bench/gpu_issue5.sh compile  (320 s)
 #     the decode loop with its torch.compile'd step; ours plain and with compile_decode next to TRL;
 #     a profile of one of our steps (bench/gpu_profile.py) with what time is left
+#   BUDGET_S=330 bash bench/gpu_issue5.sh h100
+#     seconds per part of one compiled-decode step (gpu_profile.py --timers); ours (plain, compiled, trace
+#     off) next to TRL at micro-batch 16; ours compiled next to TRL with all 48 completions in one micro-batch
 #   bash bench/gpu_issue5.sh profile  (not run yet)
 #     profiles of one step, plain and with compile_decode; the step at one micro-batch of 48 for both trainers
 # Needs TRL's wheels in .whl (docs/performance.md: trl, datasets, dill, multiprocess), carried with the call:
@@ -72,12 +75,17 @@ case "$mode" in
         decode --arch smollm-135m --compile
         step smollm --steps 3 --warmup 1 --compile-decode --skip-ppo --skip-trace-off
         profile profile ;;
+    h100)     # the goal's card: where the step's time goes (timers), ours vs TRL at micro-batch 16, then 48
+        gpu_tests
+        profile timers --timers --compile-decode
+        step smollm --steps 3 --warmup 1 --compile-decode --skip-ppo
+        step smollm-mb48 --steps 3 --warmup 1 --micro-batch 0 --compile-decode --skip-ppo --skip-trace-off ;;
     profile)  # the next run: where the update's time goes, and one micro-batch of 48 for both trainers
         gpu_tests
         profile profile-plain
         profile profile-compiled --compile-decode
         step smollm-mb48 --steps 3 --warmup 1 --micro-batch 0 --compile-decode --skip-ppo --skip-trace-off ;;
-    *) echo "unknown mode $mode: full, compile or profile"; exit 2 ;;
+    *) echo "unknown mode $mode: full, compile, h100 or profile"; exit 2 ;;
 esac
 
 for log in "$out/pytest_gpu.log" "$out/decode.log" "$out"/*/step.log "$out"/*/profile.log; do

@@ -33,13 +33,28 @@ import gpu_step  # noqa: E402
 PARTS = []  # the labels of the functions wrapped in record_function, in the order of the table
 
 
+TIMERS: dict[str, list[float]] = {}  # --timers: tag -> [calls, seconds] in the measured step
+MEASURING = {"on": False, "timers": False}
+
+
 def label(owner, name: str, tag: str) -> None:
     original = getattr(owner, name)
 
     @functools.wraps(original)
     def wrapped(*a, **k):
-        with record_function(tag):
+        if not MEASURING["timers"]:
+            with record_function(tag):
+                return original(*a, **k)
+        gpu_step.sync()
+        t0 = time.perf_counter()
+        try:
             return original(*a, **k)
+        finally:
+            gpu_step.sync()
+            if MEASURING["on"]:
+                entry = TIMERS.setdefault(tag, [0, 0.0])
+                entry[0] += 1
+                entry[1] += time.perf_counter() - t0
 
     setattr(owner, name, wrapped)
     PARTS.append(tag)
@@ -52,6 +67,8 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--compile-decode", action="store_true")
     parser.add_argument("--rows", type=int, default=15, help="operator rows per table")
+    parser.add_argument("--timers", action="store_true",
+                        help="no profiler: wall seconds per part, the GPU synchronised around each (cheap)")
     args = parser.parse_args()
     device = "cuda" if torch.cuda.is_available() else "cpu"
     tiny = args.tiny or device == "cpu"
@@ -79,6 +96,13 @@ def main() -> None:
     label(writer.TraceWriter, "write_step", "trace: write step")
     label(writer.TraceWriter, "write_rollout", "trace: write rollout")
     label(trainer.RLTrainer, "_update", "update (all)")
+    label(trainer, "collect", "rollout (all)")
+    label(grpo, "forward_completion", "  update forward")
+    label(grpo, "logprobs_from_logits", "  update log-probs")
+    label(grpo, "grpo_token_loss", "  update loss formula")
+    label(grpo, "entropy_from_logits", "  update entropy")
+    label(grpo, "token_stats", "  update stats")
+    MEASURING["timers"] = args.timers
 
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device == "cuda" else [])
     prof = profile(activities=activities)
@@ -89,9 +113,13 @@ def main() -> None:
         seen["lines"] += 1
         if seen["lines"] == args.warmup + 1:
             seen["wall"] = time.perf_counter()
-            prof.start()
+            MEASURING["on"] = True
+            if not args.timers:
+                prof.start()
         elif seen["lines"] == args.warmup + 2:
-            prof.stop()
+            MEASURING["on"] = False
+            if not args.timers:
+                prof.stop()
             seen["wall"] = time.perf_counter() - seen["wall"]
 
     from minigrpo.grpo import GRPOTrainer
@@ -102,6 +130,11 @@ def main() -> None:
         cfg = gpu_step.bench_config(tmp / "model", run, "grpo", True, args.compile_decode)
         GRPOTrainer(cfg, tmp / "run", log=on_log).train()
 
+    header = (f"{device}: {torch.cuda.get_device_name() if device == 'cuda' else 'CPU'}, arch {arch}, "
+              f"one GRPO step after {args.warmup} warm-up steps, compile_decode={args.compile_decode}")
+    if args.timers:
+        report(timer_lines(header, seen["wall"]))
+        return
     events = prof.key_averages()
     gpu_attr = "self_device_time_total"
     by_name = {e.key: e for e in events}
@@ -111,9 +144,7 @@ def main() -> None:
         lines += ["", f"operators with the {title}:", f"{'op':<56}{'calls':>7}{'self CPU ms':>13}{'self GPU ms':>13}"]
         for e in sorted(ops, key=lambda e: getattr(e, key), reverse=True)[:args.rows]:
             lines.append(f"{e.key[:55]:<56}{e.count:>7}{e.self_cpu_time_total / 1e3:>13.2f}{getattr(e, gpu_attr) / 1e3:>13.2f}")
-    lines += ["", f"{device}: {torch.cuda.get_device_name() if device == 'cuda' else 'CPU'}, arch {arch}, "
-              f"one GRPO step after {args.warmup} warm-up steps, compile_decode={args.compile_decode}",
-              f"{'part':<24}{'calls':>6}{'CPU s':>9}{'GPU s':>9}"]
+    lines += ["", header, f"{'part':<24}{'calls':>6}{'CPU s':>9}{'GPU s':>9}"]
     for tag in PARTS:
         e = by_name.get(tag)
         if e is not None:
@@ -121,6 +152,22 @@ def main() -> None:
     total_gpu = sum(getattr(e, gpu_attr) for e in ops)
     lines.append(f"the profiled step: {seen['wall']:.3f} s wall (profiler on); GPU busy (sum of kernel time): "
                  f"{total_gpu / 1e6:.3f} s")
+    report(lines)
+
+
+def timer_lines(header: str, wall: float) -> list[str]:
+    """Seconds per part with the GPU synchronised at both ends: a part's own wall time, its
+    kernels included; indented parts run inside the part above them."""
+    lines = [header + ", timers (GPU synchronised around each part)", f"{'part':<26}{'calls':>6}{'s':>9}"]
+    for tag in PARTS:
+        if tag in TIMERS:
+            calls, seconds = TIMERS[tag]
+            lines.append(f"{tag:<26}{calls:>6}{seconds:>9.3f}")
+    lines.append(f"the timed step: {wall:.3f} s wall (with the timers' synchronisation)")
+    return lines
+
+
+def report(lines: list[str]) -> None:
     text = "\n".join(lines)
     print(text)
     out = os.environ.get("OUT")

@@ -30,6 +30,7 @@ class Experience:
     scorer_errors: torch.Tensor | None = None  # (N,) bool: the task's scorer raised or gave NaN/inf (scored 0)
     item_indices: list | None = None  # dynamic sampling: indices of ``items`` in the training split (for --resume)
     generation_metrics: dict | None = None  # dynamic sampling: rollout metrics over every sampled group (0-d tensors)
+    logp_old_from_update: bool = False  # logp_old is filled by the update itself (see one_update_per_rollout)
 
     @property
     def num_generations(self) -> int:
@@ -74,14 +75,25 @@ def draw_indices(size: int, n: int, rng: random.Random, exclude: set | None = No
     return rng.sample(fresh, len(fresh)) + rng.sample([i for i in range(size) if i in exclude], n - len(fresh))
 
 
+def one_update_per_rollout(cfg, rows: int) -> bool:
+    """Each of the rollout's ``rows`` (this rank's) is trained on once, in the first optimizer step
+    after sampling: then π_old is the policy of that very step, and log π_old is the update's own
+    log-prob, detached (ρ = 1 exactly), with no scoring pass of its own (TRL does the same)."""
+    return cfg.num_iterations == 1 and rows <= cfg.completions_per_step
+
+
 def collect(policy, ref, tokenizer, data: TaskData, cfg, rng: random.Random,
-            rank: int = 0, world_size: int = 1) -> Experience:
+            rank: int = 0, world_size: int = 1, old_pass: bool = False) -> Experience:
     """One rollout; with ``world_size`` > 1 every rank draws the same prompts and keeps its block of them.
 
     With ``cfg.dynamic_sampling`` (DAPO), groups whose rewards are all equal (zero advantage) are
     set aside and more prompts are sampled, up to ``cfg.max_num_gen_batches`` generation batches,
     until the buffer holds only groups whose rewards differ; if it is still short, set-aside
     groups fill it (in sampling order), so every rollout trains on the same number of groups.
+
+    log π_old: a scoring pass when ``old_pass`` (PPO's rewards need it before the update) or when a
+    row is trained on more than once or after another step; otherwise zeros, with
+    ``logp_old_from_update`` set, for the update to fill (``one_update_per_rollout``).
     """
     indices = draw_indices(len(data), cfg.prompts_per_rollout, rng)
     batch = _sample_and_score(policy, tokenizer, data, cfg, _share(indices, rank, world_size))
@@ -91,12 +103,14 @@ def collect(policy, ref, tokenizer, data: TaskData, cfg, rng: random.Random,
     advantages = group_advantages(batch.rewards, cfg.num_generations, cfg.scale_rewards, cfg.advantage_eps)
     # scoring holds no (N, Lc, V) logits (completion_logprobs), so the fast backend scores a whole generation batch at once
     score_batch = cfg.generation_batch_size if cfg.rollout_backend == "fast" else cfg.per_device_train_batch_size * 2
-    logp_old = score_logprobs(policy, batch.rollout, cfg.temperature, score_batch)
+    from_update = not old_pass and one_update_per_rollout(cfg, len(batch.rollout))
+    logp_old = torch.zeros_like(batch.rollout.completion_mask, dtype=torch.float32) if from_update else \
+        score_logprobs(policy, batch.rollout, cfg.temperature, score_batch)
     logp_ref = score_logprobs(ref, batch.rollout, cfg.temperature, score_batch) if ref is not None else None
     return Experience(batch.items, batch.prompts, batch.rollout, batch.rewards, batch.parts, batch.correct,
                       batch.formatted, batch.premise_copy, advantages, logp_old, logp_ref, batch.scorer_errors,
                       item_indices=batch.indices if cfg.dynamic_sampling else None,
-                      generation_metrics=generation_metrics)
+                      generation_metrics=generation_metrics, logp_old_from_update=from_update)
 
 
 def _share(indices: list[int], rank: int, world_size: int) -> list[int]:

@@ -27,6 +27,8 @@ class GRPOTrainer(RLTrainer):
         logp = logprobs_from_logits(logits, batch.completion_ids)
         advantages = exp.advantages[rows].unsqueeze(1).expand_as(logp)
         logp_ref = exp.logp_ref[rows] if exp.logp_ref is not None else None
+        if exp.logp_old_from_update:  # π_old is this very policy (one update per rollout): ρ = 1 exactly
+            exp.logp_old[rows] = logp.detach() * mask
         per_token, stats = grpo_token_loss(logp, exp.logp_old[rows], logp_ref, advantages, cfg.beta,
                                            cfg.epsilon_low, cfg.epsilon_upper)
         loss = reduce(per_token, mask, cfg, normalizer)
@@ -46,10 +48,11 @@ def reduce(per_token: torch.Tensor, mask: torch.Tensor, cfg, normalizer: dict) -
 
 
 def token_stats(mask, loss, policy_loss, stats, entropy) -> dict:
-    """Sums over this micro-batch; the trainer divides the ``sum:`` ones by the step's token count."""
+    """Sums over this micro-batch, as device scalars (read once per step by the trainer); the
+    trainer divides the ``sum:`` ones by the step's token count."""
     m = mask.float()
-    return {"loss": loss.item(), "policy_loss": policy_loss.item(), "num_tokens": m.sum().item(),
-            "sum:kl": (stats["kl"] * m).sum().item(), "sum:entropy": (entropy * m).sum().item(),
-            "sum:clip_ratio/low_mean": (stats["clipped_low"].float() * m).sum().item(),
-            "sum:clip_ratio/high_mean": (stats["clipped_high"].float() * m).sum().item(),
-            "sum:ratio_mean": (stats["ratio"] * m).sum().item()}
+    return {"loss": loss.detach(), "policy_loss": policy_loss.detach(), "num_tokens": m.sum(),
+            "sum:kl": (stats["kl"].detach() * m).sum(), "sum:entropy": (entropy * m).sum(),
+            "sum:clip_ratio/low_mean": (stats["clipped_low"].float() * m).sum(),
+            "sum:clip_ratio/high_mean": (stats["clipped_high"].float() * m).sum(),
+            "sum:ratio_mean": (stats["ratio"].detach() * m).sum()}

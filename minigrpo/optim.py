@@ -50,14 +50,20 @@ class MasterWeightAdamW:
 
     @torch.no_grad()
     def step(self) -> None:
-        for p, master in zip(self.params, self.masters):
-            if master is not p:
-                master.grad = None if p.grad is None else p.grad.float()
+        # one multi-tensor cast each way (not one kernel per tensor): the gradients up to float32,
+        # and the new masters back into the model's own tensors, rounded, in place
+        low = [(p, m) for p, m in zip(self.params, self.masters) if m is not p and p.grad is not None]
+        grads = [torch.empty_like(m) for _, m in low]
+        if low:
+            torch._foreach_copy_(grads, [p.grad for p, _ in low])
+        for (_, master), grad in zip(low, grads):
+            master.grad = grad
         self.inner.step()
-        for p, master in zip(self.params, self.masters):
-            if master is not p:
-                p.copy_(master)  # round to the model's dtype, in place
-                master.grad = None
+        changed = [(p, m) for p, m in zip(self.params, self.masters) if m is not p]
+        if changed:
+            torch._foreach_copy_([p for p, _ in changed], [m for _, m in changed])
+        for _, master in low:
+            master.grad = None
 
     def state_dict(self) -> dict:
         return {"adamw": self.inner.state_dict(), "masters": [m.detach().clone() for m in self.low_precision_masters()]}
@@ -83,6 +89,8 @@ def make_optimizer(params, cfg, lr: float, total_steps: int, schedule: str | Non
     schedule = schedule or cfg.lr_scheduler_type
     params = list(params)
     kwargs = dict(lr=lr, betas=(cfg.adam_beta1, cfg.adam_beta2), weight_decay=cfg.weight_decay)
+    if params and all(p.is_cuda for p in params):
+        kwargs["fused"] = True  # one kernel for the whole step on a GPU (the CPU keeps the reference for-each path)
     if all(p.dtype == torch.float32 for p in params):
         optimizer = torch.optim.AdamW(params, **kwargs)
         inner = optimizer

@@ -40,6 +40,7 @@ class ValueModel(nn.Module):
 
 class PPOTrainer(RLTrainer):
     algo = "ppo"
+    needs_logp_old_before_update = True
 
     def setup_algorithm(self) -> None:
         hidden = self.policy.config.hidden_size
@@ -94,6 +95,6 @@ class PPOTrainer(RLTrainer):
                                     clipped_high=clipped_high[i], kl=kl[i], advantage=advantages[i],
                                     values=exp.values[row], returns=exp.returns[row])
         out = token_stats(mask, loss, policy_loss, stats, entropy_from_logits(logits.detach()))
-        out.update({"value_loss": vf_loss.item(), "vf_clipfrac": vf_clipfrac.item() / normalizer["num_micro"],
+        out.update({"value_loss": vf_loss.detach(), "vf_clipfrac": vf_clipfrac.detach() / normalizer["num_micro"],
                     "explained_variance": exp.explained_variance / normalizer["num_micro"]})
         return loss, out

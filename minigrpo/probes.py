@@ -34,11 +34,21 @@ def pick_probe_rows(advantages: torch.Tensor, n: int) -> list[int]:
 
 
 def decision_position(tokenizer, token_ids: list[int]) -> int | None:
-    """Index of the first completion token that comes after the text ``<answer>``."""
-    for i in range(1, len(token_ids)):
-        if ANSWER_TAG in tokenizer.decode(token_ids[:i], skip_special_tokens=False):
-            return i
-    return None
+    """Index of the first completion token that comes after the text ``<answer>``.
+
+    The shortest prefix whose text holds the tag, found by bisection (about log2 L decodes, not
+    L): once a prefix's text holds the (ASCII) tag, every longer prefix's text does too.
+    """
+    def holds_tag(i: int) -> bool:
+        return ANSWER_TAG in tokenizer.decode(token_ids[:i], skip_special_tokens=False)
+
+    if len(token_ids) < 2 or not holds_tag(len(token_ids) - 1):
+        return None
+    lo, hi = 1, len(token_ids) - 1  # the answer lies in [lo, hi]; holds_tag(hi) is true
+    while lo < hi:
+        mid = (lo + hi) // 2
+        lo, hi = (lo, mid) if holds_tag(mid) else (mid + 1, hi)
+    return lo
 
 
 def _top_union(before: torch.Tensor, after: torch.Tensor, sampled: int, k: int) -> torch.Tensor:
@@ -79,7 +89,7 @@ class ProbeRecorder:
 
     def capture(self, row: int, **per_token: torch.Tensor) -> None:
         """Per-token tensors the loss used for a probe row (called from inside the update)."""
-        self.captured[row] = {k: v.detach().float().cpu() for k, v in per_token.items()}
+        self.captured[row] = {k: v.detach() for k, v in per_token.items()}  # to the host in finish(): no sync here
 
     def _logits(self, model, batch: Rollout) -> torch.Tensor:
         was_training = model.training
@@ -107,7 +117,7 @@ class ProbeRecorder:
             ids = rollout.completion_ids[row, :length]
             logits_b, logits_a = self._logits_before[j, :length], after[j, :length]
             logits_r = reference[j, :length] if reference is not None else logits_b
-            got = self.captured[row]
+            got = {k: v.float().cpu() for k, v in self.captured[row].items()}
             logp_new = logprobs_from_logits(logits_a, ids)
             logp_before = logprobs_from_logits(logits_b, ids)
             ids_list = ids.tolist()

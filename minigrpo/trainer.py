@@ -38,6 +38,7 @@ from .trace.schema import Step
 
 class RLTrainer:
     algo = "base"
+    needs_logp_old_before_update = False  # PPO: its KL-shaped rewards are computed from log π_old in prepare()
 
     def __init__(self, cfg, out_dir: str | Path, resume: bool = False, log=print):
         self.cfg, self.out, self.resume, self.log = cfg, Path(out_dir), resume, log
@@ -146,7 +147,7 @@ class RLTrainer:
             self.rng.seed(cfg.seed + 7919 * self.rollout_id)
             try:
                 exp = collect(self.policy, self.ref, self.tokenizer, self.train_data, cfg, self.rng,
-                              self.dist.rank, self.dist.world_size)
+                              self.dist.rank, self.dist.world_size, old_pass=self.needs_logp_old_before_update)
             except RuntimeError as exc:  # torch.multinomial refuses NaN/inf probabilities
                 if "probability tensor" not in str(exc):
                     raise
@@ -223,18 +224,25 @@ class RLTrainer:
         local_tokens = exp.rollout.completion_mask[rows].sum().item()
         normalizer = {"num_micro": len(chunks),  # dapo: tokens of the step over all ranks, / ranks (grads are averaged)
                       "num_items_in_batch": self.dist.mean({"tokens": local_tokens})["tokens"]}
-        sums: dict[str, float] = defaultdict(float)
+        sums: dict[str, float | torch.Tensor] = defaultdict(float)
         self.optimizer.zero_grad(set_to_none=True)
         bad = None  # the quantity that went NaN/inf
+        # no host synchronisation per micro-batch: the losses and stats stay on the device until
+        # every backward is queued (a non-finite loss only poisons gradients that are then dropped)
+        losses = []
         for chunk in chunks:
             loss, stats = self.micro_loss(exp, chunk, normalizer)
-            if not torch.isfinite(loss):
-                source = runtime.nonfinite_source(self.policy, exp, chunk, cfg.temperature)
-                bad = f"loss became {loss.item()}" if source == "loss" else f"{source} became non-finite (loss {loss.item()})"
-                break
+            losses.append(loss.detach())
             loss.backward()
             for key, value in stats.items():
-                sums[key] += float(value)
+                sums[key] = sums[key] + value
+        finite = torch.isfinite(torch.stack(losses)).tolist()
+        if not all(finite):
+            first = finite.index(False)
+            loss = losses[first].item()
+            source = runtime.nonfinite_source(self.policy, exp, chunks[first], cfg.temperature)
+            bad = f"loss became {loss}" if source == "loss" else f"{source} became non-finite (loss {loss})"
+        sums = _as_floats(sums)
         if bad is None and self.dist.active and self.dist.mean({"bad": 0.0})["bad"] > 0:
             bad = "another rank's update became non-finite"  # every rank skips or stops together
         elif bad is not None and self.dist.active:
@@ -403,6 +411,13 @@ def _eval_line(label: str, result: dict) -> str:
 
 def stderr_log(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
+
+
+def _as_floats(values: dict) -> dict[str, float]:
+    """Python floats of a dict of floats and device scalars, with one host synchronisation."""
+    keys = [k for k, v in values.items() if torch.is_tensor(v)]
+    got = torch.stack([values[k].detach().float().reshape(()) for k in keys]).tolist() if keys else []
+    return {**values, **dict(zip(keys, got))}
 
 
 def _group_order(n: int, group_size: int, seed: int) -> list[int]:

@@ -66,3 +66,26 @@ def test_ppo_clip_flags_use_gae_advantage(ppo_trace):
         np.testing.assert_allclose(p.ratio, np.exp(p.logp.astype(np.float64) - p.logp_old), rtol=1e-4, atol=1e-6)
         np.testing.assert_array_equal(p.clipped_low, (p.ratio < 1 - cfg.epsilon) & (p.advantage < 0))
         assert np.unique(p.advantage).size > 1  # per-token GAE, not a broadcast constant
+
+
+def test_decision_position_bisection_equals_the_linear_definition(sft_model):
+    """The first token after ``<answer>``: bisection over prefixes finds what the scan over every
+    prefix finds, with the tag early, late, split over several tokens, at the very end, or absent."""
+    from minigrpo.models import load_model
+    from minigrpo.probes import ANSWER_TAG, decision_position
+
+    _, tok = load_model(sft_model)
+
+    def linear(ids):
+        return next((i for i in range(1, len(ids)) if ANSWER_TAG in tok.decode(ids[:i], skip_special_tokens=False)),
+                    None)
+
+    texts = ["<answer>Yes</answer>", "the premises say so <answer>No</answer>", "no tag at all here",
+             "<think>a</think> <answ", "x <answer>", "<answer>", "", "ab<answer>c<answer>d"]
+    cases = [tok(t, add_special_tokens=False)["input_ids"] for t in texts]
+    cases += [[t] for t in tok(ANSWER_TAG, add_special_tokens=False)["input_ids"][:1]]
+    found = []
+    for ids in cases:
+        assert decision_position(tok, ids) == linear(ids), tok.decode(ids)
+        found.append(decision_position(tok, ids))
+    assert any(f is not None and f > 1 for f in found) and None in found  # both kinds of case were exercised

@@ -149,3 +149,63 @@ def test_training_is_deterministic_on_cpu(sft_model, tmp_path):
 
 def test_fast_preset_values_are_valid():
     assert fast_config().num_generations == FAST["num_generations"]
+
+
+# ----------------------------------------------------------------------------- log π_old from the update
+ONE_UPDATE = dict(num_iterations=1, buffer_size=8, per_device_train_batch_size=4, gradient_accumulation_steps=2)
+
+
+def test_collect_scores_logp_old_only_when_the_update_cannot(sft_model):
+    import random
+
+    from minigrpo.experience import collect
+    from minigrpo.models import load_model
+    from minigrpo.rollout import score_logprobs
+    from minigrpo.tasks import load_train_eval
+
+    model, tok = load_model(sft_model)
+    for overrides, old_pass, scored in ((ONE_UPDATE, False, False), (ONE_UPDATE, True, True),
+                                        ({**ONE_UPDATE, "num_iterations": 2}, False, True),
+                                        ({**ONE_UPDATE, "gradient_accumulation_steps": 1}, False, True)):
+        cfg = fast_config(model=sft_model, **overrides)
+        data, _ = load_train_eval(cfg.task, 20, 1, cfg.seed)
+        torch.manual_seed(0)
+        exp = collect(model, model, tok, data, cfg, random.Random(0), old_pass=old_pass)
+        assert exp.logp_old_from_update is not scored
+        if scored:
+            expected = score_logprobs(model, exp.rollout, cfg.temperature, 4)
+            torch.testing.assert_close(exp.logp_old, expected, rtol=0, atol=1e-6)
+            assert exp.logp_old.abs().sum() > 0
+        else:
+            assert torch.equal(exp.logp_old, torch.zeros_like(exp.rollout.completion_mask))
+
+
+def test_one_update_per_rollout_takes_logp_old_from_the_update(sft_model, tmp_path, monkeypatch):
+    """No π_old scoring pass when each row is trained on once, in the step right after sampling:
+    ρ = 1 exactly, the trace records the update's log-probs as log π_old, and training matches
+    the same run with the pass forced."""
+    import numpy as np
+
+    from minigrpo import experience, grpo
+
+    real = experience.score_logprobs
+    scored = []
+    monkeypatch.setattr(experience, "score_logprobs", lambda model, *a, **k: scored.append(model) or real(model, *a, **k))
+    runs = {}
+    for name, forced in (("from-update", False), ("pass", True)):
+        monkeypatch.setattr(grpo.GRPOTrainer, "needs_logp_old_before_update", forced)
+        scored.clear()
+        trainer = grpo.GRPOTrainer(fast_config(model=sft_model, max_steps=2, **ONE_UPDATE), tmp_path / name,
+                                   log=lambda *_: None)
+        trainer.train()
+        runs[name] = load(tmp_path / name / "trace"), [m is trainer.ref for m in scored]
+    (fresh, fresh_scored), (forced, forced_scored) = runs["from-update"], runs["pass"]
+    assert fresh_scored == [True, True]  # two rollouts, only the reference scored
+    assert forced_scored == [False, True, False, True]
+    probes = [p for step in fresh.steps for p in step.probes]
+    assert probes
+    for p in probes:
+        assert np.array_equal(p.logp_old, p.logp) and np.all(p.ratio == 1.0)
+    assert fresh.metric("ratio_mean").tolist() == [1.0, 1.0]
+    for key in ("loss", "kl", "entropy"):
+        np.testing.assert_allclose(fresh.metric(key), forced.metric(key), rtol=1e-4, atol=1e-7)

@@ -66,10 +66,10 @@ def test_nan_weights_at_sampling_are_named(sft_model, tmp_path, monkeypatch):
 
     real = trainer_module.collect
 
-    def poisoned(policy, *args):
+    def poisoned(policy, *args, **kwargs):
         with torch.no_grad():
             next(policy.parameters()).fill_(math.nan)
-        return real(policy, *args)
+        return real(policy, *args, **kwargs)
 
     monkeypatch.setattr(trainer_module, "collect", poisoned)
     t, _ = trainer(sft_model, tmp_path)
