@@ -11,6 +11,9 @@
 #   BUDGET_S=330 bash bench/gpu_issue5.sh h100
 #     seconds per part of one compiled-decode step (gpu_profile.py --timers); ours (plain, compiled, trace
 #     off) next to TRL at micro-batch 16; ours compiled next to TRL with all 48 completions in one micro-batch
+#   BUDGET_S=470 bash bench/gpu_issue5.sh final
+#     ours (plain, compiled, trace off, PPO) next to TRL at micro-batch 16; ours compiled next to TRL at one
+#     micro-batch of 48; Qwen3-0.6B compiled next to TRL
 #   bash bench/gpu_issue5.sh profile  (not run yet)
 #     profiles of one step, plain and with compile_decode; the step at one micro-batch of 48 for both trainers
 # Needs TRL's wheels in .whl (docs/performance.md: trl, datasets, dill, multiprocess), carried with the call:
@@ -80,12 +83,17 @@ case "$mode" in
         profile timers --timers --compile-decode
         step smollm --steps 3 --warmup 1 --compile-decode --skip-ppo
         step smollm-mb48 --steps 3 --warmup 1 --micro-batch 0 --compile-decode --skip-ppo --skip-trace-off ;;
+    final)    # the goal's numbers on an H100: micro-batch 16 (with trace off and PPO), 48, and Qwen3-0.6B
+        gpu_tests
+        step smollm --steps 3 --warmup 1 --compile-decode
+        step smollm-mb48 --steps 3 --warmup 1 --micro-batch 0 --compile-decode --skip-plain --skip-ppo --skip-trace-off
+        step qwen3 --arch qwen3-0.6b --steps 2 --warmup 1 --compile-decode --skip-plain --skip-ppo --skip-trace-off ;;
     profile)  # the next run: where the update's time goes, and one micro-batch of 48 for both trainers
         gpu_tests
         profile profile-plain
         profile profile-compiled --compile-decode
         step smollm-mb48 --steps 3 --warmup 1 --micro-batch 0 --compile-decode --skip-ppo --skip-trace-off ;;
-    *) echo "unknown mode $mode: full, compile, h100 or profile"; exit 2 ;;
+    *) echo "unknown mode $mode: full, compile, h100, final or profile"; exit 2 ;;
 esac
 
 for log in "$out/pytest_gpu.log" "$out/decode.log" "$out"/*/step.log "$out"/*/profile.log; do

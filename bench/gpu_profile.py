@@ -97,10 +97,8 @@ def main() -> None:
     label(writer.TraceWriter, "write_rollout", "trace: write rollout")
     label(trainer.RLTrainer, "_update", "update (all)")
     label(trainer, "collect", "rollout (all)")
-    label(grpo, "forward_completion", "  update forward")
-    label(grpo, "logprobs_from_logits", "  update log-probs")
+    label(grpo, "completion_logprobs_entropy", "  update forward")
     label(grpo, "grpo_token_loss", "  update loss formula")
-    label(grpo, "entropy_from_logits", "  update entropy")
     label(grpo, "token_stats", "  update stats")
     MEASURING["timers"] = args.timers
 

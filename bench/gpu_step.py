@@ -361,6 +361,8 @@ def main() -> None:
     parser.add_argument("--skip-trl", action="store_true")
     parser.add_argument("--skip-ppo", action="store_true")
     parser.add_argument("--skip-trace-off", action="store_true")
+    parser.add_argument("--skip-plain", action="store_true",
+                        help="with --compile-decode: run ours only with the compiled decode step")
     parser.add_argument("--compile-decode", action="store_true",
                         help="also run ours with compile_decode (torch.compile of the decode step; fast backend)")
     parser.add_argument("--json", default="gpu_step.json", help="output file when $OUT is not set")
@@ -379,6 +381,8 @@ def main() -> None:
         if getattr(args, key) is None:
             setattr(args, key, value)
     rows = args.prompts * args.num_generations
+    if args.skip_plain and not args.compile_decode:
+        parser.error("--skip-plain needs --compile-decode (ours must run at least once)")
     args.micro_batch = args.micro_batch or rows
     if rows % args.micro_batch:
         parser.error(f"--micro-batch {args.micro_batch} must divide prompts × G = {rows}")
@@ -403,8 +407,9 @@ def main() -> None:
         report["floor"] = floor_estimate(facts, args, sum(prompt_lengths) / 2, report["ceilings"])
         print(f"device {report['device']}  arch {arch} ({facts['params'] / 1e6:.1f}M params)  "
               f"{args.prompts} prompts × G={args.num_generations}, {args.new_tokens} new tokens", flush=True)
-        report["ours_grpo"] = run_ours(tmp / "model", args, "grpo", True, tmp / "ours")
-        print("ours (trace on) done", flush=True)
+        if not args.skip_plain:
+            report["ours_grpo"] = run_ours(tmp / "model", args, "grpo", True, tmp / "ours")
+            print("ours (trace on) done", flush=True)
         if args.compile_decode:
             report["ours_grpo_compiled"] = run_ours(tmp / "model", args, "grpo", True, tmp / "ours-compiled", True)
         if not args.skip_trace_off:
@@ -427,11 +432,12 @@ def main() -> None:
 def print_table(r: dict) -> None:
     cfg = r["config"]
     tokens = cfg["prompts"] * cfg["num_generations"] * cfg["new_tokens"]
-    ours, trl = r["ours_grpo"], r.get("trl_grpo", {})
+    trl = r.get("trl_grpo", {})
+    ours = r.get("ours_grpo") or r["ours_grpo_compiled"]
     mem = lambda x: "-" if not x or x.get("peak_mb") is None else f"{x['peak_mb']:.0f}"  # noqa: E731
     print()
     print(f"{'run':<24}{'s/step':>9}{'first':>9}{'gen s':>8}{'gen tok/s':>11}{'peak MiB':>10}")
-    rows = [("ours GRPO (trace on)", ours), ("ours GRPO (compiled)", r.get("ours_grpo_compiled")),
+    rows = [("ours GRPO (trace on)", r.get("ours_grpo")), ("ours GRPO (compiled)", r.get("ours_grpo_compiled")),
             ("ours GRPO (trace off)", r.get("ours_grpo_trace_off")),
             ("ours PPO (trace on)", r.get("ours_ppo")), ("TRL GRPOTrainer", trl)]
     for name, x in rows:
@@ -443,23 +449,25 @@ def print_table(r: dict) -> None:
         gen = x.get("generate_median_s")
         print(f"{name:<24}{x['median_s']:>9.3f}{x['first_s']:>9.3f}"
               f"{(f'{gen:.3f}' if gen else '-'):>8}{(f'{tokens / gen:,.0f}' if gen else '-'):>11}{mem(x):>10}")
-    if trl.get("median_s"):
-        print(f"TRL / ours: {trl['median_s'] / ours['median_s']:.2f}x")
-        if r.get("ours_grpo_compiled"):
-            print(f"TRL / ours (compiled decode): {trl['median_s'] / r['ours_grpo_compiled']['median_s']:.2f}x")
-    if r.get("ours_grpo_trace_off"):
-        print(f"tracing overhead: {100 * (ours['median_s'] / r['ours_grpo_trace_off']['median_s'] - 1):+.1f}%")
-    print(f"ours, per step: rollout {ours.get('rollout_time_median_s', float('nan')):.3f} s "
-          f"(generation {ours['generate_median_s']:.3f} s), update {ours.get('step_time_median_s', float('nan')):.3f} s, "
-          f"trace {ours.get('trace_time_median_s', float('nan')):.3f} s; "
-          f"mean completion {ours.get('completion_length', float('nan')):.0f} tokens")
+    runs = [(label, r[key]) for label, key in (("", "ours_grpo"), (" (compiled decode)", "ours_grpo_compiled"))
+            if r.get(key)]
+    for label, x in runs:
+        if trl.get("median_s"):
+            print(f"TRL / ours{label}: {trl['median_s'] / x['median_s']:.2f}x")
+    if r.get("ours_grpo") and r.get("ours_grpo_trace_off"):
+        print(f"tracing overhead: {100 * (r['ours_grpo']['median_s'] / r['ours_grpo_trace_off']['median_s'] - 1):+.1f}%")
+    for label, x in runs:
+        print(f"ours{label}, per step: rollout {x.get('rollout_time_median_s', float('nan')):.3f} s "
+              f"(generation {x['generate_median_s']:.3f} s), update {x.get('step_time_median_s', float('nan')):.3f} s, "
+              f"trace {x.get('trace_time_median_s', float('nan')):.3f} s; "
+              f"mean completion {x.get('completion_length', float('nan')):.0f} tokens")
     f = r["floor"]
     if r["device"].startswith("CPU"):
         return  # the H100 floor and graph capture mean nothing at the CPU smoke size
     print(f"floor: {f['total_s']:.3g} s/step (decode bytes {f['decode_s']:.3g} s + matmuls {f['matmul_s']:.3g} s at "
           f"{f['bytes_per_s'] / 1e12:.2f} TB/s, {f['flop_per_s'] / 1e12:.0f} TFLOP/s measured); "
           f"ours is {ours['median_s'] / f['total_s']:.0f}x the floor")
-    for name, x in (("decode", ours), ("decode (compiled)", r.get("ours_grpo_compiled"))):
+    for name, x in (("decode", r.get("ours_grpo")), ("decode (compiled)", r.get("ours_grpo_compiled"))):
         if x and x.get("decode"):
             d = x["decode"]
             print(f"{name}: {d['mode']}, {d['captures']} graph(s) captured in {d['capture_seconds']:.2f} s"

@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import torch
 
-from .losses import aggregate_loss, entropy_from_logits, grpo_token_loss, logprobs_from_logits
-from .rollout import forward_completion
+from .losses import aggregate_loss, grpo_token_loss
+from .rollout import completion_logprobs_entropy
 from .trainer import RLTrainer
 
 
@@ -23,8 +23,7 @@ class GRPOTrainer(RLTrainer):
         cfg = self.cfg
         batch = exp.rollout.select(rows)
         mask = batch.completion_mask
-        logits, _ = forward_completion(self.policy, batch, cfg.temperature)
-        logp = logprobs_from_logits(logits, batch.completion_ids)
+        logp, entropy, _ = completion_logprobs_entropy(self.policy, batch, cfg.temperature)
         advantages = exp.advantages[rows].unsqueeze(1).expand_as(logp)
         logp_ref = exp.logp_ref[rows] if exp.logp_ref is not None else None
         if exp.logp_old_from_update:  # π_old is this very policy (one update per rollout): ρ = 1 exactly
@@ -33,7 +32,6 @@ class GRPOTrainer(RLTrainer):
                                            cfg.epsilon_low, cfg.epsilon_upper)
         loss = reduce(per_token, mask, cfg, normalizer)
         policy_loss = reduce(per_token - cfg.beta * stats["kl"], mask, cfg, normalizer)
-        entropy = entropy_from_logits(logits.detach())
         for i, row in enumerate(rows):
             if row in self.probes.rows:
                 self.probes.capture(row, logp=logp[i], ratio=stats["ratio"][i], clipped_low=stats["clipped_low"][i],

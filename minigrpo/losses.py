@@ -8,6 +8,7 @@ math with no framework state; the trainer decides what to detach and when to ste
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 SCALE_REWARDS = ("group", "batch", "none")
@@ -182,6 +183,68 @@ def logprobs_from_logits(logits: Tensor, token_ids: Tensor) -> Tensor:
     logits = logits.float()
     picked = logits.gather(-1, token_ids.long().unsqueeze(-1)).squeeze(-1)
     return picked - torch.logsumexp(logits, dim=-1)
+
+
+def head_logprobs(hidden: Tensor, weight: Tensor, bias: Tensor | None, token_ids: Tensor, temperature: float,
+                  rows: int, with_entropy: bool = False) -> tuple[Tensor, Tensor | None]:
+    """log π(token) (and H) at M positions from their last hidden states, ``rows`` positions at a time:
+    z = (hidden · Wᵀ + b) / τ in float32, never more than (rows, V) of it at once. No gradient.
+
+    hidden (M, H), weight (V, H), token_ids (M,) -> logp (M,), entropy (M,) or None, float32.
+    """
+    m = hidden.shape[0]
+    logp = torch.empty(m, dtype=torch.float32, device=hidden.device)
+    entropy = torch.empty_like(logp) if with_entropy else None
+    for start in range(0, m, rows):
+        z = F.linear(hidden[start:start + rows], weight, bias).float() / temperature
+        logp[start:start + rows] = logprobs_from_logits(z, token_ids[start:start + rows])
+        if with_entropy:
+            entropy[start:start + rows] = entropy_from_logits(z)
+    return logp, entropy
+
+
+class ChunkedHeadLogprobs(torch.autograd.Function):
+    """``head_logprobs`` with a gradient for log π, recomputing each chunk's logits in the backward
+    pass instead of keeping (M, V) of them: with g = ∂L/∂logp and p = softmax(z),
+
+        ∂L/∂z = g · (onehot(token) - p),   ∂L/∂logits = ∂L/∂z / τ   (cast to the weights' dtype, as
+        autograd casts the gradient of ``.float()``),   ∂L/∂hidden = ∂L/∂logits · W,
+        ∂L/∂W = Σ_chunks (∂L/∂logits)ᵀ · hidden (summed in float32),   ∂L/∂b = Σ ∂L/∂logits.
+
+    The entropy comes out detached (a statistic, not part of the loss).
+    """
+
+    @staticmethod
+    def forward(ctx, hidden, weight, bias, token_ids, temperature, rows):
+        logp, entropy = head_logprobs(hidden, weight, bias, token_ids, temperature, rows, with_entropy=True)
+        ctx.save_for_backward(hidden, weight, bias, token_ids)
+        ctx.temperature, ctx.rows = temperature, rows
+        ctx.mark_non_differentiable(entropy)
+        return logp, entropy
+
+    @staticmethod
+    def backward(ctx, grad_logp, _grad_entropy):
+        hidden, weight, bias, token_ids = ctx.saved_tensors
+        need_hidden, need_weight, need_bias = ctx.needs_input_grad[:3]
+        grad_hidden = torch.empty_like(hidden) if need_hidden else None
+        grad_weight = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device) if need_weight else None
+        grad_bias = torch.zeros(bias.shape, dtype=torch.float32, device=bias.device) if need_bias else None
+        for start in range(0, hidden.shape[0], ctx.rows):
+            h = hidden[start:start + ctx.rows]
+            g = grad_logp[start:start + ctx.rows].float().unsqueeze(-1)
+            z = F.linear(h, weight, bias).float() / ctx.temperature
+            dz = torch.softmax(z, dim=-1).mul_(-g)
+            dz.scatter_add_(-1, token_ids[start:start + ctx.rows].long().unsqueeze(-1), g)
+            dlogits = dz.div_(ctx.temperature).to(weight.dtype)
+            if need_hidden:
+                grad_hidden[start:start + ctx.rows] = dlogits @ weight
+            if need_weight:
+                grad_weight += (dlogits.t() @ h).float()
+            if need_bias:
+                grad_bias += dlogits.float().sum(0)
+        grad_weight = grad_weight.to(weight.dtype) if need_weight else None
+        grad_bias = grad_bias.to(bias.dtype) if need_bias else None
+        return grad_hidden, grad_weight, grad_bias, None, None, None
 
 
 # ----------------------------------------------------------------------------- PPO

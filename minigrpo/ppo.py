@@ -16,9 +16,9 @@ import torch
 from torch import nn
 
 from .grpo import reduce, token_stats
-from .losses import (clipped_surrogate, entropy_from_logits, explained_variance, gae, k3_kl,
-                     logprobs_from_logits, masked_mean, masked_whiten, ppo_token_rewards, value_loss)
-from .rollout import Rollout, forward_completion
+from .losses import (clipped_surrogate, explained_variance, gae, k3_kl, masked_mean, masked_whiten,
+                     ppo_token_rewards, value_loss)
+from .rollout import Rollout, completion_hidden, completion_logprobs_entropy
 from .trainer import RLTrainer
 
 
@@ -32,9 +32,9 @@ class ValueModel(nn.Module):
         nn.init.normal_(self.head.weight, std=1.0 / (hidden_size + 1) ** 0.5)
         nn.init.zeros_(self.head.bias)
 
-    def forward(self, batch: Rollout, temperature: float, hidden: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(self, batch: Rollout, hidden: torch.Tensor | None = None) -> torch.Tensor:
         if hidden is None:
-            _, hidden = forward_completion(self.lm, batch, temperature, output_hidden=True)
+            hidden = completion_hidden(self.lm, batch)
         return self.head(hidden.to(self.head.weight.dtype)).squeeze(-1).float()
 
 
@@ -50,8 +50,8 @@ class PPOTrainer(RLTrainer):
 
     def _values(self, batch: Rollout, policy_hidden: torch.Tensor | None) -> torch.Tensor:
         if self.cfg.critic == "shared":
-            return self.value_model(batch, self.cfg.temperature, hidden=policy_hidden)
-        return self.value_model(batch, self.cfg.temperature)
+            return self.value_model(batch, hidden=policy_hidden)
+        return self.value_model(batch)
 
     @torch.no_grad()
     def prepare(self, exp) -> None:
@@ -59,8 +59,7 @@ class PPOTrainer(RLTrainer):
         values = []
         for start in range(0, len(exp.rollout), cfg.per_device_train_batch_size):
             batch = exp.rollout.select(list(range(start, min(start + cfg.per_device_train_batch_size, len(exp.rollout)))))
-            hidden = forward_completion(self.policy, batch, cfg.temperature, output_hidden=True)[1] \
-                if cfg.critic == "shared" else None
+            hidden = completion_hidden(self.policy, batch) if cfg.critic == "shared" else None
             values.append(self._values(batch, hidden))
         exp.values = torch.cat(values) * mask
         logp_ref = exp.logp_ref if exp.logp_ref is not None else exp.logp_old
@@ -76,8 +75,8 @@ class PPOTrainer(RLTrainer):
         cfg = self.cfg
         batch = exp.rollout.select(rows)
         mask = batch.completion_mask
-        logits, hidden = forward_completion(self.policy, batch, cfg.temperature, output_hidden=cfg.critic == "shared")
-        logp = logprobs_from_logits(logits, batch.completion_ids)
+        logp, entropy, hidden = completion_logprobs_entropy(self.policy, batch, cfg.temperature,
+                                                            output_hidden=cfg.critic == "shared")
         advantages = exp.token_advantages[rows]
         per_token, ratio, clipped_low, clipped_high = clipped_surrogate(
             logp, exp.logp_old[rows], advantages, cfg.epsilon_low, cfg.epsilon_upper)
@@ -94,7 +93,7 @@ class PPOTrainer(RLTrainer):
                 self.probes.capture(row, logp=logp[i], ratio=ratio[i], clipped_low=clipped_low[i],
                                     clipped_high=clipped_high[i], kl=kl[i], advantage=advantages[i],
                                     values=exp.values[row], returns=exp.returns[row])
-        out = token_stats(mask, loss, policy_loss, stats, entropy_from_logits(logits.detach()))
+        out = token_stats(mask, loss, policy_loss, stats, entropy)
         out.update({"value_loss": vf_loss.detach(), "vf_clipfrac": vf_clipfrac.detach() / normalizer["num_micro"],
                     "explained_variance": exp.explained_variance / normalizer["num_micro"]})
         return loss, out

@@ -27,7 +27,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from .losses import logprobs_from_logits
+from .losses import ChunkedHeadLogprobs, entropy_from_logits, head_logprobs, logprobs_from_logits
 
 
 @dataclass
@@ -167,30 +167,57 @@ def forward_completion(model, batch: Rollout, temperature: float, output_hidden:
     return logits, (hidden if output_hidden else None)
 
 
-# logits held at once by completion_logprobs: 2**27 fp32 values = 512 MiB
+# logits held at once by completion_logprobs and the update's log-probs: 2**27 fp32 values = 512 MiB
 LOGITS_BUDGET = 2 ** 27
 
 
 def completion_logprobs(model, batch: Rollout, temperature: float, budget: int = LOGITS_BUDGET) -> torch.Tensor:
     """log π(token) of every completion token without the (N, Lc, V) logits: the decoder's last
-    hidden states, then the output layer over chunks of at most ``budget`` logits.
+    hidden states, then the output layer over chunks of at most ``budget`` logits. No gradient.
 
     The same numbers as ``logprobs_from_logits(forward_completion(...))``: a causal LM's logits
     are its output layer applied to those hidden states. (N, Lc), float32.
     """
-    if _softcapped(model):
-        logits, _ = _forward_full(model, batch, temperature, output_hidden=False)
+    head = _plain_head(model)
+    if head is None:
+        logits, _ = forward_completion(model, batch, temperature)
         return logprobs_from_logits(logits, batch.completion_ids)
     n, lc = batch.completion_ids.shape
     hidden = completion_hidden(model, batch).reshape(n * lc, -1)
-    token_ids = batch.completion_ids.reshape(-1)
+    logp, _ = head_logprobs(hidden, head.weight, head.bias, batch.completion_ids.reshape(-1), temperature,
+                            _chunk_rows(head, budget))
+    return logp.view(n, lc)
+
+
+def completion_logprobs_entropy(model, batch: Rollout, temperature: float, output_hidden: bool = False,
+                                budget: int = LOGITS_BUDGET):
+    """The update's forward: log π(token) with its gradient, the entropy H (detached) and, if asked,
+    the last hidden states, all (N, Lc), without holding the (N, Lc, V) logits (the output layer
+    runs over chunks of at most ``budget`` logits, again in the backward pass:
+    ``losses.ChunkedHeadLogprobs``). Same values as the log-probs and entropy of ``forward_completion``.
+    """
+    head = _plain_head(model)
+    if head is None:
+        logits, hidden = forward_completion(model, batch, temperature, output_hidden)
+        return logprobs_from_logits(logits, batch.completion_ids), entropy_from_logits(logits.detach()), hidden
+    n, lc = batch.completion_ids.shape
+    hidden = completion_hidden(model, batch)
+    logp, entropy = ChunkedHeadLogprobs.apply(hidden.reshape(n * lc, -1), head.weight, head.bias,
+                                              batch.completion_ids.reshape(-1), temperature, _chunk_rows(head, budget))
+    return logp.view(n, lc), entropy.view(n, lc), (hidden if output_hidden else None)
+
+
+def _plain_head(model):
+    """The output layer when the logits are nothing but its weight (and bias) applied to the last
+    hidden states, else None: logit soft-capping, a wrapped layer (adapters) or forward hooks on it
+    (which the chunked path would bypass) send the caller to the model's own logits."""
     head = model.get_output_embeddings()
-    rows = max(1, budget // head.weight.shape[0])
-    out = torch.empty(n * lc, dtype=torch.float32, device=hidden.device)
-    for start in range(0, n * lc, rows):
-        logits = head(hidden[start:start + rows]).float() / temperature
-        out[start:start + rows] = logprobs_from_logits(logits, token_ids[start:start + rows])
-    return out.view(n, lc)
+    plain = type(head) is torch.nn.Linear and not head._forward_hooks and not head._forward_pre_hooks
+    return head if plain and not _softcapped(model) else None
+
+
+def _chunk_rows(head, budget: int) -> int:
+    return max(1, budget // head.weight.shape[0])
 
 
 def completion_hidden(model, batch: Rollout) -> torch.Tensor:

@@ -445,6 +445,39 @@ def test_gpu_bf16_logprobs_agree_with_a_forward_pass(cuda_model, compile):
 
 @pytest.mark.gpu
 @needs_cuda
+def test_gpu_bf16_update_logprobs_without_full_logits(cuda_model):
+    """The update's chunked output layer in bf16 on the GPU: log-probs, entropy and gradients agree
+    with the full-logits path (forced to 5 chunks) to bf16 rounding."""
+    from minigrpo.losses import entropy_from_logits, logprobs_from_logits
+    from minigrpo.rollout import completion_logprobs_entropy, forward_completion
+
+    model, tok = cuda_model
+    torch.manual_seed(0)
+    batch = generate(model, tok, PROMPTS * 2, 4, 40, 0.7, backend="fast")
+    vocab = model.get_output_embeddings().weight.shape[0]
+    budget = len(batch) * batch.completion_ids.shape[1] * vocab // 5
+    model.train()
+
+    def grads(logp):
+        model.zero_grad(set_to_none=True)
+        (logp * batch.completion_mask).sum().backward()
+        return [p.grad.float().clone() for p in model.parameters() if p.grad is not None]
+
+    logp, entropy, _ = completion_logprobs_entropy(model, batch, 0.7, budget=budget)
+    got = grads(logp)
+    logits, _ = forward_completion(model, batch, 0.7)
+    full = logprobs_from_logits(logits, batch.completion_ids)
+    on = batch.completion_mask.bool()
+    assert (logp - full.detach())[on].abs().max() < 0.05
+    assert (entropy - entropy_from_logits(logits.detach()))[on].abs().max() < 0.05
+    want = grads(full)
+    assert len(got) == len(want)
+    for g, w in zip(got, want):
+        assert (g - w).norm() <= 0.03 * w.norm() + 1e-6
+
+
+@pytest.mark.gpu
+@needs_cuda
 @pytest.mark.parametrize("compile", [False, True], ids=["graph", "compiled-graph"])
 def test_gpu_graph_replay_equals_eager_decode(cuda_model, compile):
     model, tok = cuda_model

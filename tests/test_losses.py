@@ -295,3 +295,71 @@ def test_explained_variance():
     ev = L.explained_variance(t([1.0, 2.0, 2.0, 9.0]), t([1.0, 2.0, 3.0, -9.0]), t([1, 1, 1, 0]))
     assert isinstance(ev, float) and ev == pytest.approx(2 / 3)
     assert math.isnan(L.explained_variance(t([1.0, 2.0]), t([3.0, 3.0]), t([1, 1])))
+
+
+# ----------------------------------------------------------------------------- the update's chunked output layer
+@pytest.mark.parametrize("rows", [1, 3, 7, 100])
+@pytest.mark.parametrize("with_bias", [False, True])
+def test_chunked_head_logprobs_equal_full_logits_and_their_gradients(rows, with_bias):
+    """Values and gradients (hidden, W, b) of the chunked head equal autograd through full float64 logits."""
+    from minigrpo.losses import ChunkedHeadLogprobs
+
+    gen = torch.Generator().manual_seed(rows)
+    m, h, v, tau = 7, 5, 11, 0.7
+    hidden = torch.randn(m, h, generator=gen, dtype=torch.float64, requires_grad=True)
+    weight = torch.randn(v, h, generator=gen, dtype=torch.float64, requires_grad=True)
+    bias = torch.randn(v, generator=gen, dtype=torch.float64, requires_grad=True) if with_bias else None
+    ids = torch.randint(0, v, (m,), generator=gen)
+    g = torch.randn(m, generator=gen, dtype=torch.float64)
+
+    logp, entropy = ChunkedHeadLogprobs.apply(hidden, weight, bias, ids, tau, rows)
+    (logp.double() * g).sum().backward()
+    got = [hidden.grad.clone(), weight.grad.clone()] + ([bias.grad.clone()] if with_bias else [])
+    for t in [hidden, weight] + ([bias] if with_bias else []):
+        t.grad = None
+
+    z = (hidden @ weight.T + (bias if with_bias else 0)) / tau  # the reference: full logits, float64
+    ref_logp = torch.log_softmax(z, -1).gather(-1, ids[:, None]).squeeze(-1)
+    p = torch.softmax(z, -1)
+    ref_entropy = -(p * torch.log(p)).sum(-1)
+    (ref_logp * g).sum().backward()
+    want = [hidden.grad, weight.grad] + ([bias.grad] if with_bias else [])
+    torch.testing.assert_close(logp.double(), ref_logp.detach(), rtol=1e-6, atol=1e-6)  # float32 outputs
+    torch.testing.assert_close(entropy.double(), ref_entropy.detach(), rtol=1e-6, atol=1e-6)
+    assert not entropy.requires_grad
+    for a, b in zip(got, want):  # the logits are float32 inside (as the model's are), whatever the input dtype
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+
+
+def test_chunked_head_gradient_by_hand():
+    """One position, V = 2, W = I, τ = 1: ∂logp_0/∂h = onehot(0) - softmax(h)."""
+    from minigrpo.losses import ChunkedHeadLogprobs
+
+    hidden = torch.tensor([[0.0, math.log(3.0)]], dtype=torch.float64, requires_grad=True)  # p = (1/4, 3/4)
+    weight = torch.eye(2, dtype=torch.float64)
+    logp, entropy = ChunkedHeadLogprobs.apply(hidden, weight, None, torch.tensor([0]), 1.0, 1)
+    logp.sum().backward()
+    assert logp.item() == pytest.approx(math.log(0.25))
+    assert entropy.item() == pytest.approx(-(0.25 * math.log(0.25) + 0.75 * math.log(0.75)))
+    torch.testing.assert_close(hidden.grad, torch.tensor([[0.75, -0.75]], dtype=torch.float64))
+
+
+def test_chunked_head_in_bf16_casts_like_autograd():
+    """bf16 weights: the gradient reaching the output layer is cast to bf16 as autograd casts the
+    gradient of ``.float()``; values agree with the full bf16 path to bf16 rounding."""
+    from minigrpo.losses import ChunkedHeadLogprobs, logprobs_from_logits
+
+    gen = torch.Generator().manual_seed(0)
+    hidden = torch.randn(40, 16, generator=gen).bfloat16().requires_grad_()
+    weight = (torch.randn(64, 16, generator=gen) * 0.5).bfloat16().requires_grad_()
+    ids = torch.randint(0, 64, (40,), generator=gen)
+    logp, _ = ChunkedHeadLogprobs.apply(hidden, weight, None, ids, 0.7, 9)
+    logp.sum().backward()
+    got = hidden.grad.clone(), weight.grad.clone()
+    hidden.grad = weight.grad = None
+    full = logprobs_from_logits((hidden @ weight.T).float() / 0.7, ids)
+    full.sum().backward()
+    assert logp.dtype == torch.float32 and got[0].dtype == got[1].dtype == torch.bfloat16
+    torch.testing.assert_close(logp, full, rtol=0, atol=1e-5)
+    torch.testing.assert_close(got[0], hidden.grad, rtol=2e-2, atol=2e-2)
+    torch.testing.assert_close(got[1], weight.grad, rtol=2e-2, atol=2e-2)

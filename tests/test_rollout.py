@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import pytest
 import torch
 
@@ -66,3 +68,37 @@ def test_rows_sharing_prompts_run_each_prompt_once(grouped_rollout, monkeypatch)
     monkeypatch.setattr(decoder, "forward", lambda *a, **kw: calls.append(kw) or type(decoder).forward(decoder, *a, **kw))
     forward_completion(model, batch, temperature=1.0)
     assert [c["input_ids"].shape for c in calls] == [(2, batch.prompt_ids.shape[1]), tuple(batch.completion_ids.shape)]
+
+
+@pytest.mark.parametrize("budget", [2 ** 27, 5000])
+def test_update_logprobs_without_full_logits_equal_forward_completion(grouped_rollout, budget, monkeypatch):
+    """The update's chunked forward: log-probs, entropy, hidden states and every parameter's gradient
+    equal those through the full (N, Lc, V) logits; at most ``budget`` logits at a time."""
+    from minigrpo import losses
+    from minigrpo.losses import entropy_from_logits
+    from minigrpo.rollout import completion_logprobs_entropy
+
+    model, rollout = grouped_rollout
+    batch = rollout.select([4, 0, 13, 7, 8])
+    model.train()
+    vocab = model.get_output_embeddings().weight.shape[0]
+    widest = []
+    real_linear = torch.nn.functional.linear  # the output layer as losses.py applies it (the model's own layers untouched)
+    monkeypatch.setattr(losses, "F", SimpleNamespace(linear=lambda *a: widest.append(real_linear(*a).numel())
+                                                     or real_linear(*a)))
+    logp, entropy, hidden = completion_logprobs_entropy(model, batch, 0.7, output_hidden=True, budget=budget)
+    model.zero_grad(set_to_none=True)
+    (logp * batch.completion_mask).sum().backward()
+    got = [p.grad.clone() for p in model.parameters() if p.grad is not None]
+    assert widest and max(widest) <= max(budget, vocab)
+    assert (len(widest) > 2) == (budget < len(batch) * batch.completion_ids.shape[1] * vocab)  # chunked when asked
+
+    logits, full_hidden = forward_completion(model, batch, 0.7, output_hidden=True)
+    mask = batch.completion_mask.bool()
+    torch.testing.assert_close(logp[mask], logprobs_from_logits(logits, batch.completion_ids)[mask], rtol=0, atol=2e-5)
+    torch.testing.assert_close(entropy[mask], entropy_from_logits(logits.detach())[mask], rtol=0, atol=2e-5)
+    torch.testing.assert_close(hidden, full_hidden, rtol=0, atol=0)
+    want = _grads(model, logits, batch)
+    assert len(got) == len(want)
+    for g, w in zip(got, want):
+        assert (g - w).norm() <= 1e-5 * w.norm() + 1e-8
