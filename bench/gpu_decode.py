@@ -9,7 +9,8 @@ tokens, 300 new tokens at temperature 0.7 with an EOS id outside the vocabulary,
 row runs to the full length. For each attention of the decode steps (``model``: the
 model's own sdpa, which copies the KV cache per query head with repeat_kv; ``gqa``:
 minigrpo.decode.gqa_decode_attention; with ``--compile`` also ``compiled``: gqa through
-torch.compile) the first call (it captures the CUDA graph, and compiles) is reported apart
+torch.compile; with ``--fused`` also ``fused``, the step of minigrpo.fused_step with the q/k/v
+and gate/up projections fused, and with both ``fused-compiled``) the first call (it captures the CUDA graph, and compiles) is reported apart
 from the median of ``--repeats`` more. An eager run (no graph) gives the
 launch-bound cost per step, and a profile of eager steps counts the kernels each decode
 step launches and the GPU time they take (no launch gaps: what a perfect graph replay would
@@ -34,8 +35,15 @@ from gpu_step import (ARCHS, floor_estimate, kv_values_per_token, measure_ceilin
                       sync, write_report)
 from minigrpo import decode as fast  # noqa: E402
 
-# the decode steps' attention: the model's own (sdpa + repeat_kv), ours (gqa), ours through torch.compile
-VARIANTS = ("model", "gqa", "compiled")
+# the decode step: the model's own attention (sdpa + repeat_kv), ours (gqa), ours through torch.compile,
+# ours with the q/k/v and gate/up projections fused (minigrpo.fused_step), and that compiled;
+# variant -> (attention, compile, fused)
+VARIANTS = {"model": ("model", False, False), "gqa": ("gqa", False, False), "compiled": ("gqa", True, False),
+            "fused": ("gqa", False, True), "fused-compiled": ("gqa", True, True)}
+
+
+def variants(compile: bool, fused: bool) -> list[str]:
+    return [v for v, (_, compiled, fuses) in VARIANTS.items() if (compile or not compiled) and (fused or not fuses)]
 
 
 def build(arch: str, device: str):
@@ -94,18 +102,19 @@ def bench_arch(arch: str, args, device: str, ceilings: dict) -> dict:
     params = sum(p.numel() for p in model.parameters())
     result = {"params": params, "rows": args.rows, "new_tokens": args.new_tokens}
 
-    def run(new_tokens, attention="gqa", graphs=None, compile=False):
+    def run(new_tokens, attention="gqa", graphs=None, compile=False, fused=False):
         return fast.decode(model, ids, mask, new_tokens, 0.7, 1.0, False, eos, pad, cuda_graphs=graphs,
-                           attention=attention, compile=compile)
+                           attention=attention, compile=compile, fused=fused)
 
     tokens = args.rows * args.new_tokens
-    for variant in VARIANTS if args.compile else VARIANTS[:2]:
-        attention, compile = ("gqa", True) if variant == "compiled" else (variant, False)
+    for variant in variants(args.compile, args.fused):
+        attention, compile, fused = VARIANTS[variant]
         fast.reset_stats()
-        first = timed(lambda: run(args.new_tokens, attention, compile=compile))
-        out = run(args.new_tokens, attention, compile=compile)
+        first = timed(lambda: run(args.new_tokens, attention, compile=compile, fused=fused))
+        out = run(args.new_tokens, attention, compile=compile, fused=fused)
         assert out[0].shape == (args.rows, args.new_tokens), out[0].shape  # EOS is never sampled
-        times = [timed(lambda: run(args.new_tokens, attention, compile=compile)) for _ in range(args.repeats)]
+        times = [timed(lambda: run(args.new_tokens, attention, compile=compile, fused=fused))
+                 for _ in range(args.repeats)]
         median = statistics.median(times)
         result[variant] = {"first_s": first, "times_s": times, "median_s": median, "tokens_per_s": tokens / median,
                            "ms_per_step": 1e3 * median / args.new_tokens, "decode": dict(fast.STATS)}
@@ -116,11 +125,10 @@ def bench_arch(arch: str, args, device: str, ceilings: dict) -> dict:
     result["gqa_eager"] = {"new_tokens": args.eager_tokens, "ms_per_step": 1e3 * min(eager) / args.eager_tokens}
     if device == "cuda":
         for variant in (v for v in VARIANTS if v in result):
-            compile = variant == "compiled"
-            attention = "gqa" if compile else variant
+            attention, compile, fused = VARIANTS[variant]
             try:
                 result[variant]["profile"] = kernels_per_step(
-                    lambda n: run(n, attention, graphs=False, compile=compile), 2, 2 + args.profile_steps)
+                    lambda n: run(n, attention, graphs=False, compile=compile, fused=fused), 2, 2 + args.profile_steps)
             except Exception as exc:  # noqa: BLE001 - the profile is extra information, not the measurement
                 result[variant]["profile"] = {"error": f"{type(exc).__name__}: {exc}"}
     if ceilings.get("bytes_per_s"):  # gpu_step's decode floor, per step: weights and the average cache read once
@@ -144,6 +152,8 @@ def main() -> None:
     parser.add_argument("--eager-tokens", type=int, help="tokens of the eager (no graph) run")
     parser.add_argument("--profile-steps", type=int, default=8)
     parser.add_argument("--compile", action="store_true", help="also time the torch.compile'd step (first call compiles)")
+    parser.add_argument("--fused", action="store_true",
+                        help="also time the step with fused q/k/v and gate/up projections (and compiled, with --compile)")
     args = parser.parse_args()
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -168,7 +178,7 @@ def main() -> None:
     c = report["ceilings"]
     if c["bytes_per_s"]:
         print(f"measured: copy {c['bytes_per_s'] / 1e12:.2f} TB/s, bf16 matmul {c['flop_per_s'] / 1e12:.0f} TFLOP/s")
-    print(f"{'arch':<13}{'variant':<11}{'first s':>9}{'s':>8}{'tok/s':>9}{'ms/step':>9}"
+    print(f"{'arch':<13}{'variant':<15}{'first s':>9}{'s':>8}{'tok/s':>9}{'ms/step':>9}"
           f"{'kernels':>9}{'GPU ms':>8}{'floor ms':>9}")
     for arch, r in report["archs"].items():
         for variant in (v for v in VARIANTS if v in r):
@@ -177,7 +187,7 @@ def main() -> None:
             kern = f"{prof['kernels']:.0f}" if "kernels" in prof else "-"
             busy = f"{prof['gpu_busy_ms']:.2f}" if "gpu_busy_ms" in prof else "-"
             floor = f"{r['floor_ms_per_step']:.3f}" if "floor_ms_per_step" in r else "-"
-            print(f"{arch:<13}{variant:<11}{x['first_s']:>9.2f}{x['median_s']:>8.3f}{x['tokens_per_s']:>9,.0f}"
+            print(f"{arch:<13}{variant:<15}{x['first_s']:>9.2f}{x['median_s']:>8.3f}{x['tokens_per_s']:>9,.0f}"
                   f"{x['ms_per_step']:>9.2f}{kern:>9}{busy:>8}{floor:>9}")
         print(f"{arch:<13}{'gqa eager':<11}{'':>9}{'':>8}{'':>9}{r['gqa_eager']['ms_per_step']:>9.2f}"
               f"   (no graph, {r['gqa_eager']['new_tokens']} tokens)")

@@ -14,6 +14,9 @@
 #   BUDGET_S=470 bash bench/gpu_issue5.sh final
 #     ours (plain, compiled, trace off, PPO) next to TRL at micro-batch 16; ours compiled next to TRL at one
 #     micro-batch of 48; Qwen3-0.6B compiled next to TRL
+#   BUDGET_S=400 bash bench/gpu_issue5.sh fused  (not run yet)
+#     the decode loop for every step variant (gqa, compiled, fused, fused-compiled); ours compiled, and compiled
+#     with fused_decode, next to TRL at one micro-batch of 48
 #   bash bench/gpu_issue5.sh profile  (not run yet)
 #     profiles of one step, plain and with compile_decode; the step at one micro-batch of 48 for both trainers
 # Needs TRL's wheels in .whl (docs/performance.md: trl, datasets, dill, multiprocess), carried with the call:
@@ -88,12 +91,17 @@ case "$mode" in
         step smollm --steps 3 --warmup 1 --compile-decode
         step smollm-mb48 --steps 3 --warmup 1 --micro-batch 0 --compile-decode --skip-plain --skip-ppo --skip-trace-off
         step qwen3 --arch qwen3-0.6b --steps 2 --warmup 1 --compile-decode --skip-plain --skip-ppo --skip-trace-off ;;
+    fused)    # the next run: the decode step with fused projections (decode alone, then the step at 48 × 1)
+        gpu_tests
+        decode --arch smollm-135m --compile --fused
+        step smollm-mb48 --steps 3 --warmup 1 --micro-batch 0 --compile-decode --fused-decode --skip-plain --skip-ppo \
+            --skip-trace-off ;;
     profile)  # the next run: where the update's time goes, and one micro-batch of 48 for both trainers
         gpu_tests
         profile profile-plain
         profile profile-compiled --compile-decode
         step smollm-mb48 --steps 3 --warmup 1 --micro-batch 0 --compile-decode --skip-ppo --skip-trace-off ;;
-    *) echo "unknown mode $mode: full, compile, h100, final or profile"; exit 2 ;;
+    *) echo "unknown mode $mode: full, compile, h100, final, fused or profile"; exit 2 ;;
 esac
 
 for log in "$out/pytest_gpu.log" "$out/decode.log" "$out"/*/step.log "$out"/*/profile.log; do

@@ -11,9 +11,10 @@ Prompts are fixed random token strings of mixed lengths (left padding), the rewa
 cheap function of the text, so that advantages are not all zero.
 
 Timed, per optimizer step (one rollout, one step, as TRL with β = 0.04):
-  ours  minigrpo's GRPOTrainer: sampling (rollout_backend, default fast), rewards, log π_old
-        and log π_ref passes, the update, and the trace (probes + writing); again with the
-        trace off (its overhead), and PPO for its peak memory
+  ours  minigrpo's GRPOTrainer: sampling (rollout_backend, default fast), rewards, the log π_ref
+        pass (and log π_old where a step needs it), the update, and the trace (probes +
+        writing); with --compile-decode / --fused-decode also with those decode steps; again
+        with the trace off (its overhead), and PPO for its peak memory
   TRL   trl.GRPOTrainer with its defaults except the shared knobs (skipped if trl is missing)
 The first `--warmup` steps (CUDA-graph capture, allocator warm-up) are reported apart.
 Prints a table and writes JSON (to $OUT/gpu_step.json when OUT is set, else --json).
@@ -173,7 +174,8 @@ def _context(folder: Path) -> int:
     return json.loads((folder / "config.json").read_text())["max_position_embeddings"]
 
 
-def bench_config(folder: Path, args, algo: str, trace: bool, compile_decode: bool = False):
+def bench_config(folder: Path, args, algo: str, trace: bool, compile_decode: bool = False,
+                 fused_decode: bool = False):
     """Our trainer's config for the bench: one rollout and one optimizer step per step, as TRL with β = 0.04."""
     from minigrpo.config import build_config
 
@@ -183,7 +185,7 @@ def bench_config(folder: Path, args, algo: str, trace: bool, compile_decode: boo
         per_device_train_batch_size=args.micro_batch, gradient_accumulation_steps=rows // args.micro_batch,
         num_iterations=1, max_completion_length=args.new_tokens, temperature=0.7, top_p=1.0, beta=0.04,
         learning_rate=1e-6, generation_batch_size=rows, rollout_backend=args.backend, trace=trace,
-        compile_decode=compile_decode,
+        compile_decode=compile_decode, fused_decode=fused_decode,
         max_steps=args.warmup + args.steps, save_steps=10**6, eval_n=1, logging_steps=1,
         max_prompt_length=min(512, _context(folder) - args.new_tokens)))
 
@@ -198,14 +200,15 @@ def write_report(report: dict, name: str, fallback: str) -> Path:
     return path
 
 
-def run_ours(folder: Path, args, algo: str, trace: bool, out: Path, compile_decode: bool = False) -> dict:
+def run_ours(folder: Path, args, algo: str, trace: bool, out: Path, compile_decode: bool = False,
+             fused_decode: bool = False) -> dict:
     from minigrpo import decode, experience
     from minigrpo.grpo import GRPOTrainer
     from minigrpo.ppo import PPOTrainer
     from minigrpo.trace import load
 
     rows = args.prompts * args.num_generations
-    cfg = bench_config(folder, args, algo, trace, compile_decode)
+    cfg = bench_config(folder, args, algo, trace, compile_decode, fused_decode)
     gen_seconds: list[float] = []
     plain_generate = experience.generate
 
@@ -365,6 +368,9 @@ def main() -> None:
                         help="with --compile-decode: run ours only with the compiled decode step")
     parser.add_argument("--compile-decode", action="store_true",
                         help="also run ours with compile_decode (torch.compile of the decode step; fast backend)")
+    parser.add_argument("--fused-decode", action="store_true",
+                        help="also run ours with fused_decode (fused q/k/v and gate/up projections; compiled too "
+                             "with --compile-decode)")
     parser.add_argument("--json", default="gpu_step.json", help="output file when $OUT is not set")
     parser.add_argument("--threads", type=int, default=1,
                         help="CPU threads (default 1: on a shared machine more threads only add contention)")
@@ -412,6 +418,9 @@ def main() -> None:
             print("ours (trace on) done", flush=True)
         if args.compile_decode:
             report["ours_grpo_compiled"] = run_ours(tmp / "model", args, "grpo", True, tmp / "ours-compiled", True)
+        if args.fused_decode:
+            report["ours_grpo_fused"] = run_ours(tmp / "model", args, "grpo", True, tmp / "ours-fused",
+                                                 args.compile_decode, True)
         if not args.skip_trace_off:
             report["ours_grpo_trace_off"] = run_ours(tmp / "model", args, "grpo", False, tmp / "ours-off")
         if not args.skip_ppo:
@@ -436,21 +445,23 @@ def print_table(r: dict) -> None:
     ours = r.get("ours_grpo") or r["ours_grpo_compiled"]
     mem = lambda x: "-" if not x or x.get("peak_mb") is None else f"{x['peak_mb']:.0f}"  # noqa: E731
     print()
-    print(f"{'run':<24}{'s/step':>9}{'first':>9}{'gen s':>8}{'gen tok/s':>11}{'peak MiB':>10}")
+    print(f"{'run':<28}{'s/step':>9}{'first':>9}{'gen s':>8}{'gen tok/s':>11}{'peak MiB':>10}")
+    fused_name = "ours GRPO (compiled, fused)" if r.get("ours_grpo_compiled") else "ours GRPO (fused)"
     rows = [("ours GRPO (trace on)", r.get("ours_grpo")), ("ours GRPO (compiled)", r.get("ours_grpo_compiled")),
+            (fused_name, r.get("ours_grpo_fused")),
             ("ours GRPO (trace off)", r.get("ours_grpo_trace_off")),
             ("ours PPO (trace on)", r.get("ours_ppo")), ("TRL GRPOTrainer", trl)]
     for name, x in rows:
         if not x:
             continue
         if "skipped" in x:
-            print(f"{name:<24}  skipped: {x['skipped']}")
+            print(f"{name:<28}  skipped: {x['skipped']}")
             continue
         gen = x.get("generate_median_s")
-        print(f"{name:<24}{x['median_s']:>9.3f}{x['first_s']:>9.3f}"
+        print(f"{name:<28}{x['median_s']:>9.3f}{x['first_s']:>9.3f}"
               f"{(f'{gen:.3f}' if gen else '-'):>8}{(f'{tokens / gen:,.0f}' if gen else '-'):>11}{mem(x):>10}")
-    runs = [(label, r[key]) for label, key in (("", "ours_grpo"), (" (compiled decode)", "ours_grpo_compiled"))
-            if r.get(key)]
+    runs = [(label, r[key]) for label, key in (("", "ours_grpo"), (" (compiled decode)", "ours_grpo_compiled"),
+                                               (" (fused decode)", "ours_grpo_fused")) if r.get(key)]
     for label, x in runs:
         if trl.get("median_s"):
             print(f"TRL / ours{label}: {trl['median_s'] / x['median_s']:.2f}x")
@@ -467,7 +478,8 @@ def print_table(r: dict) -> None:
     print(f"floor: {f['total_s']:.3g} s/step (decode bytes {f['decode_s']:.3g} s + matmuls {f['matmul_s']:.3g} s at "
           f"{f['bytes_per_s'] / 1e12:.2f} TB/s, {f['flop_per_s'] / 1e12:.0f} TFLOP/s measured); "
           f"ours is {ours['median_s'] / f['total_s']:.0f}x the floor")
-    for name, x in (("decode", r.get("ours_grpo")), ("decode (compiled)", r.get("ours_grpo_compiled"))):
+    for name, x in (("decode", r.get("ours_grpo")), ("decode (compiled)", r.get("ours_grpo_compiled")),
+                    ("decode (fused)", r.get("ours_grpo_fused"))):
         if x and x.get("decode"):
             d = x["decode"]
             print(f"{name}: {d['mode']}, {d['captures']} graph(s) captured in {d['capture_seconds']:.2f} s"

@@ -46,6 +46,7 @@ class TrainConfig:
     generation_batch_size: int = 64  # prompts*G sampled at once
     rollout_backend: str = "hf"  # hf (transformers generate) | fast (own decode loop: static KV cache, CUDA graphs)
     compile_decode: bool = False  # fast backend: torch.compile the decode step (fused kernels; compiles once per run)
+    fused_decode: bool = False  # fast backend: decode steps with q/k/v and gate/up projections fused (Llama, Qwen3)
 
     # --- rewards -------------------------------------------------------------------
     format_weight: float = 0.2
@@ -179,6 +180,8 @@ class TrainConfig:
             bad("max_num_gen_batches", f"{self.max_num_gen_batches} must be >= 1")
         if self.compile_decode and self.rollout_backend != "fast":
             bad("compile_decode", "compiles the fast backend's decode step; use it with --rollout-backend fast")
+        if self.fused_decode and self.rollout_backend != "fast":
+            bad("fused_decode", "changes the fast backend's decode step; use it with --rollout-backend fast")
         if self.dynamic_sampling and self.algo != "grpo":
             bad("dynamic_sampling", "keeps the groups whose rewards differ, which only GRPO's group advantages need; "
                                     "use it with --algo grpo")

@@ -190,7 +190,8 @@ class Decoder:
     """
 
     def __init__(self, model, batch: int, prompt_len: int, max_new: int, temperature: float, top_p: float,
-                 greedy: bool, eos_ids, pad_id: int, use_graph: bool, attention: str = "gqa", compile: bool = False):
+                 greedy: bool, eos_ids, pad_id: int, use_graph: bool, attention: str = "gqa", compile: bool = False,
+                 fused=None):
         attn = getattr(model.config, "_attn_implementation", "sdpa") or "sdpa"
         if attn not in ("sdpa", "eager"):
             raise ValueError(f"rollout_backend 'fast' needs attn_implementation sdpa or eager, the model uses {attn!r}; "
@@ -230,6 +231,7 @@ class Decoder:
         self.compiled = compile
         self.step_fn = torch.compile(self._decode_step, dynamic=False, options={"fallback_random": True}) \
             if compile else self._decode_step
+        self.fused = fused  # a fused_step.FusedStep: the decode steps run it instead of the model's forward
         self.restart: tuple | None = None
 
     # -- one forward
@@ -251,8 +253,12 @@ class Decoder:
     def _decode_step(self) -> None:
         """One token per row; runs (is captured, is compiled) with ``step_attention`` switched on."""
         allowed = (self.valid & (self.kv_index <= self.col))[:, None, None, :]
-        out = self._forward(self.token[:, None], allowed, self.position[:, None], self.step_mask)
-        self._record(*sample(out.logits[:, -1], self.temperature, self.top_p, self.greedy))
+        if self.fused is not None:
+            logits = self.fused(self.token[:, None], self.position[:, None],
+                                torch.where(allowed, self.zero, self.neg), self.cache)
+        else:
+            logits = self._forward(self.token[:, None], allowed, self.position[:, None], self.step_mask).logits
+        self._record(*sample(logits[:, -1], self.temperature, self.top_p, self.greedy))
         self.col.add_(1)
         self.position.add_(1)
 
@@ -350,6 +356,23 @@ def _decoder(model, key: tuple, build) -> Decoder:
     return kept[key]
 
 
+_FUSED: "weakref.WeakKeyDictionary[torch.nn.Module, tuple]" = weakref.WeakKeyDictionary()
+
+
+def _fused_step(model):
+    """The model's FusedStep (one per model and weight placement), its weights refreshed from the model's."""
+    from .fused_step import FusedStep
+
+    params = list(model.parameters())
+    where = (params[0].data_ptr(), params[-1].data_ptr(), params[0].dtype)
+    kept = _FUSED.get(model)
+    if kept is None or kept[0] != where:
+        kept = _FUSED[model] = (where, FusedStep(model))
+    else:
+        kept[1].refresh()  # the optimizer moved the weights since the last rollout
+    return kept[1]
+
+
 def _round_up(n: int, multiple: int) -> int:
     return -(-n // multiple) * multiple
 
@@ -359,7 +382,7 @@ def decode(model, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, max_new_t
            top_p: float, greedy: bool, eos_ids, pad_id: int, batch_bucket: int | None = None,
            prompt_bucket: int | None = None, check_every: int | None = None,
            cuda_graphs: bool | None = None, attention: str = "gqa",
-           compile: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+           compile: bool = False, fused: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """Complete left-padded prompts (B, Lp): completion ids (B, Lc), pad after EOS, and their log-probs.
 
     Lc is the longest completion (≤ max_new_tokens), as ``model.generate`` returns. Log-probs
@@ -369,12 +392,16 @@ def decode(model, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, max_new_t
     ``attention``: "gqa" runs the decode steps' attention with ``gqa_decode_attention``,
     "model" with the model's own implementation (the prefill always uses the model's).
     ``compile``: the decode step goes through ``torch.compile`` (once per shape and model;
-    on CUDA the compiled step is what the graph captures).
+    on CUDA the compiled step is what the graph captures). ``fused``: the decode steps run
+    ``fused_step.FusedStep`` (q/k/v and gate/up projections fused; Llama and Qwen3) with the
+    "gqa" attention, instead of the model's forward.
     """
     from .rollout import completion_mask_from_ids
 
     if attention not in ("gqa", "model"):
         raise ValueError(f"attention must be 'gqa' or 'model', got {attention!r}")
+    if fused and attention != "gqa":
+        raise ValueError("fused decode steps use the 'gqa' attention")
     on_cuda = prompt_ids.device.type == "cuda"
     if cuda_graphs is None:
         cuda_graphs = on_cuda and os.environ.get("MINIGRPO_CUDA_GRAPHS", "1") != "0"
@@ -391,10 +418,11 @@ def decode(model, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, max_new_t
 
     was_training = model.training
     model.eval()
+    step = _fused_step(model) if fused else None
     build = lambda: Decoder(model, rows, cols, max_new_tokens, temperature, top_p, greedy, eos_ids, pad_id,  # noqa: E731
-                            use_graph=cuda_graphs, attention=attention, compile=compile)
+                            use_graph=cuda_graphs, attention=attention, compile=compile, fused=step)
     key = (rows, cols, max_new_tokens, float(temperature), float(top_p), bool(greedy), tuple(sorted(eos_ids)), pad_id,
-           attention, compile, cuda_graphs)
+           attention, compile, cuda_graphs, fused)
     decoder = _decoder(model, key, build) if cuda_graphs or compile else build()
     try:
         tokens, logps, made = decoder.run(ids, mask, check_every)

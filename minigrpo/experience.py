@@ -146,7 +146,8 @@ def _sample_and_score(policy, tokenizer, data: TaskData, cfg, indices: list[int]
     prompts = [build_prompt(item, tokenizer) for item in items]
     rollout = generate(policy, tokenizer, prompts, cfg.num_generations, cfg.max_completion_length,
                        cfg.temperature, cfg.top_p, cfg.generation_batch_size, cfg.max_prompt_length,
-                       backend=cfg.rollout_backend, compile_decode=cfg.compile_decode)
+                       backend=cfg.rollout_backend, compile_decode=cfg.compile_decode,
+                       fused_decode=cfg.fused_decode)
     reward_cfg = RewardConfig(format_weight=cfg.format_weight, correctness_weight=cfg.correctness_weight,
                               penalize_premise_copy=cfg.penalize_premise_copy)
     results = [score_completion(text, items[i // cfg.num_generations], data, reward_cfg)

@@ -112,10 +112,12 @@ def concat_rollouts(parts: list[Rollout], pad_id: int) -> Rollout:
 @torch.no_grad()
 def generate(model, tokenizer, prompts: list[str], num_generations: int, max_completion_length: int,
              temperature: float, top_p: float = 1.0, batch_size: int = 64, max_prompt_length: int = 512,
-             greedy: bool = False, backend: str = "hf", compile_decode: bool = False) -> Rollout:
+             greedy: bool = False, backend: str = "hf", compile_decode: bool = False,
+             fused_decode: bool = False) -> Rollout:
     """Sample ``num_generations`` completions for each prompt (rows grouped by prompt).
 
-    ``compile_decode``: the fast backend's decode step goes through torch.compile.
+    ``compile_decode``: the fast backend's decode step goes through torch.compile;
+    ``fused_decode``: its decode step fuses the q/k/v and gate/up projections (``fused_step``).
     """
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
@@ -132,7 +134,7 @@ def generate(model, tokenizer, prompts: list[str], num_generations: int, max_com
             from .decode import decode
 
             completion, logps = decode(model, prompt_ids, prompt_mask, max_completion_length, temperature, top_p,
-                                       greedy, eos_ids, pad_id, compile=compile_decode)
+                                       greedy, eos_ids, pad_id, compile=compile_decode, fused=fused_decode)
         else:
             sampling = dict(do_sample=False) if greedy else dict(do_sample=True, temperature=temperature, top_p=top_p, top_k=0)
             out = model.generate(input_ids=prompt_ids, attention_mask=prompt_mask, max_new_tokens=max_completion_length,

@@ -336,7 +336,13 @@ def nonfinite_weight(model) -> str | None:
 
 
 def check_context(model, cfg) -> None:
-    """A prompt plus its completion must fit the model's positions."""
+    """A prompt plus its completion must fit the model's positions; fused_decode needs a model it can fuse."""
+    if getattr(cfg, "fused_decode", False):
+        from .fused_step import unsupported
+
+        reason = unsupported(model)
+        if reason:
+            raise ConfigError(f"invalid --fused-decode: {reason}; leave it off for this model")
     n_ctx = getattr(model.config, "max_position_embeddings", None)
     if isinstance(n_ctx, int) and cfg.max_prompt_length + cfg.max_completion_length > n_ctx:
         raise ConfigError(f"invalid --max-prompt-length/--max-completion-length: {cfg.max_prompt_length} + "

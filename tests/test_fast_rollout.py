@@ -248,20 +248,24 @@ def test_gqa_attention_refuses_more_than_one_query():
                     attention="flash")
 
 
-@pytest.fixture(scope="module", params=["llama", "qwen3"])
-def gqa_model(request, tiny):
-    """A random 2-layer model with 4 query heads sharing 2 KV heads, over the tiny tokenizer."""
+def _random_gqa_model(arch: str, tok, **extra):
+    """A random 2-layer ``arch`` model with 4 query heads sharing 2 KV heads, over the tiny tokenizer."""
     from transformers import AutoConfig, AutoModelForCausalLM
 
-    _, tok = tiny
-    extra = {"head_dim": 16} if request.param == "qwen3" else {}
-    config = AutoConfig.for_model(request.param, vocab_size=len(tok), hidden_size=64, intermediate_size=96,
+    if arch == "qwen3":
+        extra["head_dim"] = 16
+    config = AutoConfig.for_model(arch, vocab_size=len(tok), hidden_size=64, intermediate_size=96,
                                   num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
                                   max_position_embeddings=256, pad_token_id=tok.pad_token_id,
                                   eos_token_id=tok.eos_token_id, **extra)
     torch.manual_seed(0)
-    model = AutoModelForCausalLM.from_config(config, attn_implementation="sdpa").eval()
-    return model, tok
+    return AutoModelForCausalLM.from_config(config, attn_implementation="sdpa").eval()
+
+
+@pytest.fixture(scope="module", params=["llama", "qwen3"])
+def gqa_model(request, tiny):
+    _, tok = tiny
+    return _random_gqa_model(request.param, tok), tok
 
 
 def test_gqa_decode_equals_the_models_own_attention(gqa_model):
@@ -325,20 +329,115 @@ def test_attention_switch_is_undone_on_error(gqa_model):
 
 
 # ----------------------------------------------------------------------------- (f) the compiled step
+def _same_draws(model, tok, new_tokens, seed, base: dict, variant: dict, cases=((True, 1.0), (False, 0.7))):
+    """Decoding with ``variant`` options gives the tokens of ``base`` from the same seed (greedy and
+    sampled), log-probs to float32 rounding."""
+    ids, mask = _prompt_batch(tok)
+    eos, pad = eos_token_ids(model, tok), tok.pad_token_id
+    for greedy, temperature in cases:
+        out = []
+        for options in (base, variant):
+            torch.manual_seed(seed)
+            out.append(fast.decode(model, ids, mask, new_tokens, temperature, 1.0, greedy, eos, pad, **options))
+        assert torch.equal(out[0][0], out[1][0])
+        torch.testing.assert_close(out[0][1], out[1][1], rtol=0, atol=1e-5)
+
+
 def test_compiled_step_gives_the_same_tokens_and_logprobs(tiny):
     """torch.compile of the decode step (inductor's CPU code here): greedy and sampled tokens as eager,
     the same draws from the same seed (aten's random kernels), log-probs to float32 rounding."""
     model, tok = tiny
+    _same_draws(model, tok, 10, 5, {}, {"compile": True})
+    assert fast.STATS["compiled"] is True
+
+
+# ----------------------------------------------------------------------------- (g) fused projections
+@pytest.fixture(scope="module", params=["llama", "qwen3", "llama-biases"])
+def fusable_model(request, tiny):
+    """Random 2-layer Llama / Qwen3 (4 query heads over 2 KV heads), one Llama with every bias on."""
+    _, tok = tiny
+    biases = request.param == "llama-biases"
+    model = _random_gqa_model(request.param.split("-")[0], tok,
+                              **(dict(attention_bias=True, mlp_bias=True) if biases else {}))
+    if biases:
+        with torch.no_grad():
+            for p in model.parameters():
+                if p.dim() == 1 and not torch.all(p == 1):  # the biases (init at 0), not the norms' ones
+                    p.normal_(0, 0.1)
+    return model, tok
+
+
+def test_fused_step_decodes_as_the_model(fusable_model):
+    """q/k/v and gate/up in one matmul each: the model's greedy and sampled tokens from the same seed,
+    log-probs to float32 rounding and equal to a plain forward pass."""
+    model, tok = fusable_model
+    _same_draws(model, tok, 12, 3, {}, {"fused": True})
+    torch.manual_seed(4)
+    rollout = generate(model, tok, PROMPTS, 2, 12, 0.7, backend="fast", fused_decode=True)
+    logits, _ = forward_completion(model, rollout, 0.7)
+    scored = logprobs_from_logits(logits, rollout.completion_ids) * rollout.completion_mask
+    torch.testing.assert_close(rollout.sampling_logprobs, scored, rtol=0, atol=2e-5)
+
+
+def test_fused_weights_follow_the_models(fusable_model):
+    """After the model's weights change in place (an optimizer step), the next fused decode uses them."""
+    model, tok = fusable_model
     ids, mask = _prompt_batch(tok)
     eos, pad = eos_token_ids(model, tok), tok.pad_token_id
-    for greedy, temperature in ((True, 1.0), (False, 0.7)):
-        torch.manual_seed(5)
-        eager = fast.decode(model, ids, mask, 10, temperature, 1.0, greedy, eos, pad)
-        torch.manual_seed(5)
-        compiled = fast.decode(model, ids, mask, 10, temperature, 1.0, greedy, eos, pad, compile=True)
-        assert fast.STATS["compiled"] is True
-        assert torch.equal(eager[0], compiled[0])
-        torch.testing.assert_close(eager[1], compiled[1], rtol=0, atol=1e-5)
+    fast.decode(model, ids, mask, 6, 1.0, 1.0, True, eos, pad, fused=True)  # builds the fused weights
+    saved = [p.detach().clone() for p in model.parameters()]
+    try:
+        with torch.no_grad():
+            for name, p in model.named_parameters():
+                if any(k in name for k in ("q_proj", "k_proj", "v_proj", "gate_proj", "up_proj")):
+                    p.add_(torch.randn_like(p) * 0.5)
+        plain = fast.decode(model, ids, mask, 12, 1.0, 1.0, True, eos, pad)
+        fused = fast.decode(model, ids, mask, 12, 1.0, 1.0, True, eos, pad, fused=True)
+        assert torch.equal(plain[0], fused[0])
+        torch.testing.assert_close(plain[1], fused[1], rtol=0, atol=1e-5)
+    finally:
+        with torch.no_grad():
+            for p, value in zip(model.parameters(), saved):
+                p.copy_(value)
+
+
+def test_fused_decode_on_the_tiny_model_with_padding_and_eos(tiny):
+    model, tok = tiny
+    ids, mask = _prompt_batch(tok)
+    eos = eos_token_ids(model, tok) | {tok.convert_tokens_to_ids(tok.tokenize("\n")[0])}
+    plain = fast.decode(model, ids, mask, 16, 1.0, 1.0, True, eos, tok.pad_token_id)
+    fused = fast.decode(model, ids, mask, 16, 1.0, 1.0, True, eos, tok.pad_token_id, fused=True)
+    assert torch.equal(plain[0], fused[0])
+    torch.testing.assert_close(plain[1], fused[1], rtol=0, atol=1e-5)
+
+
+def test_compiled_fused_step_gives_the_same_tokens(tiny):
+    """The fused step through torch.compile (inductor's CPU code): the fused eager step's draws and log-probs."""
+    model, tok = tiny
+    _same_draws(model, tok, 8, 6, {"fused": True}, {"fused": True, "compile": True}, cases=((False, 0.7),))
+    assert fast.STATS["compiled"] is True
+
+
+def test_fused_decode_refuses_what_it_cannot_fuse(tiny):
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    from minigrpo.fused_step import unsupported
+    from minigrpo.runtime import check_context
+
+    _, tok = tiny
+    gpt2 = GPT2LMHeadModel(GPT2Config(vocab_size=len(tok), n_embd=32, n_layer=1, n_head=2, n_positions=256)).eval()
+    assert "supports LlamaForCausalLM and Qwen3ForCausalLM; this model is GPT2LMHeadModel" in unsupported(gpt2)
+    ids, mask = _prompt_batch(tok)
+    with pytest.raises(ValueError, match="this model is GPT2LMHeadModel"):
+        fast.decode(gpt2, ids, mask, 4, 1.0, 1.0, True, {0}, 0, fused=True)
+    with pytest.raises(ConfigError, match="invalid --fused-decode: .*GPT2LMHeadModel.*leave it off"):
+        check_context(gpt2, fast_config(rollout_backend="fast", fused_decode=True))
+    model, _ = tiny
+    assert unsupported(model) is None
+    with pytest.raises(ValueError, match="'gqa' attention"):
+        fast.decode(model, ids, mask, 4, 1.0, 1.0, True, {0}, 0, fused=True, attention="model")
+    with pytest.raises(ConfigError, match="fused-decode.*rollout-backend fast"):
+        fast_config(fused_decode=True)
 
 
 def test_compile_decode_needs_the_fast_backend():
@@ -428,13 +527,17 @@ def cuda_model(tmp_path_factory):
     return load_model(folder, device="cuda", dtype=torch.bfloat16)
 
 
+STEP_KINDS = pytest.mark.parametrize("compile,fused", [(False, False), (True, False), (False, True), (True, True)],
+                                     ids=["graph", "compiled-graph", "fused-graph", "fused-compiled-graph"])
+
+
 @pytest.mark.gpu
 @needs_cuda
-@pytest.mark.parametrize("compile", [False, True], ids=["graph", "compiled-graph"])
-def test_gpu_bf16_logprobs_agree_with_a_forward_pass(cuda_model, compile):
+@STEP_KINDS
+def test_gpu_bf16_logprobs_agree_with_a_forward_pass(cuda_model, compile, fused):
     model, tok = cuda_model
     torch.manual_seed(0)
-    rollout = generate(model, tok, PROMPTS * 3, 4, 48, 0.7, backend="fast", compile_decode=compile)
+    rollout = generate(model, tok, PROMPTS * 3, 4, 48, 0.7, backend="fast", compile_decode=compile, fused_decode=fused)
     assert fast.STATS["mode"] == "cuda-graph" and fast.STATS["compiled"] == compile, fast.STATS["fallback"]
     scored = score_logprobs(model, rollout, 0.7, batch_size=64)
     on = rollout.completion_mask.bool()
@@ -478,17 +581,17 @@ def test_gpu_bf16_update_logprobs_without_full_logits(cuda_model):
 
 @pytest.mark.gpu
 @needs_cuda
-@pytest.mark.parametrize("compile", [False, True], ids=["graph", "compiled-graph"])
-def test_gpu_graph_replay_equals_eager_decode(cuda_model, compile):
+@STEP_KINDS
+def test_gpu_graph_replay_equals_eager_decode(cuda_model, compile, fused):
     model, tok = cuda_model
     ids, mask = tokenize_prompts(tok, PROMPTS * 4, 160, "cuda")
     eos, pad = eos_token_ids(model, tok), tok.pad_token_id
-    eager = fast.decode(model, ids, mask, 32, 1.0, 1.0, True, eos, pad, cuda_graphs=False)
-    graph = fast.decode(model, ids, mask, 32, 1.0, 1.0, True, eos, pad, cuda_graphs=True, compile=compile)
+    eager = fast.decode(model, ids, mask, 32, 1.0, 1.0, True, eos, pad, cuda_graphs=False, fused=fused)
+    graph = fast.decode(model, ids, mask, 32, 1.0, 1.0, True, eos, pad, cuda_graphs=True, compile=compile, fused=fused)
     assert fast.STATS["mode"] == "cuda-graph" and fast.STATS["compiled"] == compile, fast.STATS["fallback"]
     assert torch.equal(eager[0], graph[0])
     again = fast.decode(model, ids, mask, 32, 1.0, 1.0, True, eos, pad, cuda_graphs=True,  # replayed buffers
-                        compile=compile)
+                        compile=compile, fused=fused)
     assert torch.equal(graph[0], again[0])
 
 
