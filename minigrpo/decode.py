@@ -235,8 +235,12 @@ class Decoder:
         self.restart: tuple | None = None
 
     # -- one forward
+    def _additive(self, allowed):
+        """The boolean mask as 0 / dtype-min, for attention that adds its mask to the scores."""
+        return torch.where(allowed, self.zero, self.neg)
+
     def _forward(self, input_ids, allowed, position_ids, float_mask=None, **extra):
-        mask = allowed if float_mask is None else torch.where(allowed, self.zero, self.neg)
+        mask = allowed if float_mask is None else self._additive(allowed)
         return self._model()(input_ids=input_ids, attention_mask=mask, position_ids=position_ids,
                              use_cache=True, **{self.cache_arg: self.cache}, **extra)
 
@@ -254,8 +258,7 @@ class Decoder:
         """One token per row; runs (is captured, is compiled) with ``step_attention`` switched on."""
         allowed = (self.valid & (self.kv_index <= self.col))[:, None, None, :]
         if self.fused is not None:
-            logits = self.fused(self.token[:, None], self.position[:, None],
-                                torch.where(allowed, self.zero, self.neg), self.cache)
+            logits = self.fused(self.token[:, None], self.position[:, None], self._additive(allowed), self.cache)
         else:
             logits = self._forward(self.token[:, None], allowed, self.position[:, None], self.step_mask).logits
         self._record(*sample(logits[:, -1], self.temperature, self.top_p, self.greedy))
@@ -340,10 +343,15 @@ def capture_graph(step, warmup: int = 2):
 _DECODERS: "weakref.WeakKeyDictionary[torch.nn.Module, OrderedDict]" = weakref.WeakKeyDictionary()
 
 
+def _placement(model) -> tuple:
+    """Where the model's weights live: a captured graph or a fused copy is only valid while this holds."""
+    params = list(model.parameters())
+    return params[0].data_ptr(), params[-1].data_ptr(), params[0].dtype
+
+
 def _decoder(model, key: tuple, build) -> Decoder:
     """The cached decoder of this shape for ``model`` (rebuilt if the weights moved in memory)."""
-    params = list(model.parameters())
-    where = (params[0].data_ptr(), params[-1].data_ptr(), params[0].dtype)
+    where = _placement(model)
     kept = _DECODERS.get(model)
     if kept is None or kept.get("where") != where:
         kept = _DECODERS[model] = OrderedDict(where=where)
@@ -363,8 +371,7 @@ def _fused_step(model):
     """The model's FusedStep (one per model and weight placement), its weights refreshed from the model's."""
     from .fused_step import FusedStep
 
-    params = list(model.parameters())
-    where = (params[0].data_ptr(), params[-1].data_ptr(), params[0].dtype)
+    where = _placement(model)
     kept = _FUSED.get(model)
     if kept is None or kept[0] != where:
         kept = _FUSED[model] = (where, FusedStep(model))

@@ -92,7 +92,7 @@ def run_sft(cfg, out_dir: str | Path, log=print) -> dict:
     batches = sft_batches(len(examples), cfg, random.Random(cfg.seed))
     total = len(batches)
     optimizer, scheduler = optim.make_optimizer(model.parameters(), cfg, cfg.sft_learning_rate, total,
-                                                  schedule=cfg.sft_lr_scheduler_type)
+                                                schedule=cfg.sft_lr_scheduler_type)
     model.train()
     started = time.time()
     for step, indices in enumerate(batches, start=1):
