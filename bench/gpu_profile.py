@@ -86,7 +86,7 @@ def main() -> None:
     from minigrpo.trace import writer
 
     label(experience, "generate", "generation")
-    label(experience, "score_logprobs", "logp old/ref passes")
+    label(experience, "score_logprobs_and_hidden", "logp old/ref passes")
     label(probes.ProbeRecorder, "start", "probes: before")
     label(probes.ProbeRecorder, "finish", "probes: after")
     label(grpo.GRPOTrainer, "micro_loss", "micro-batch loss")

@@ -9,7 +9,7 @@ import numpy as np
 import torch
 
 from .losses import group_advantages, group_stats
-from .rollout import Rollout, concat_rollouts, generate, pad_token_id, score_logprobs
+from .rollout import Rollout, concat_rollouts, generate, pad_token_id, score_logprobs_and_hidden
 from .tasks import RewardConfig, TaskData, build_prompt, score_completion
 from .trace.schema import Group
 
@@ -31,6 +31,7 @@ class Experience:
     item_indices: list | None = None  # dynamic sampling: indices of ``items`` in the training split (for --resume)
     generation_metrics: dict | None = None  # dynamic sampling: rollout metrics over every sampled group (0-d tensors)
     logp_old_from_update: bool = False  # logp_old is filled by the update itself (see one_update_per_rollout)
+    ref_hidden: torch.Tensor | None = None  # (N, Lc, H) π_ref's last hidden states, kept for the probes (keep_ref_hidden)
 
     @property
     def num_generations(self) -> int:
@@ -105,12 +106,29 @@ def collect(policy, ref, tokenizer, data: TaskData, cfg, rng: random.Random,
     score_batch = cfg.generation_batch_size if cfg.rollout_backend == "fast" else cfg.per_device_train_batch_size * 2
     from_update = not old_pass and one_update_per_rollout(cfg, len(batch.rollout))
     logp_old = torch.zeros_like(batch.rollout.completion_mask, dtype=torch.float32) if from_update else \
-        score_logprobs(policy, batch.rollout, cfg.temperature, score_batch)
-    logp_ref = score_logprobs(ref, batch.rollout, cfg.temperature, score_batch) if ref is not None else None
+        score_logprobs_and_hidden(policy, batch.rollout, cfg.temperature, score_batch, keep_hidden=False)[0]
+    logp_ref, ref_hidden = score_logprobs_and_hidden(ref, batch.rollout, cfg.temperature, score_batch,
+                                                     keep_ref_hidden(cfg, ref, batch.rollout)) \
+        if ref is not None else (None, None)
     return Experience(batch.items, batch.prompts, batch.rollout, batch.rewards, batch.parts, batch.correct,
                       batch.formatted, batch.premise_copy, advantages, logp_old, logp_ref, batch.scorer_errors,
                       item_indices=batch.indices if cfg.dynamic_sampling else None,
-                      generation_metrics=generation_metrics, logp_old_from_update=from_update)
+                      generation_metrics=generation_metrics, logp_old_from_update=from_update, ref_hidden=ref_hidden)
+
+
+# the most bytes of π_ref hidden states a rollout keeps for the probes (SmolLM-135M at the seed recipe: 17 MB)
+REF_HIDDEN_BUDGET = 2 ** 28
+
+
+def keep_ref_hidden(cfg, ref, rollout: Rollout) -> bool:
+    """Keep π_ref's hidden states from its scoring pass, so that the probes read the reference's
+    logits from them instead of running π_ref again: when the trace has probes and they fit
+    ``REF_HIDDEN_BUDGET``."""
+    if not (cfg.trace and cfg.probe_completions != 0):
+        return False
+    n, lc = rollout.completion_ids.shape
+    head = getattr(ref.get_output_embeddings(), "weight", None)  # (V, H)
+    return head is not None and n * lc * head.shape[1] * head.element_size() <= REF_HIDDEN_BUDGET
 
 
 def _share(indices: list[int], rank: int, world_size: int) -> list[int]:

@@ -18,12 +18,14 @@ from .trainer import RLTrainer
 
 class GRPOTrainer(RLTrainer):
     algo = "grpo"
+    hands_probes_hidden = True
 
     def micro_loss(self, exp, rows, normalizer):
         cfg = self.cfg
         batch = exp.rollout.select(rows)
         mask = batch.completion_mask
-        logp, entropy, _ = completion_logprobs_entropy(self.policy, batch, cfg.temperature)
+        logp, entropy, hidden = completion_logprobs_entropy(self.policy, batch, cfg.temperature,
+                                                            output_hidden=self.probes.wants_hidden(rows))
         advantages = exp.advantages[rows].unsqueeze(1).expand_as(logp)
         logp_ref = exp.logp_ref[rows] if exp.logp_ref is not None else None
         if exp.logp_old_from_update:  # π_old is this very policy (one update per rollout): ρ = 1 exactly
@@ -34,7 +36,7 @@ class GRPOTrainer(RLTrainer):
         policy_loss = reduce(per_token - cfg.beta * stats["kl"], mask, cfg, normalizer)
         for i, row in enumerate(rows):
             if row in self.probes.rows:
-                self.probes.capture(row, logp=logp[i], ratio=stats["ratio"][i], clipped_low=stats["clipped_low"][i],
+                self.probes.capture(row, hidden=hidden[i] if hidden is not None else None, logp=logp[i], ratio=stats["ratio"][i], clipped_low=stats["clipped_low"][i],
                                     clipped_high=stats["clipped_high"][i], kl=stats["kl"][i], advantage=advantages[i])
         return loss, token_stats(mask, loss, policy_loss, stats, entropy)
 

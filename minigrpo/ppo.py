@@ -40,6 +40,7 @@ class ValueModel(nn.Module):
 
 class PPOTrainer(RLTrainer):
     algo = "ppo"
+    hands_probes_hidden = True
     needs_logp_old_before_update = True
 
     def setup_algorithm(self) -> None:
@@ -76,12 +77,13 @@ class PPOTrainer(RLTrainer):
         batch = exp.rollout.select(rows)
         mask = batch.completion_mask
         logp, entropy, hidden = completion_logprobs_entropy(self.policy, batch, cfg.temperature,
-                                                            output_hidden=cfg.critic == "shared")
+                                                            output_hidden=cfg.critic == "shared" or
+                                                            self.probes.wants_hidden(rows))
         advantages = exp.token_advantages[rows]
         per_token, ratio, clipped_low, clipped_high = clipped_surrogate(
             logp, exp.logp_old[rows], advantages, cfg.epsilon_low, cfg.epsilon_upper)
         policy_loss = reduce(per_token, mask, cfg, normalizer)
-        values = self._values(batch, hidden)
+        values = self._values(batch, hidden if cfg.critic == "shared" else None)
         vf_loss, vf_clipfrac = value_loss(values, exp.values[rows], exp.returns[rows], mask, cfg.cliprange_value)
         vf_loss = vf_loss / normalizer["num_micro"]
         loss = policy_loss + cfg.vf_coef * vf_loss
@@ -90,7 +92,7 @@ class PPOTrainer(RLTrainer):
         stats = {"ratio": ratio.detach(), "clipped_low": clipped_low, "clipped_high": clipped_high, "kl": kl}
         for i, row in enumerate(rows):
             if row in self.probes.rows:
-                self.probes.capture(row, logp=logp[i], ratio=ratio[i], clipped_low=clipped_low[i],
+                self.probes.capture(row, hidden=hidden[i] if hidden is not None else None, logp=logp[i], ratio=ratio[i], clipped_low=clipped_low[i],
                                     clipped_high=clipped_high[i], kl=kl[i], advantage=advantages[i],
                                     values=exp.values[row], returns=exp.returns[row])
         out = token_stats(mask, loss, policy_loss, stats, entropy)

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from .losses import logprobs_from_logits
-from .rollout import Rollout, forward_completion
+from .rollout import Rollout, forward_completion, hidden_gives_logits, logits_from_hidden
 from .trace.schema import Probe, ProbePosition
 
 ANSWER_TAG = "<answer>"
@@ -62,7 +62,14 @@ class ProbeRecorder:
     """``pick(advantages, n)`` chooses the probes among an update's rows (data-parallel runs pass
     ``Dist.pick_probe_rows``, which chooses over every rank's rows); ``forward(model, batch,
     temperature)`` returns the tempered completion logits exactly as the loss computes them
-    (``rollout.forward_completion`` here, TRL's forward in ``integrations.trl``)."""
+    (``rollout.forward_completion`` here, TRL's forward in ``integrations.trl``).
+
+    The probes' logits cost no forward pass of their own where the numbers already exist: the
+    logits "before" are the output layer of the last hidden states the update's own forward pass
+    hands to ``capture`` (``start(..., hidden_from_update=True)``), the reference's are the output
+    layer of the hidden states π_ref's scoring pass kept (``finish(..., ref_hidden=)``); only the
+    logits "after" need a pass, after the optimizer step.
+    """
 
     def __init__(self, tokenizer, cfg, pick=pick_probe_rows, forward=forward_completion):
         self.tokenizer = tokenizer
@@ -72,24 +79,44 @@ class ProbeRecorder:
         self.rows: list[int] = []
         self.captured: dict[int, dict[str, torch.Tensor]] = {}
         self._logits_before: torch.Tensor | None = None
+        self._head_model = None  # the policy, while its logits before the step come from captured hidden states
 
     @property
     def active(self) -> bool:
         return self.cfg.trace and self.cfg.probe_completions != 0
 
-    def start(self, policy, rollout: Rollout, step_rows: list[int], seq_advantages: torch.Tensor) -> None:
-        """Choose this update's probes among its rows and keep the policy's logits before the step."""
-        self.captured = {}
+    def start(self, policy, rollout: Rollout, step_rows: list[int], seq_advantages: torch.Tensor,
+              hidden_from_update: bool = False) -> None:
+        """Choose this update's probes among its rows and keep the policy's logits before the step:
+        with ``hidden_from_update`` from the hidden states the update passes to ``capture``
+        (``wants_hidden`` says for which micro-batches), else from a forward pass now."""
+        self.captured, self._logits_before, self._head_model = {}, None, None
         if not self.active:
             self.rows = []
             return
         picks = self.pick(seq_advantages[step_rows], self.cfg.probe_completions)
         self.rows = [step_rows[i] for i in picks]
-        self._logits_before = self._logits(policy, rollout.select(self.rows)) if self.rows else None
+        if not self.rows:
+            return
+        if hidden_from_update and self.forward is forward_completion and hidden_gives_logits(policy):
+            self._head_model = policy
+        else:
+            self._logits_before = self._logits(policy, rollout.select(self.rows))
 
-    def capture(self, row: int, **per_token: torch.Tensor) -> None:
-        """Per-token tensors the loss used for a probe row (called from inside the update)."""
-        self.captured[row] = {k: v.detach() for k, v in per_token.items()}  # to the host in finish(): no sync here
+    def wants_hidden(self, rows: list[int]) -> bool:
+        """Whether the update's forward over ``rows`` should hand its hidden states to ``capture``."""
+        return self._head_model is not None and any(row in self.rows for row in rows)
+
+    def capture(self, row: int, hidden: torch.Tensor | None = None, **per_token: torch.Tensor) -> None:
+        """Per-token tensors the loss used for a probe row (called from inside the update, before
+        the optimizer step), and the row's last hidden states when ``wants_hidden``."""
+        got = {k: v.detach() for k, v in per_token.items()}  # to the host in finish(): no sync here
+        if self._head_model is not None:
+            if hidden is None:
+                raise RuntimeError("the probes were told the update hands them hidden states, and it did not")
+            with torch.no_grad():  # now: the optimizer step is about to change the output layer
+                got["logits_before"] = logits_from_hidden(self._head_model, hidden.detach(), self.cfg.temperature)
+        self.captured[row] = got
 
     def _logits(self, model, batch: Rollout) -> torch.Tensor:
         was_training = model.training
@@ -100,35 +127,49 @@ class ProbeRecorder:
         return logits
 
     def finish(self, policy, ref, rollout: Rollout, num_generations: int, logp_old: torch.Tensor,
-               logp_ref: torch.Tensor | None, row_offset: int = 0) -> list[Probe]:
+               logp_ref: torch.Tensor | None, row_offset: int = 0,
+               ref_hidden: torch.Tensor | None = None) -> list[Probe]:
         """After the optimizer step: re-score the probes and build trace records.
 
         ``row_offset``: index of ``rollout``'s first row in the whole rollout (a data-parallel
         rank holds one block of it), so that ``group``/``index`` point into the gathered groups.
+        ``ref_hidden``: π_ref's last hidden states of ``rollout``'s rows, if its scoring pass kept them.
         """
         if not self.rows:
             return []
-        batch = rollout.select(self.rows)
+        rows = self.rows
+        batch = rollout.select(rows)
         after = self._logits(policy, batch)
-        reference = self._logits(ref, batch) if ref is not None else None
+        if self._logits_before is not None:
+            before = self._logits_before
+        else:
+            before = torch.stack([self.captured[row].pop("logits_before") for row in rows])
+        if ref is None:
+            reference = before
+        elif ref_hidden is not None and self.forward is forward_completion:
+            with torch.no_grad():
+                index = torch.as_tensor(rows, device=ref_hidden.device)
+                reference = logits_from_hidden(ref, ref_hidden[index], self.cfg.temperature)
+        else:
+            reference = self._logits(ref, batch)
+        ids_all = batch.completion_ids
+        logp_new_all = logprobs_from_logits(after, ids_all)
+        logp_before_all = logprobs_from_logits(before, ids_all)
+        lengths = batch.completion_mask.sum(1).long().tolist()
         probes = []
-        for j, row in enumerate(self.rows):
-            length = int(rollout.completion_mask[row].sum().item())
-            ids = rollout.completion_ids[row, :length]
-            logits_b, logits_a = self._logits_before[j, :length], after[j, :length]
-            logits_r = reference[j, :length] if reference is not None else logits_b
+        for j, row in enumerate(rows):
+            length = lengths[j]
+            ids_list = ids_all[j, :length].tolist()
             got = {k: v.float().cpu() for k, v in self.captured[row].items()}
-            logp_new = logprobs_from_logits(logits_a, ids)
-            logp_before = logprobs_from_logits(logits_b, ids)
-            ids_list = ids.tolist()
-            positions = self._positions(ids_list, logits_b, logits_a, logits_r, logp_before, logp_new)
+            logp_new, logp_before = logp_new_all[j, :length], logp_before_all[j, :length]
+            positions = self._positions(ids_list, before[j], after[j], reference[j], logp_before, logp_new)
             as_np = lambda t: t[:length].float().cpu().numpy().astype(np.float32)  # noqa: E731
             group, index = divmod(row_offset + row, num_generations)
             probes.append(Probe(
                 group=group, index=index,
                 text=rollout.completions[row],
                 token_ids=np.asarray(ids_list, dtype=np.int64),
-                tokens=[self.tokenizer.decode([t]) for t in ids_list],
+                tokens=self.tokenizer.batch_decode([[t] for t in ids_list]),
                 logp_old=as_np(logp_old[row]), logp=as_np(got["logp"]), logp_new=as_np(logp_new),
                 logp_ref=as_np(logp_ref[row] if logp_ref is not None else logp_before),
                 ratio=as_np(got["ratio"]),
@@ -139,10 +180,11 @@ class ProbeRecorder:
                 returns=as_np(got["returns"]) if "returns" in got else None,
                 positions=positions,
             ))
-        self.rows, self._logits_before = [], None
+        self.rows, self._logits_before, self._head_model = [], None, None
         return probes
 
     def _positions(self, ids, logits_b, logits_a, logits_r, logp_before, logp_new) -> list[ProbePosition]:
+        """The chosen positions' top tokens; ``logits_*`` (Lc, V) on any device, one copy to the host."""
         chosen: list[tuple[int, str]] = []
         decision = decision_position(self.tokenizer, ids)
         if decision is not None:
@@ -153,17 +195,20 @@ class ProbeRecorder:
                 break
             if pos != decision:
                 chosen.append((pos, "moved"))
-        k = min(self.cfg.probe_top_k, logits_b.shape[-1])
+        if not chosen:
+            return []
+        at = torch.as_tensor([pos for pos, _ in chosen], device=logits_b.device)
+        rows = torch.stack([logits_b[at], logits_a[at], logits_r[at]], dim=1).float().cpu()  # (P, 3, V)
+        probs = torch.softmax(rows, dim=-1)
+        k = min(self.cfg.probe_top_k, rows.shape[-1])
         out = []
-        for pos, kind in chosen:
-            lb, la, lr = logits_b[pos], logits_a[pos], logits_r[pos]
-            pb, pa, pr = (torch.softmax(x, -1) for x in (lb, la, lr))
+        for (pos, kind), (lb, la, lr), (pb, pa, pr) in zip(chosen, rows, probs):
             top = _top_union(pb, pa, ids[pos], k)
-            f = lambda t: t[top].cpu().numpy().astype(np.float32)  # noqa: E731
+            f = lambda t: t[top].numpy().astype(np.float32)  # noqa: E731
             out.append(ProbePosition(
                 pos=pos, kind=kind, sampled_token_id=int(ids[pos]),
-                token_ids=top.cpu().numpy().astype(np.int64),
-                tokens=[self.tokenizer.decode([t]) for t in top.tolist()],
+                token_ids=top.numpy().astype(np.int64),
+                tokens=self.tokenizer.batch_decode([[t] for t in top.tolist()]),
                 logits_before=f(lb), probs_before=f(pb), logits_after=f(la), probs_after=f(pa),
                 logits_ref=f(lr), probs_ref=f(pr),
                 other_before=float(1 - pb[top].sum()), other_after=float(1 - pa[top].sum()),

@@ -165,8 +165,19 @@ def forward_completion(model, batch: Rollout, temperature: float, output_hidden:
     if _softcapped(model):
         return _forward_full(model, batch, temperature, output_hidden)
     hidden = completion_hidden(model, batch)
-    logits = model.get_output_embeddings()(hidden).float() / temperature
-    return logits, (hidden if output_hidden else None)
+    return logits_from_hidden(model, hidden, temperature), (hidden if output_hidden else None)
+
+
+def logits_from_hidden(model, hidden: torch.Tensor, temperature: float) -> torch.Tensor:
+    """``forward_completion``'s tempered float32 logits from last hidden states it (or the update,
+    or a scoring pass) computed: the model's output layer, then / temperature. Not for models with
+    logit soft-capping (``hidden_gives_logits``)."""
+    return model.get_output_embeddings()(hidden).float() / temperature
+
+
+def hidden_gives_logits(model) -> bool:
+    """Whether the logits are the output layer of the last hidden states (``logits_from_hidden``)."""
+    return not _softcapped(model)
 
 
 # logits held at once by completion_logprobs and the update's log-probs: 2**27 fp32 values = 512 MiB
@@ -180,15 +191,20 @@ def completion_logprobs(model, batch: Rollout, temperature: float, budget: int =
     The same numbers as ``logprobs_from_logits(forward_completion(...))``: a causal LM's logits
     are its output layer applied to those hidden states. (N, Lc), float32.
     """
+    return _logprobs_and_hidden(model, batch, temperature, budget)[0]
+
+
+def _logprobs_and_hidden(model, batch: Rollout, temperature: float, budget: int = LOGITS_BUDGET):
+    """``completion_logprobs`` and the last hidden states it scored (None for soft-capped logits)."""
     head = _plain_head(model)
     if head is None:
-        logits, _ = forward_completion(model, batch, temperature)
-        return logprobs_from_logits(logits, batch.completion_ids)
+        logits, hidden = forward_completion(model, batch, temperature, output_hidden=hidden_gives_logits(model))
+        return logprobs_from_logits(logits, batch.completion_ids), hidden
     n, lc = batch.completion_ids.shape
-    hidden = completion_hidden(model, batch).reshape(n * lc, -1)
-    logp, _ = head_logprobs(hidden, head.weight, head.bias, batch.completion_ids.reshape(-1), temperature,
-                            _chunk_rows(head, budget))
-    return logp.view(n, lc)
+    hidden = completion_hidden(model, batch)
+    logp, _ = head_logprobs(hidden.reshape(n * lc, -1), head.weight, head.bias, batch.completion_ids.reshape(-1),
+                            temperature, _chunk_rows(head, budget))
+    return logp.view(n, lc), hidden
 
 
 def completion_logprobs_entropy(model, batch: Rollout, temperature: float, output_hidden: bool = False,
@@ -291,11 +307,23 @@ def _cache_arg_of(module_class) -> str:  # read the signature once per class, no
 @torch.no_grad()
 def score_logprobs(model, batch: Rollout, temperature: float, batch_size: int) -> torch.Tensor:
     """log π(token) of every completion token, no gradient, in micro-batches. (N, Lc)"""
+    return score_logprobs_and_hidden(model, batch, temperature, batch_size, keep_hidden=False)[0]
+
+
+@torch.no_grad()
+def score_logprobs_and_hidden(model, batch: Rollout, temperature: float, batch_size: int, keep_hidden: bool = True):
+    """``score_logprobs`` and, with ``keep_hidden``, the last hidden states it scored (N, Lc, H), from
+    which ``logits_from_hidden`` gives the full logits of any row without another forward pass
+    (None for soft-capped logits)."""
     was_training = model.training
     model.eval()
-    parts = []
+    parts, hidden = [], []
     for start in range(0, len(batch), batch_size):
         sub = batch.select(list(range(start, min(start + batch_size, len(batch)))))
-        parts.append(completion_logprobs(model, sub, temperature))
+        logp, h = _logprobs_and_hidden(model, sub, temperature)
+        parts.append(logp)
+        if keep_hidden:
+            hidden.append(h)
     model.train(was_training)
-    return torch.cat(parts) * batch.completion_mask
+    kept = torch.cat(hidden) if keep_hidden and all(h is not None for h in hidden) else None
+    return torch.cat(parts) * batch.completion_mask, kept

@@ -39,6 +39,7 @@ from .trace.schema import Step
 class RLTrainer:
     algo = "base"
     needs_logp_old_before_update = False  # PPO: its KL-shaped rewards are computed from log π_old in prepare()
+    hands_probes_hidden = False  # micro_loss passes its hidden states to probes.capture when probes.wants_hidden
 
     def __init__(self, cfg, out_dir: str | Path, resume: bool = False, log=print):
         self.cfg, self.out, self.resume, self.log = cfg, Path(out_dir), resume, log
@@ -190,7 +191,7 @@ class RLTrainer:
                 self.step += 1
                 t_rec = time.perf_counter()
                 probes = self.probes.finish(self.policy, self.ref, exp.rollout, exp.num_generations, exp.logp_old,
-                                            exp.logp_ref, row_offset=self.dist.rank * n) \
+                                            exp.logp_ref, row_offset=self.dist.rank * n, ref_hidden=exp.ref_hidden) \
                     if cfg.trace and not metrics["update_skipped"] else []
                 probes = self.dist.gather(probes) or []  # every rank's probes, on rank 0
                 faults.hit("step")
@@ -216,7 +217,7 @@ class RLTrainer:
     def _update(self, exp: Experience, rows: list[int]) -> dict:
         cfg = self.cfg
         t_probe = time.perf_counter()
-        self.probes.start(self.policy, exp.rollout, rows, self.sequence_advantages(exp))
+        self.probes.start(self.policy, exp.rollout, rows, self.sequence_advantages(exp), self.hands_probes_hidden)
         probe_seconds = time.perf_counter() - t_probe
         t0 = time.perf_counter()
         micro = cfg.per_device_train_batch_size

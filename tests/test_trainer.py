@@ -188,9 +188,9 @@ def test_one_update_per_rollout_takes_logp_old_from_the_update(sft_model, tmp_pa
 
     from minigrpo import experience, grpo
 
-    real = experience.score_logprobs
+    real = experience.score_logprobs_and_hidden
     scored = []
-    monkeypatch.setattr(experience, "score_logprobs", lambda model, *a, **k: scored.append(model) or real(model, *a, **k))
+    monkeypatch.setattr(experience, "score_logprobs_and_hidden", lambda model, *a, **k: scored.append(model) or real(model, *a, **k))
     runs = {}
     for name, forced in (("from-update", False), ("pass", True)):
         monkeypatch.setattr(grpo.GRPOTrainer, "needs_logp_old_before_update", forced)
@@ -209,3 +209,72 @@ def test_one_update_per_rollout_takes_logp_old_from_the_update(sft_model, tmp_pa
     assert fresh.metric("ratio_mean").tolist() == [1.0, 1.0]
     for key in ("loss", "kl", "entropy"):
         np.testing.assert_allclose(fresh.metric(key), forced.metric(key), rtol=1e-4, atol=1e-7)
+
+
+@pytest.mark.parametrize("algo", ["grpo", "ppo"])
+def test_probe_logits_come_from_the_update_and_reference_passes(sft_model, tmp_path, monkeypatch, algo):
+    """The probes' logits before the step are the output layer of the update's own hidden states,
+    the reference's come from π_ref's scoring pass: one forward pass per update (after the step)
+    instead of three, and the same numbers as the three passes give."""
+    import numpy as np
+
+    from minigrpo import experience, grpo, ppo, probes
+
+    trainer_cls = grpo.GRPOTrainer if algo == "grpo" else ppo.PPOTrainer
+    passes = []
+    real = probes.ProbeRecorder._logits
+    monkeypatch.setattr(probes.ProbeRecorder, "_logits", lambda self, model, batch: passes.append(1) or
+                        real(self, model, batch))
+    runs = {}
+    for name, from_hidden in (("hidden", True), ("passes", False)):
+        monkeypatch.setattr(trainer_cls, "hands_probes_hidden", from_hidden)
+        if not from_hidden:
+            monkeypatch.setattr(experience, "keep_ref_hidden", lambda *a: False)
+        passes.clear()
+        cfg = fast_config(model=sft_model, algo=algo, max_steps=2, beta=0.1, probe_completions=3, **ONE_UPDATE)
+        trainer_cls(cfg, tmp_path / name, log=lambda *_: None).train()
+        runs[name] = load(tmp_path / name / "trace"), len(passes)
+    (fast, fast_passes), (slow, slow_passes) = runs["hidden"], runs["passes"]
+    assert (fast_passes, slow_passes) == (2, 6)  # 2 updates: "after" only, against before + after + ref
+    pairs = [(a, b) for sa, sb in zip(fast.steps, slow.steps) for a, b in zip(sa.probes, sb.probes)]
+    assert len(pairs) == 6
+    for a, b in pairs:
+        assert np.array_equal(a.token_ids, b.token_ids)
+        np.testing.assert_allclose(a.logp_new, b.logp_new, atol=1e-5)
+        assert [p.pos for p in a.positions] == [p.pos for p in b.positions]
+        for pa, pb in zip(a.positions, b.positions):
+            assert np.array_equal(pa.token_ids, pb.token_ids)
+            for which in ("before", "after", "ref"):
+                np.testing.assert_allclose(getattr(pa, f"logits_{which}"), getattr(pb, f"logits_{which}"), atol=1e-4)
+                np.testing.assert_allclose(getattr(pa, f"probs_{which}"), getattr(pb, f"probs_{which}"), atol=1e-6)
+
+
+def test_ref_hidden_is_kept_only_for_probes_within_the_budget(sft_model, monkeypatch):
+    from minigrpo import experience
+    from minigrpo.models import load_model
+    from minigrpo.rollout import Rollout
+
+    model, _ = load_model(sft_model)
+    hidden = model.get_output_embeddings().weight.shape[1]
+    rollout = Rollout(torch.zeros(4, 3, dtype=torch.long), torch.ones(4, 3), torch.zeros(4, 5, dtype=torch.long),
+                      torch.ones(4, 5), [""] * 4)
+    assert experience.keep_ref_hidden(fast_config(), model, rollout)
+    assert not experience.keep_ref_hidden(fast_config(trace=False), model, rollout)
+    assert not experience.keep_ref_hidden(fast_config(probe_completions=0), model, rollout)
+    monkeypatch.setattr(experience, "REF_HIDDEN_BUDGET", 4 * 5 * hidden * 4 - 1)  # float32: one byte short
+    assert not experience.keep_ref_hidden(fast_config(), model, rollout)
+
+
+def test_probes_refuse_an_update_that_does_not_hand_its_hidden_states(sft_model):
+    from minigrpo.models import load_model
+    from minigrpo.probes import ProbeRecorder
+    from minigrpo.rollout import Rollout
+
+    model, tok = load_model(sft_model)
+    rec = ProbeRecorder(tok, fast_config(probe_completions=1))
+    rollout = Rollout(torch.zeros(2, 3, dtype=torch.long), torch.ones(2, 3), torch.zeros(2, 4, dtype=torch.long),
+                      torch.ones(2, 4), ["", ""])
+    rec.start(model, rollout, [0, 1], torch.tensor([1.0, -1.0]), hidden_from_update=True)
+    assert rec.rows == [0] and rec.wants_hidden([1, 0]) and not rec.wants_hidden([1])
+    with pytest.raises(RuntimeError, match="hidden states"):
+        rec.capture(0, logp=torch.zeros(4))
