@@ -21,6 +21,7 @@ bandwidth measured in the run. Prints a table, writes JSON ($OUT/gpu_decode.json
 from __future__ import annotations
 
 import argparse
+import contextlib
 import statistics
 import sys
 import time
@@ -36,14 +37,36 @@ from gpu_step import (ARCHS, floor_estimate, kv_values_per_token, measure_ceilin
 from minigrpo import decode as fast  # noqa: E402
 
 # the decode step: the model's own attention (sdpa + repeat_kv), ours (gqa), ours through torch.compile,
-# ours with the q/k/v and gate/up projections fused (minigrpo.fused_step), and that compiled;
+# ours with the q/k/v and gate/up projections fused (minigrpo.fused_step), and that compiled, also with
+# inductor's GEMM autotuning (max_autotune: Triton GEMM templates, epilogues fused into them);
 # variant -> (attention, compile, fused)
 VARIANTS = {"model": ("model", False, False), "gqa": ("gqa", False, False), "compiled": ("gqa", True, False),
-            "fused": ("gqa", False, True), "fused-compiled": ("gqa", True, True)}
+            "fused": ("gqa", False, True), "fused-compiled": ("gqa", True, True),
+            "fused-autotuned": ("gqa", True, True)}
+AUTOTUNE = {"max_autotune": True, "coordinate_descent_tuning": True}
 
 
-def variants(compile: bool, fused: bool) -> list[str]:
-    return [v for v, (_, compiled, fuses) in VARIANTS.items() if (compile or not compiled) and (fused or not fuses)]
+def variants(compile: bool, fused: bool, autotune: bool = False) -> list[str]:
+    return [v for v, (_, compiled, fuses) in VARIANTS.items()
+            if (compile or not compiled) and (fused or not fuses) and (autotune or "autotuned" not in v)]
+
+
+@contextlib.contextmanager
+def compile_options(extra: dict | None):
+    """torch.compile called inside the block (the decoder's step) gets ``extra`` inductor options."""
+    if not extra:
+        yield
+        return
+    real = torch.compile
+
+    def compile_with(fn=None, **kw):
+        return real(fn, **{**kw, "options": {**kw.get("options", {}), **extra}})
+
+    torch.compile = compile_with
+    try:
+        yield
+    finally:
+        torch.compile = real
 
 
 def build(arch: str, device: str):
@@ -107,10 +130,12 @@ def bench_arch(arch: str, args, device: str, ceilings: dict) -> dict:
                            attention=attention, compile=compile, fused=fused)
 
     tokens = args.rows * args.new_tokens
-    for variant in variants(args.compile, args.fused):
+    for variant in args.only or variants(args.compile, args.fused, args.autotune):
         attention, compile, fused = VARIANTS[variant]
         fast.reset_stats()
-        first = timed(lambda: run(args.new_tokens, attention, compile=compile, fused=fused))
+        fast._DECODERS.clear()  # variants of one shape would share a cached decoder (fused-compiled, fused-autotuned)
+        with compile_options(AUTOTUNE if "autotuned" in variant else None):  # the first call builds the step
+            first = timed(lambda: run(args.new_tokens, attention, compile=compile, fused=fused))
         out = run(args.new_tokens, attention, compile=compile, fused=fused)
         assert out[0].shape == (args.rows, args.new_tokens), out[0].shape  # EOS is never sampled
         times = [timed(lambda: run(args.new_tokens, attention, compile=compile, fused=fused))
@@ -152,6 +177,9 @@ def main() -> None:
     parser.add_argument("--eager-tokens", type=int, help="tokens of the eager (no graph) run")
     parser.add_argument("--profile-steps", type=int, default=8)
     parser.add_argument("--compile", action="store_true", help="also time the torch.compile'd step (first call compiles)")
+    parser.add_argument("--autotune", action="store_true",
+                        help="with --compile --fused: also the fused step compiled with inductor's GEMM autotuning")
+    parser.add_argument("--only", nargs="+", choices=list(VARIANTS), help="time only these variants")
     parser.add_argument("--fused", action="store_true",
                         help="also time the step with fused q/k/v and gate/up projections (and compiled, with --compile)")
     args = parser.parse_args()

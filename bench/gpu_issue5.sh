@@ -17,6 +17,9 @@
 #   BUDGET_S=400 bash bench/gpu_issue5.sh fused  (not run yet)
 #     the decode loop for every step variant (gqa, compiled, fused, fused-compiled); ours compiled, and compiled
 #     with fused_decode, next to TRL at one micro-batch of 48
+#   BUDGET_S=360 bash bench/gpu_issue5.sh explore
+#     the decode loop compiled, fused-compiled and fused with GEMM autotuning; seconds per part of one step at one
+#     micro-batch of 48 with fused decode, then with the passes' norms, MLPs and RoPE compiled (gpu_profile.py)
 #   bash bench/gpu_issue5.sh profile  (not run yet)
 #     profiles of one step, plain and with compile_decode; the step at one micro-batch of 48 for both trainers
 # Needs TRL's wheels in .whl (docs/performance.md: trl, datasets, dill, multiprocess), carried with the call:
@@ -96,12 +99,17 @@ case "$mode" in
         decode --arch smollm-135m --compile --fused
         step smollm-mb48 --steps 3 --warmup 1 --micro-batch 0 --compile-decode --fused-decode --skip-plain --skip-ppo \
             --skip-trace-off ;;
+    explore)  # where the next gains are: fused and autotuned decode steps; the passes with compiled norms/MLPs/RoPE
+        gpu_tests
+        decode --arch smollm-135m --compile --fused --autotune --only compiled fused-compiled fused-autotuned
+        profile timers-fused --timers --compile-decode --fused-decode --micro-batch 0
+        profile timers-blocks --timers --compile-decode --fused-decode --micro-batch 0 --compile-blocks norm-mlp-rope ;;
     profile)  # the next run: where the update's time goes, and one micro-batch of 48 for both trainers
         gpu_tests
         profile profile-plain
         profile profile-compiled --compile-decode
         step smollm-mb48 --steps 3 --warmup 1 --micro-batch 0 --compile-decode --skip-ppo --skip-trace-off ;;
-    *) echo "unknown mode $mode: full, compile, h100, final, fused or profile"; exit 2 ;;
+    *) echo "unknown mode $mode: full, compile, h100, final, fused, explore or profile"; exit 2 ;;
 esac
 
 for log in "$out/pytest_gpu.log" "$out/decode.log" "$out"/*/step.log "$out"/*/profile.log; do

@@ -66,6 +66,11 @@ def main() -> None:
     parser.add_argument("--tiny", action="store_true")
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--compile-decode", action="store_true")
+    parser.add_argument("--fused-decode", action="store_true")
+    parser.add_argument("--micro-batch", type=int, default=None, help="completions per micro-batch (0: all in one)")
+    parser.add_argument("--compile-blocks", choices=("none", "norm-mlp", "norm-mlp-rope"), default="none",
+                        help="experiment: the scoring and update passes run the decoder's RMSNorms and MLPs "
+                             "(and RoPE) through torch.compile (regional, dynamic shapes)")
     parser.add_argument("--rows", type=int, default=15, help="operator rows per table")
     parser.add_argument("--timers", action="store_true",
                         help="no profiler: wall seconds per part, the GPU synchronised around each (cheap)")
@@ -75,6 +80,8 @@ def main() -> None:
     arch = "tiny" if tiny else args.arch
     size = dict(prompts=4, num_generations=2, new_tokens=16, micro_batch=8) if tiny else \
         dict(prompts=8, num_generations=6, new_tokens=300, micro_batch=16)
+    if args.micro_batch is not None:
+        size["micro_batch"] = args.micro_batch or size["prompts"] * size["num_generations"]
     run = argparse.Namespace(**size, steps=1, warmup=args.warmup, backend="fast")
     if device == "cpu":
         torch.set_num_threads(1)
@@ -101,6 +108,8 @@ def main() -> None:
     label(grpo, "grpo_token_loss", "  update loss formula")
     label(grpo, "token_stats", "  update stats")
     MEASURING["timers"] = args.timers
+    if args.compile_blocks != "none":
+        compile_blocks(args.compile_blocks)
 
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device == "cuda" else [])
     prof = profile(activities=activities)
@@ -125,11 +134,16 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         gpu_step.build_model_folder(arch, tmp / "model")
-        cfg = gpu_step.bench_config(tmp / "model", run, "grpo", True, args.compile_decode)
+        cfg = gpu_step.bench_config(tmp / "model", run, "grpo", True, args.compile_decode, args.fused_decode)
         GRPOTrainer(cfg, tmp / "run", log=on_log).train()
 
     header = (f"{device}: {torch.cuda.get_device_name() if device == 'cuda' else 'CPU'}, arch {arch}, "
-              f"one GRPO step after {args.warmup} warm-up steps, compile_decode={args.compile_decode}")
+              f"one GRPO step after {args.warmup} warm-up steps, micro-batch {run.micro_batch}, compile_decode="
+              f"{args.compile_decode}, fused_decode={args.fused_decode}, compile_blocks={args.compile_blocks}")
+    if args.compile_blocks != "none":
+        from torch._dynamo.utils import counters
+        header += (f"; dynamo: {counters['stats'].get('unique_graphs', 0)} graphs, "
+                   f"{sum(counters['graph_break'].values())} graph breaks, {len(counters['recompiles'])} recompile reasons")
     if args.timers:
         report(timer_lines(header, seen["wall"]))
         return
@@ -151,6 +165,39 @@ def main() -> None:
     lines.append(f"the profiled step: {seen['wall']:.3f} s wall (profiler on); GPU busy (sum of kernel time): "
                  f"{total_gpu / 1e6:.3f} s")
     report(lines)
+
+
+def compile_blocks(kind: str) -> None:
+    """Experiment: while ``rollout.completion_hidden`` runs (the π_ref pass, the update's forward and
+    the probes' pass), the decoder's RMSNorms and MLPs (and with ``norm-mlp-rope`` its RoPE) run
+    through torch.compile (dynamic shapes, one compiled code shared by every layer: regional
+    compilation); the decode loop keeps its own step. (Whole layers recompile per layer: the
+    prompt-sharing pass hands them a DynamicCache.)"""
+    from minigrpo import rollout
+
+    original = rollout.completion_hidden
+    compiled_rope = {}
+
+    def compiled_hidden(model, batch):
+        decoder = model.get_decoder()
+        chosen = [m for layer in decoder.layers for m in (layer.input_layernorm, layer.post_attention_layernorm,
+                                                          layer.mlp)] + [decoder.norm]
+        for module in chosen:
+            if not hasattr(module, "_bench_compiled"):
+                module._bench_compiled = torch.compile(module._call_impl, dynamic=True)
+            module._compiled_call_impl = module._bench_compiled
+        home = sys.modules[type(model).__module__]
+        rope = home.apply_rotary_pos_emb
+        if kind == "norm-mlp-rope":
+            home.apply_rotary_pos_emb = compiled_rope.setdefault(home.__name__, torch.compile(rope, dynamic=True))
+        try:
+            return original(model, batch)
+        finally:
+            home.apply_rotary_pos_emb = rope
+            for module in chosen:
+                module._compiled_call_impl = None
+
+    rollout.completion_hidden = compiled_hidden
 
 
 def timer_lines(header: str, wall: float) -> list[str]:
