@@ -219,9 +219,9 @@ def main() -> None:
                   f"{x['ms_per_step']:>9.2f}{kern:>9}{busy:>8}{floor:>9}")
         print(f"{arch:<13}{'gqa eager':<11}{'':>9}{'':>8}{'':>9}{r['gqa_eager']['ms_per_step']:>9.2f}"
               f"   (no graph, {r['gqa_eager']['new_tokens']} tokens)")
-        mode = r["gqa"]["decode"]
-        if mode.get("fallback"):
-            print(f"  graph capture fell back to eager: {mode['fallback']}")
+        for variant in (v for v in VARIANTS if v in r):
+            if r[variant]["decode"].get("fallback"):
+                print(f"  {variant}: graph capture fell back to eager: {r[variant]['decode']['fallback']}")
     print(f"wrote {write_report(report, 'gpu_decode.json', 'gpu_decode.json')}")
 
 
