@@ -104,7 +104,7 @@ def kernels_per_step(run, short: int, long: int) -> dict:
     tokens, differenced."""
     from torch.profiler import ProfilerActivity, profile
 
-    counts = {}
+    counts, by_name = {}, {}
     for n in (short, long):
         with profile(activities=[ProfilerActivity.CUDA]) as prof:
             run(n)
@@ -112,9 +112,16 @@ def kernels_per_step(run, short: int, long: int) -> dict:
         kernels = [e for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA]
         busy_us = sum(e.device_time_total for e in kernels)  # a device event's own duration
         counts[n] = (len(kernels), busy_us)
+        sign = 1 if n == long else -1
+        for e in kernels:
+            entry = by_name.setdefault(e.name[:90], [0, 0.0])
+            entry[0] += sign
+            entry[1] += sign * e.device_time_total
     steps = long - short
+    top = sorted(by_name.items(), key=lambda kv: -kv[1][1])[:25]  # per decode step: launches and GPU µs
     return {"kernels": (counts[long][0] - counts[short][0]) / steps,
-            "gpu_busy_ms": (counts[long][1] - counts[short][1]) / steps / 1e3}
+            "gpu_busy_ms": (counts[long][1] - counts[short][1]) / steps / 1e3,
+            "top_kernels": [[name, count / steps, us / steps] for name, (count, us) in top]}
 
 
 def bench_arch(arch: str, args, device: str, ceilings: dict) -> dict:
