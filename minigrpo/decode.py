@@ -321,22 +321,33 @@ class Decoder:
         STATS["capture_seconds"] += time.perf_counter() - started
         self._restore()  # the warm-up steps moved the counters
 
-    def run(self, prompt_ids, prompt_mask, check_every: int) -> tuple[torch.Tensor, torch.Tensor, int]:
-        """Tokens and log-probs (static buffers: copy them) and the number of columns made."""
+    def run(self, prompt_ids, prompt_mask, check_every: int, while_decoding=None) -> tuple[torch.Tensor, torch.Tensor, int]:
+        """Tokens and log-probs (static buffers: copy them) and the number of columns made.
+
+        ``while_decoding()`` runs once, when the steps up to the first look at the finished rows
+        are queued: on CUDA the GPU decodes them while the host does that work.
+        """
         self.prefill(prompt_ids, prompt_mask)
+        made = self._steps(1, min(self.max_new, check_every or 1), check_every)
+        if while_decoding is not None:
+            while_decoding()  # outside attention_implementation: it may run the model's own forward
+        made = self._steps(made, self.max_new, check_every)
+        return self.tokens, self.logps, made
+
+    def _steps(self, made: int, until: int, check_every: int) -> int:
+        """Decode steps until ``until`` columns are made or every row has finished; the columns made."""
         with attention_implementation(self._model(), self.step_attention):
             if self.use_graph and self.replay is None:
                 self._capture()
             STATS["mode"] = "cuda-graph" if self.replay is not None else "eager"
             STATS["compiled"] = self.compiled
             step = self.replay or self.step_fn
-            made = 1
-            while made < self.max_new:
+            while made < until:
                 if check_every and made % check_every == 0 and bool(self.finished.all()):
                     break
                 step()
                 made += 1
-        return self.tokens, self.logps, made
+        return made
 
 
 def capture_graph(step, warmup: int = 2):
@@ -407,7 +418,7 @@ def decode(model, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, max_new_t
            top_p: float, greedy: bool, eos_ids, pad_id: int, batch_bucket: int | None = None,
            prompt_bucket: int | None = None, check_every: int | None = None,
            cuda_graphs: bool | None = None, attention: str = "gqa",
-           compile: bool = False, fused: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+           compile: bool = False, fused: bool = False, while_decoding=None) -> tuple[torch.Tensor, torch.Tensor]:
     """Complete left-padded prompts (B, Lp): completion ids (B, Lc), pad after EOS, and their log-probs.
 
     Lc is the longest completion (≤ max_new_tokens), as ``model.generate`` returns. Log-probs
@@ -419,7 +430,8 @@ def decode(model, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, max_new_t
     ``compile``: the decode step goes through ``torch.compile`` (once per shape and model;
     on CUDA the compiled step is what the graph captures). ``fused``: the decode steps run
     ``fused_step.FusedStep`` (q/k/v and gate/up projections fused; Llama and Qwen3) with the
-    "gqa" attention, instead of the model's forward.
+    "gqa" attention, instead of the model's forward. ``while_decoding()``: host work to run once
+    while the GPU decodes (``Decoder.run``).
     """
     from .rollout import completion_mask_from_ids
 
@@ -450,7 +462,7 @@ def decode(model, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, max_new_t
            attention, compile, cuda_graphs, fused)
     decoder = _decoder(model, key, build) if cuda_graphs or compile else build()
     try:
-        tokens, logps, made = decoder.run(ids, mask, check_every)
+        tokens, logps, made = decoder.run(ids, mask, check_every, while_decoding)
     finally:
         model.train(was_training)
     tokens, logps = tokens[:b, :made].clone(), logps[:b, :made].clone()

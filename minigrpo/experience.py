@@ -84,7 +84,7 @@ def one_update_per_rollout(cfg, rows: int) -> bool:
 
 
 def collect(policy, ref, tokenizer, data: TaskData, cfg, rng: random.Random,
-            rank: int = 0, world_size: int = 1, old_pass: bool = False) -> Experience:
+            rank: int = 0, world_size: int = 1, old_pass: bool = False, while_decoding=None) -> Experience:
     """One rollout; with ``world_size`` > 1 every rank draws the same prompts and keeps its block of them.
 
     With ``cfg.dynamic_sampling`` (DAPO), groups whose rewards are all equal (zero advantage) are
@@ -95,9 +95,10 @@ def collect(policy, ref, tokenizer, data: TaskData, cfg, rng: random.Random,
     log π_old: a scoring pass when ``old_pass`` (PPO's rewards need it before the update) or when a
     row is trained on more than once or after another step; otherwise zeros, with
     ``logp_old_from_update`` set, for the update to fill (``one_update_per_rollout``).
+    ``while_decoding()``: host work to run once while the first completions are decoded (``generate``).
     """
     indices = draw_indices(len(data), cfg.prompts_per_rollout, rng)
-    batch = _sample_and_score(policy, tokenizer, data, cfg, _share(indices, rank, world_size))
+    batch = _sample_and_score(policy, tokenizer, data, cfg, _share(indices, rank, world_size), while_decoding)
     generation_metrics = None
     if cfg.dynamic_sampling:
         batch, generation_metrics = _refill(batch, policy, tokenizer, data, cfg, rng, rank, world_size, indices)
@@ -159,13 +160,13 @@ class _Scored:
         return (grouped != grouped[:, :1]).any(dim=1).tolist()
 
 
-def _sample_and_score(policy, tokenizer, data: TaskData, cfg, indices: list[int]) -> _Scored:
+def _sample_and_score(policy, tokenizer, data: TaskData, cfg, indices: list[int], while_decoding=None) -> _Scored:
     items = [data[i] for i in indices]
     prompts = [build_prompt(item, tokenizer) for item in items]
     rollout = generate(policy, tokenizer, prompts, cfg.num_generations, cfg.max_completion_length,
                        cfg.temperature, cfg.top_p, cfg.generation_batch_size, cfg.max_prompt_length,
                        backend=cfg.rollout_backend, compile_decode=cfg.compile_decode,
-                       fused_decode=cfg.fused_decode)
+                       fused_decode=cfg.fused_decode, while_decoding=while_decoding)
     reward_cfg = RewardConfig(format_weight=cfg.format_weight, correctness_weight=cfg.correctness_weight,
                               penalize_premise_copy=cfg.penalize_premise_copy)
     results = [score_completion(text, items[i // cfg.num_generations], data, reward_cfg)

@@ -113,11 +113,13 @@ def concat_rollouts(parts: list[Rollout], pad_id: int) -> Rollout:
 def generate(model, tokenizer, prompts: list[str], num_generations: int, max_completion_length: int,
              temperature: float, top_p: float = 1.0, batch_size: int = 64, max_prompt_length: int = 512,
              greedy: bool = False, backend: str = "hf", compile_decode: bool = False,
-             fused_decode: bool = False) -> Rollout:
+             fused_decode: bool = False, while_decoding=None) -> Rollout:
     """Sample ``num_generations`` completions for each prompt (rows grouped by prompt).
 
     ``compile_decode``: the fast backend's decode step goes through torch.compile;
     ``fused_decode``: its decode step fuses the q/k/v and gate/up projections (``fused_step``).
+    ``while_decoding()``: host work run once, by the fast backend while the GPU decodes the first
+    batch's steps (``decode.Decoder.run``), by ``hf`` before it generates.
     """
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
@@ -134,8 +136,13 @@ def generate(model, tokenizer, prompts: list[str], num_generations: int, max_com
             from .decode import decode
 
             completion, logps = decode(model, prompt_ids, prompt_mask, max_completion_length, temperature, top_p,
-                                       greedy, eos_ids, pad_id, compile=compile_decode, fused=fused_decode)
+                                       greedy, eos_ids, pad_id, compile=compile_decode, fused=fused_decode,
+                                       while_decoding=while_decoding)
+            while_decoding = None
         else:
+            if while_decoding is not None:
+                while_decoding()
+                while_decoding = None
             sampling = dict(do_sample=False) if greedy else dict(do_sample=True, temperature=temperature, top_p=top_p, top_k=0)
             out = model.generate(input_ids=prompt_ids, attention_mask=prompt_mask, max_new_tokens=max_completion_length,
                                  pad_token_id=pad_id, eos_token_id=sorted(eos_ids), **sampling)

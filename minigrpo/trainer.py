@@ -16,6 +16,7 @@ run), NaN guard, interrupts, out-of-memory and full-disk messages, progress.
 from __future__ import annotations
 
 import copy
+import functools
 import json
 import math
 import random
@@ -79,6 +80,7 @@ class RLTrainer:
         self._resumed = None  # the same, restored from a checkpoint
         self._kept_rollout = -1  # the trace keeps rollouts up to this one when resuming
         self._stop = runtime.StopRequest(log)  # Ctrl-C / SIGTERM: stop after the update in flight
+        self._pending_record = None  # the last update's trace record, written while the next rollout decodes
 
     # --- to be supplied by the algorithm ------------------------------------------------
     def setup_algorithm(self) -> None: ...
@@ -107,6 +109,7 @@ class RLTrainer:
             with self._stop:
                 while self.step < cfg.max_steps:
                     self._one_rollout(writer)
+                self.flush_record()
                 if self.checkpoint_step != self.step:
                     self._checkpoint()
             self.stage = "final evaluation"
@@ -129,6 +132,7 @@ class RLTrainer:
                 f"({exc.strerror or exc}); {self._kept()}; free some space, then run the same command with "
                 f"--resume") from None
         finally:
+            self._flush_after_error()
             if writer:
                 writer.close()
         summary = self._summary(before, after, time.time() - started)
@@ -148,7 +152,8 @@ class RLTrainer:
             self.rng.seed(cfg.seed + 7919 * self.rollout_id)
             try:
                 exp = collect(self.policy, self.ref, self.tokenizer, self.train_data, cfg, self.rng,
-                              self.dist.rank, self.dist.world_size, old_pass=self.needs_logp_old_before_update)
+                              self.dist.rank, self.dist.world_size, old_pass=self.needs_logp_old_before_update,
+                              while_decoding=self.flush_record)
             except RuntimeError as exc:  # torch.multinomial refuses NaN/inf probabilities
                 if "probability tensor" not in str(exc):
                     raise
@@ -161,6 +166,7 @@ class RLTrainer:
             if exp.truncated_prompts and not self.rollout_id:
                 self.log(f"{exp.truncated_prompts} of {len(exp.prompts)} prompts are longer than --max-prompt-length "
                          f"{cfg.max_prompt_length}: their first tokens are cut (counted as frac_prompts_truncated)")
+            self.flush_record()  # if the generation did not: the step's record before the next rollout's
             faults.hit("rollout")
             groups = self.dist.gather(trace_groups(exp, self.sequence_advantages(exp))) if cfg.trace else None
             if writer:
@@ -189,33 +195,73 @@ class RLTrainer:
                 rollout_time = 0.0
                 metrics["pass"] = it
                 self.step += 1
-                t_rec = time.perf_counter()
-                probes = self.probes.finish(self.policy, self.ref, exp.rollout, exp.num_generations, exp.logp_old,
-                                            exp.logp_ref, row_offset=self.dist.rank * n, ref_hidden=exp.ref_hidden) \
-                    if cfg.trace and not metrics["update_skipped"] else []
-                probes = self.dist.gather(probes) or []  # every rank's probes, on rank 0
-                faults.hit("step")
-                if writer:
-                    self.stage = "trace"
-                    metrics["trace_time"] += time.perf_counter() - t_rec
-                    writer.write_step(Step(step=self.step, rollout=self.rollout_id, metrics=metrics, probes=probes))
-                    metrics["trace_bytes"] = writer.bytes_written
                 self.step_times.append(metrics["step_time"])
-                self._log_step(metrics)
-                if cfg.eval_every and self.step % cfg.eval_every == 0:
+                evaluate_now = bool(cfg.eval_every and self.step % cfg.eval_every == 0)
+                save_now = bool(cfg.save_steps and self.step % cfg.save_steps == 0)
+                record = functools.partial(self._record_step, writer, exp, metrics, self.step, self.rollout_id)
+                last_of_rollout = it == cfg.num_iterations - 1 and start + per_step >= n
+                if last_of_rollout and self._may_defer_record() and self.step < cfg.max_steps \
+                        and not (evaluate_now or save_now or self._stop.requested):
+                    self._pending_record = record  # written while the next rollout decodes
+                else:
+                    record()
+                if evaluate_now:
                     self.stage = "evaluation"
                     result = self._evaluate()
                     self.history.append({"step": self.step, "eval": result})
                     self.log(_eval_line(f"step {self.step}", result))
-                if cfg.save_steps and self.step % cfg.save_steps == 0 or self._stop.requested:
+                if save_now or self._stop.requested:
                     self._checkpoint()
                 if self._stop.requested:
                     raise runtime.TrainingError(f"stopped at step {self.step} as asked; checkpoint and trace kept in "
                                                 f"{self.out}: continue with the same command plus --resume")
         self.rollout_id += 1
 
+    def _record_step(self, writer, exp: Experience, metrics: dict, step: int, rollout_id: int) -> None:
+        """The update's probes (re-scored after its optimizer step) and its trace line, then its log line."""
+        cfg = self.cfg
+        t_rec = time.perf_counter()
+        self.stage = "trace"
+        probes = self.probes.finish(self.policy, self.ref, exp.rollout, exp.num_generations, exp.logp_old,
+                                    exp.logp_ref, row_offset=self.dist.rank * len(exp.rollout),
+                                    ref_hidden=exp.ref_hidden) \
+            if cfg.trace and not metrics["update_skipped"] else []
+        probes = self.dist.gather(probes) or []  # every rank's probes, on rank 0
+        faults.hit("step")
+        if writer:
+            metrics["trace_time"] += time.perf_counter() - t_rec
+            writer.write_step(Step(step=step, rollout=rollout_id, metrics=metrics, probes=probes))
+            metrics["trace_bytes"] = writer.bytes_written
+        self._log_step(metrics, step)
+
+    def _may_defer_record(self) -> bool:
+        """Whether an update's record may wait for the next rollout's decoding (``flush_record``):
+        one process (the data-parallel ranks gather the probes, a collective kept in step)."""
+        return not self.dist.active
+
+    def flush_record(self) -> None:
+        """Write the record of the last update if it is still pending: the probes' pass after the
+        optimizer step and the trace writes run while the next rollout decodes (``collect``'s
+        ``while_decoding``), or here, before anything that must see the trace whole."""
+        record, self._pending_record = self._pending_record, None
+        if record is not None:
+            stage = self.stage
+            record()
+            self.stage = stage
+
+    def _flush_after_error(self) -> None:
+        """A record still pending when training stops on an error: written if it can be (its update
+        was made), else dropped with a note (a resumed run rewinds to its checkpoint anyway)."""
+        if self._pending_record is None:
+            return
+        try:
+            self.flush_record()
+        except Exception as exc:  # noqa: BLE001 - the error that stopped training is the one to report
+            self.log(f"the trace line of step {self.step} was not written ({type(exc).__name__}: {exc})")
+
     def _update(self, exp: Experience, rows: list[int]) -> dict:
         cfg = self.cfg
+        self.flush_record()
         t_probe = time.perf_counter()
         self.probes.start(self.policy, exp.rollout, rows, self.sequence_advantages(exp), self.hands_probes_hidden)
         probe_seconds = time.perf_counter() - t_probe
@@ -296,6 +342,7 @@ class RLTrainer:
     # --- bookkeeping ---------------------------------------------------------------------
     def _evaluate(self) -> dict:
         """Held-out accuracy, measured on rank 0 and shared with every rank."""
+        self.flush_record()
         result = evaluate(self.policy, self.tokenizer, self.eval_data, self.cfg, n=self.cfg.eval_n) \
             if self.dist.is_main else None
         return self.dist.broadcast(result)
@@ -357,6 +404,7 @@ class RLTrainer:
         self.log(f"resuming {self.out} at step {self.step}")
 
     def _checkpoint(self) -> None:
+        self.flush_record()
         self.stage = "checkpoint"
         if not self.dist.is_main:
             self.checkpoint_step = self.step
@@ -390,9 +438,9 @@ class RLTrainer:
         runtime.save_final_model(self.policy, self.tokenizer, self.out)
         runtime.atomic_write_text(self.out / "train_config.json", json.dumps(self.cfg.to_dict(), indent=2))
 
-    def _log_step(self, m: dict) -> None:
-        if self.cfg.logging_steps and self.step % self.cfg.logging_steps == 0:
-            self.log(f"step {self.step:4d}/{self.cfg.max_steps}  reward {m['reward']:.3f}  acc {m['accuracy']:.3f}  "
+    def _log_step(self, m: dict, step: int) -> None:
+        if self.cfg.logging_steps and step % self.cfg.logging_steps == 0:
+            self.log(f"step {step:4d}/{self.cfg.max_steps}  reward {m['reward']:.3f}  acc {m['accuracy']:.3f}  "
                      f"loss {m['loss']:+.4f}  kl {m['kl']:.4f}  clip {m['clip_ratio/region_mean']:.3f}  "
                      f"{m['step_time']:.2f}s")
 

@@ -455,6 +455,37 @@ def test_fused_decode_refuses_what_it_cannot_fuse(tiny):
         fast_config(fused_decode=True)
 
 
+@pytest.mark.parametrize("check_every", [1, 4])
+def test_while_decoding_runs_once_between_the_steps_outside_the_decode_attention(tiny, check_every, monkeypatch):
+    """The host work handed to decode runs once, when the steps before the first look at the
+    finished rows are made, with the model's own attention (it may run a forward pass), and the
+    tokens are those of a decode without it."""
+    model, tok = tiny
+    ids, mask = _prompt_batch(tok)
+    eos, pad = eos_token_ids(model, tok), tok.pad_token_id
+    steps, seen = [], []
+    real_step = fast.Decoder._decode_step
+    monkeypatch.setattr(fast.Decoder, "_decode_step", lambda self: steps.append(1) or real_step(self))
+
+    def work():
+        seen.append((model.config._attn_implementation, len(steps)))
+        model(input_ids=ids, attention_mask=mask)  # a full forward in the middle of decoding
+
+    torch.manual_seed(3)
+    plain = fast.decode(model, ids, mask, 12, 1.0, 1.0, False, eos, pad, check_every=check_every)
+    steps.clear()
+    torch.manual_seed(3)
+    got = fast.decode(model, ids, mask, 12, 1.0, 1.0, False, eos, pad, check_every=check_every, while_decoding=work)
+    # the prefill makes token 1; steps make tokens 2.. up to the first look at the finished rows
+    assert seen == [(model.config._attn_implementation, check_every - 1)]
+    assert model.config._attn_implementation != fast.GQA_ATTENTION and len(steps) > check_every
+    assert torch.equal(plain[0], got[0]) and torch.equal(plain[1], got[1])
+    calls = []
+    generate(model, tok, PROMPTS, 2, 6, 1.0, backend="hf", while_decoding=lambda: calls.append("hf"))
+    generate(model, tok, PROMPTS, 2, 6, 1.0, batch_size=3, backend="fast", while_decoding=lambda: calls.append("fast"))
+    assert calls == ["hf", "fast"]  # once per generate, also over several generation batches
+
+
 def test_compile_decode_needs_the_fast_backend():
     with pytest.raises(ConfigError, match="compile-decode.*rollout-backend fast"):
         fast_config(compile_decode=True)

@@ -278,3 +278,86 @@ def test_probes_refuse_an_update_that_does_not_hand_its_hidden_states(sft_model)
     assert rec.rows == [0] and rec.wants_hidden([1, 0]) and not rec.wants_hidden([1])
     with pytest.raises(RuntimeError, match="hidden states"):
         rec.capture(0, logp=torch.zeros(4))
+
+
+def test_an_update_is_recorded_while_the_next_rollout_decodes(sft_model, tmp_path, monkeypatch):
+    """The probes' pass after the step and the trace writes of update t run inside rollout t+1's
+    generation (the last update's at the end), and the trace is the one written right away."""
+    import numpy as np
+
+    from minigrpo import experience, grpo
+    from minigrpo.trace import writer as trace_writer
+
+    events = []
+    real_generate, real_write = experience.generate, trace_writer.TraceWriter.write_step
+
+    def generate(*a, **k):
+        events.append("generate")
+        try:
+            return real_generate(*a, **k)
+        finally:
+            events.append("generated")
+
+    monkeypatch.setattr(experience, "generate", generate)
+    monkeypatch.setattr(trace_writer.TraceWriter, "write_step", lambda self, s: events.append(s.step) or real_write(self, s))
+    cfg = fast_config(model=sft_model, max_steps=3, rollout_backend="fast", beta=0.1, **ONE_UPDATE)
+    grpo.GRPOTrainer(cfg, tmp_path / "deferred", log=lambda *_: None).train()
+    assert events == ["generate", "generated", "generate", 1, "generated", "generate", 2, "generated", 3]
+    events.clear()
+    monkeypatch.setattr(grpo.GRPOTrainer, "_may_defer_record", lambda self: False)
+    grpo.GRPOTrainer(cfg, tmp_path / "direct", log=lambda *_: None).train()
+    assert events == ["generate", "generated", 1, "generate", "generated", 2, "generate", "generated", 3]
+    deferred, direct = load(tmp_path / "deferred" / "trace"), load(tmp_path / "direct" / "trace")
+    assert len(deferred.steps) == len(direct.steps) == 3
+    for a, b in zip(deferred.steps, direct.steps):
+        for key in ("loss", "kl", "entropy", "grad_norm", "reward"):
+            assert a.metrics[key] == pytest.approx(b.metrics[key], rel=1e-6, abs=1e-9)
+        assert len(a.probes) == len(b.probes) > 0
+        for pa, pb in zip(a.probes, b.probes):
+            np.testing.assert_array_equal(pa.token_ids, pb.token_ids)
+            np.testing.assert_allclose(pa.logp_new, pb.logp_new, atol=1e-6)
+            assert [p.pos for p in pa.positions] == [p.pos for p in pb.positions]
+
+
+def test_a_pending_record_is_written_before_evaluation_checkpoint_and_stop(sft_model, tmp_path, monkeypatch):
+    """Evaluations and checkpoints see the trace whole: the update before them is recorded
+    before them, and a run that fails in the next rollout still records the update it made."""
+    from minigrpo import experience, grpo
+
+    cfg = fast_config(model=sft_model, max_steps=3, rollout_backend="fast", eval_every=2, save_steps=2, **ONE_UPDATE)
+    trainer = grpo.GRPOTrainer(cfg, tmp_path / "run", log=lambda *_: None)
+    seen = []
+    real_eval, real_ckpt = trainer._evaluate, trainer._checkpoint
+    trainer._evaluate = lambda: seen.append(("eval", trainer._pending_record is None)) or real_eval()
+    trainer._checkpoint = lambda: seen.append(("checkpoint", trainer._pending_record is None)) or real_ckpt()
+    trainer.train()
+    assert all(flushed for _, flushed in seen) and ("checkpoint", True) in seen
+    assert [s.step for s in load(tmp_path / "run" / "trace").steps] == [1, 2, 3]
+
+    real_generate = experience.generate
+    calls = []
+
+    def failing_generate(*a, **k):  # the second rollout fails after its decoding started
+        calls.append(1)
+        if len(calls) == 2:
+            k["while_decoding"]()
+            raise RuntimeError("CUDA error: an illegal memory access was encountered")
+        return real_generate(*a, **k)
+
+    monkeypatch.setattr(experience, "generate", failing_generate)
+    cfg = fast_config(model=sft_model, max_steps=3, rollout_backend="fast", **ONE_UPDATE)
+    with pytest.raises(RuntimeError, match="illegal memory"):
+        grpo.GRPOTrainer(cfg, tmp_path / "failed", log=lambda *_: None).train()
+    assert [s.step for s in load(tmp_path / "failed" / "trace").steps] == [1]
+    calls.clear()
+
+    def failing_before_decoding(*a, **k):  # fails before it ran the pending record: written on the way out
+        calls.append(1)
+        if len(calls) == 2:
+            raise RuntimeError("CUDA error: out of resources")
+        return real_generate(*a, **k)
+
+    monkeypatch.setattr(experience, "generate", failing_before_decoding)
+    with pytest.raises(RuntimeError, match="out of resources"):
+        grpo.GRPOTrainer(cfg, tmp_path / "failed2", log=lambda *_: None).train()
+    assert [s.step for s in load(tmp_path / "failed2" / "trace").steps] == [1]
