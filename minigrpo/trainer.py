@@ -81,6 +81,7 @@ class RLTrainer:
         self._kept_rollout = -1  # the trace keeps rollouts up to this one when resuming
         self._stop = runtime.StopRequest(log)  # Ctrl-C / SIGTERM: stop after the update in flight
         self._pending_record = None  # the last update's trace record, written while the next rollout decodes
+        self._pending_rollout = None  # the rollout's trace record, written while its first update runs backward
 
     # --- to be supplied by the algorithm ------------------------------------------------
     def setup_algorithm(self) -> None: ...
@@ -170,8 +171,11 @@ class RLTrainer:
             faults.hit("rollout")
             groups = self.dist.gather(trace_groups(exp, self.sequence_advantages(exp))) if cfg.trace else None
             if writer:
-                self.stage = "rollout record"
-                writer.write_rollout(self.rollout_id, groups)
+                record = functools.partial(self._record_rollout, writer, self.rollout_id, groups)
+                if self._may_defer_record():
+                    self._pending_rollout = record  # written while the GPU runs the first update's backward
+                else:
+                    record()
         self._inflight = (exp, self.rollout_id, first_step)
         rollout_time = time.perf_counter() - t0
         rollout_metrics = self.dist.mean(exp.rollout_metrics())  # ranks hold equal shares: the rollout's means
@@ -239,20 +243,27 @@ class RLTrainer:
         one process (the data-parallel ranks gather the probes, a collective kept in step)."""
         return not self.dist.active
 
-    def flush_record(self) -> None:
-        """Write the record of the last update if it is still pending: the probes' pass after the
-        optimizer step and the trace writes run while the next rollout decodes (``collect``'s
-        ``while_decoding``), or here, before anything that must see the trace whole."""
-        record, self._pending_record = self._pending_record, None
-        if record is not None:
-            stage = self.stage
-            record()
-            self.stage = stage
+    def _record_rollout(self, writer, rollout_id: int, groups) -> None:
+        self.stage = "rollout record"
+        writer.write_rollout(rollout_id, groups)
+
+    def flush_record(self, rollout: bool = True) -> None:
+        """Write the trace records still pending, in order: the last update's (the probes' pass
+        after its optimizer step, its line; run while the next rollout decodes, ``collect``'s
+        ``while_decoding``), then, with ``rollout``, the new rollout's (run while its first update's
+        backward passes run on the GPU); here, before anything that must see the trace whole."""
+        for name in ("_pending_record", "_pending_rollout") if rollout else ("_pending_record",):
+            record = getattr(self, name)
+            setattr(self, name, None)
+            if record is not None:
+                stage = self.stage
+                record()
+                self.stage = stage
 
     def _flush_after_error(self) -> None:
         """A record still pending when training stops on an error: written if it can be (its update
         was made), else dropped with a note (a resumed run rewinds to its checkpoint anyway)."""
-        if self._pending_record is None:
+        if self._pending_record is None and self._pending_rollout is None:
             return
         try:
             self.flush_record()
@@ -261,7 +272,7 @@ class RLTrainer:
 
     def _update(self, exp: Experience, rows: list[int]) -> dict:
         cfg = self.cfg
-        self.flush_record()
+        self.flush_record(rollout=False)  # the last update's probes, before this one picks its own
         t_probe = time.perf_counter()
         self.probes.start(self.policy, exp.rollout, rows, self.sequence_advantages(exp), self.hands_probes_hidden)
         probe_seconds = time.perf_counter() - t_probe
@@ -283,6 +294,7 @@ class RLTrainer:
             loss.backward()
             for key, value in stats.items():
                 sums[key] = sums[key] + value
+        self.flush_record()  # a pending rollout record: host work while the GPU runs the backward passes
         finite = torch.isfinite(torch.stack(losses)).tolist()
         if not all(finite):
             first = finite.index(False)

@@ -281,15 +281,17 @@ def test_probes_refuse_an_update_that_does_not_hand_its_hidden_states(sft_model)
 
 
 def test_an_update_is_recorded_while_the_next_rollout_decodes(sft_model, tmp_path, monkeypatch):
-    """The probes' pass after the step and the trace writes of update t run inside rollout t+1's
-    generation (the last update's at the end), and the trace is the one written right away."""
+    """The probes' pass after the step and the trace line of update t run inside rollout t+1's
+    generation (the last update's at the end), a rollout's record once its first update's
+    backward passes are queued; the trace is the one written right away."""
     import numpy as np
 
     from minigrpo import experience, grpo
     from minigrpo.trace import writer as trace_writer
 
     events = []
-    real_generate, real_write = experience.generate, trace_writer.TraceWriter.write_step
+    real_generate, real_loss = experience.generate, grpo.GRPOTrainer.micro_loss
+    real_step, real_rollout = trace_writer.TraceWriter.write_step, trace_writer.TraceWriter.write_rollout
 
     def generate(*a, **k):
         events.append("generate")
@@ -299,14 +301,20 @@ def test_an_update_is_recorded_while_the_next_rollout_decodes(sft_model, tmp_pat
             events.append("generated")
 
     monkeypatch.setattr(experience, "generate", generate)
-    monkeypatch.setattr(trace_writer.TraceWriter, "write_step", lambda self, s: events.append(s.step) or real_write(self, s))
+    monkeypatch.setattr(grpo.GRPOTrainer, "micro_loss", lambda *a: events.append("loss") or real_loss(*a))
+    monkeypatch.setattr(trace_writer.TraceWriter, "write_step", lambda self, s: events.append(s.step) or real_step(self, s))
+    monkeypatch.setattr(trace_writer.TraceWriter, "write_rollout",
+                        lambda self, r, g: events.append(f"r{r}") or real_rollout(self, r, g))
     cfg = fast_config(model=sft_model, max_steps=3, rollout_backend="fast", beta=0.1, **ONE_UPDATE)
     grpo.GRPOTrainer(cfg, tmp_path / "deferred", log=lambda *_: None).train()
-    assert events == ["generate", "generated", "generate", 1, "generated", "generate", 2, "generated", 3]
+    update = ["loss", "loss"]  # two micro-batches
+    assert events == ["generate", "generated", *update, "r0",
+                      "generate", 1, "generated", *update, "r1",
+                      "generate", 2, "generated", *update, "r2", 3]
     events.clear()
     monkeypatch.setattr(grpo.GRPOTrainer, "_may_defer_record", lambda self: False)
     grpo.GRPOTrainer(cfg, tmp_path / "direct", log=lambda *_: None).train()
-    assert events == ["generate", "generated", 1, "generate", "generated", 2, "generate", "generated", 3]
+    assert events == [e for r in range(3) for e in ("generate", "generated", f"r{r}", *update, r + 1)]
     deferred, direct = load(tmp_path / "deferred" / "trace"), load(tmp_path / "direct" / "trace")
     assert len(deferred.steps) == len(direct.steps) == 3
     for a, b in zip(deferred.steps, direct.steps):
@@ -317,6 +325,9 @@ def test_an_update_is_recorded_while_the_next_rollout_decodes(sft_model, tmp_pat
             np.testing.assert_array_equal(pa.token_ids, pb.token_ids)
             np.testing.assert_allclose(pa.logp_new, pb.logp_new, atol=1e-6)
             assert [p.pos for p in pa.positions] == [p.pos for p in pb.positions]
+    assert sorted(deferred.rollouts) == sorted(direct.rollouts) == [0, 1, 2]
+    assert [g.completions for r in sorted(deferred.rollouts) for g in deferred.rollouts[r]] == \
+        [g.completions for r in sorted(direct.rollouts) for g in direct.rollouts[r]]
 
 
 def test_a_pending_record_is_written_before_evaluation_checkpoint_and_stop(sft_model, tmp_path, monkeypatch):
