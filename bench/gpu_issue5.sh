@@ -14,9 +14,10 @@
 #   BUDGET_S=470 bash bench/gpu_issue5.sh final
 #     ours (plain, compiled, trace off, PPO) next to TRL at micro-batch 16; ours compiled next to TRL at one
 #     micro-batch of 48; Qwen3-0.6B compiled next to TRL
-#   BUDGET_S=400 bash bench/gpu_issue5.sh fused  (not run yet)
-#     the decode loop for every step variant (gqa, compiled, fused, fused-compiled); ours compiled, and compiled
-#     with fused_decode, next to TRL at one micro-batch of 48
+#   BUDGET_S=430 bash bench/gpu_issue5.sh fused
+#     ours with compiled, fused decode next to TRL at one micro-batch of 48; the fused compiled decode step with
+#     its attention as reductions (the default) and as matmuls; seconds per part of one step; Qwen3-0.6B the same
+#     way as SmolLM if time is left
 #   BUDGET_S=360 bash bench/gpu_issue5.sh explore
 #     the decode loop compiled, fused-compiled and fused with GEMM autotuning; seconds per part of one step at one
 #     micro-batch of 48 with fused decode, then with the passes' norms, MLPs and RoPE compiled (gpu_profile.py)
@@ -94,11 +95,14 @@ case "$mode" in
         step smollm --steps 3 --warmup 1 --compile-decode
         step smollm-mb48 --steps 3 --warmup 1 --micro-batch 0 --compile-decode --skip-plain --skip-ppo --skip-trace-off
         step qwen3 --arch qwen3-0.6b --steps 2 --warmup 1 --compile-decode --skip-plain --skip-ppo --skip-trace-off ;;
-    fused)    # the next run: the decode step with fused projections (decode alone, then the step at 48 × 1)
+    fused)    # the last run of 2026-11-26 (H200): fused decode, reductions for attention, records written while decoding
         gpu_tests
-        decode --arch smollm-135m --compile --fused
         step smollm-mb48 --steps 3 --warmup 1 --micro-batch 0 --compile-decode --fused-decode --skip-plain --skip-ppo \
-            --skip-trace-off ;;
+            --skip-trace-off
+        decode --arch smollm-135m --compile --fused --repeats 3 --only fused-compiled fused-compiled-matmul
+        profile timers --timers --compile-decode --fused-decode --micro-batch 0
+        step qwen3 --arch qwen3-0.6b --steps 2 --warmup 1 --micro-batch 0 --compile-decode --fused-decode --skip-plain \
+            --skip-ppo --skip-trace-off ;;
     explore)  # where the next gains are: fused and autotuned decode steps; the passes with compiled norms/MLPs/RoPE
         gpu_tests
         decode --arch smollm-135m --compile --fused --autotune --only compiled fused-compiled fused-autotuned

@@ -97,6 +97,7 @@ def sample(logits: torch.Tensor, temperature: float, top_p: float = 1.0, greedy:
 
 # ----------------------------------------------------------------------------- attention of one new token
 GQA_ATTENTION = "minigrpo_gqa_decode"  # the name it is registered under in transformers' AttentionInterface
+COMPILED_ATTENTION = "reductions"  # the compiled step's form of it ("matmul": the eager one; bench/gpu_decode.py)
 
 
 def gqa_decode_attention(module, query, key, value, attention_mask, scaling, dropout=0.0, **kwargs):
@@ -112,7 +113,7 @@ def gqa_decode_attention(module, query, key, value, attention_mask, scaling, dro
     if q != 1:
         raise ValueError(f"gqa_decode_attention takes one query token per row, got {q}")
     grouped = query.reshape(b, key.shape[1], heads // key.shape[1], d)
-    if torch.compiler.is_compiling():
+    if COMPILED_ATTENTION == "reductions" and torch.compiler.is_compiling():
         return attention_by_reductions(grouped, key, value, attention_mask, scaling).reshape(b, 1, heads, d), None
     scores = torch.matmul(grouped, key.transpose(-1, -2)) * scaling + attention_mask
     weights = torch.softmax(scores, dim=-1, dtype=torch.float32).to(query.dtype)
