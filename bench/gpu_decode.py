@@ -38,19 +38,17 @@ from minigrpo import decode as fast  # noqa: E402
 
 # the decode step: the model's own attention (sdpa + repeat_kv), ours (gqa), ours through torch.compile,
 # ours with the q/k/v and gate/up projections fused (minigrpo.fused_step), and that compiled, also with
-# inductor's GEMM autotuning (max_autotune: Triton GEMM templates, epilogues fused into them), and with the
-# eager step's matmul attention instead of the compiled step's reductions (decode.COMPILED_ATTENTION);
+# inductor's GEMM autotuning (max_autotune: Triton GEMM templates, epilogues fused into them);
 # variant -> (attention, compile, fused)
 VARIANTS = {"model": ("model", False, False), "gqa": ("gqa", False, False), "compiled": ("gqa", True, False),
             "fused": ("gqa", False, True), "fused-compiled": ("gqa", True, True),
-            "fused-autotuned": ("gqa", True, True), "fused-compiled-matmul": ("gqa", True, True)}
+            "fused-autotuned": ("gqa", True, True)}
 AUTOTUNE = {"max_autotune": True, "coordinate_descent_tuning": True}
 
 
 def variants(compile: bool, fused: bool, autotune: bool = False) -> list[str]:
     return [v for v, (_, compiled, fuses) in VARIANTS.items()
-            if (compile or not compiled) and (fused or not fuses) and (autotune or "autotuned" not in v)
-            and "matmul" not in v]
+            if (compile or not compiled) and (fused or not fuses) and (autotune or "autotuned" not in v)]
 
 
 @contextlib.contextmanager
@@ -143,7 +141,6 @@ def bench_arch(arch: str, args, device: str, ceilings: dict) -> dict:
         attention, compile, fused = VARIANTS[variant]
         fast.reset_stats()
         fast._DECODERS.clear()  # variants of one shape would share a cached decoder (fused-compiled, fused-autotuned)
-        fast.COMPILED_ATTENTION = "matmul" if variant.endswith("matmul") else "reductions"
         with compile_options(AUTOTUNE if "autotuned" in variant else None):  # the first call builds the step
             first = timed(lambda: run(args.new_tokens, attention, compile=compile, fused=fused))
         out = run(args.new_tokens, attention, compile=compile, fused=fused)
@@ -156,13 +153,11 @@ def bench_arch(arch: str, args, device: str, ceilings: dict) -> dict:
         print(f"  {arch} {variant}: {median:.3f} s, {tokens / median:,.0f} tok/s ({fast.STATS['mode']}), "
               f"first call {first:.1f} s", flush=True)
 
-    fast.COMPILED_ATTENTION = "reductions"
     eager = [timed(lambda: run(args.eager_tokens, "gqa", graphs=False)) for _ in range(2)]
     result["gqa_eager"] = {"new_tokens": args.eager_tokens, "ms_per_step": 1e3 * min(eager) / args.eager_tokens}
     if device == "cuda":
         for variant in (v for v in VARIANTS if v in result and "autotuned" not in v):  # eager steps: no autotuning
             attention, compile, fused = VARIANTS[variant]
-            fast.COMPILED_ATTENTION = "matmul" if variant.endswith("matmul") else "reductions"
             try:
                 result[variant]["profile"] = kernels_per_step(
                     lambda n: run(n, attention, graphs=False, compile=compile, fused=fused), 2, 2 + args.profile_steps)

@@ -97,7 +97,6 @@ def sample(logits: torch.Tensor, temperature: float, top_p: float = 1.0, greedy:
 
 # ----------------------------------------------------------------------------- attention of one new token
 GQA_ATTENTION = "minigrpo_gqa_decode"  # the name it is registered under in transformers' AttentionInterface
-COMPILED_ATTENTION = "reductions"  # the compiled step's form of it ("matmul": the eager one; bench/gpu_decode.py)
 
 
 def gqa_decode_attention(module, query, key, value, attention_mask, scaling, dropout=0.0, **kwargs):
@@ -113,27 +112,9 @@ def gqa_decode_attention(module, query, key, value, attention_mask, scaling, dro
     if q != 1:
         raise ValueError(f"gqa_decode_attention takes one query token per row, got {q}")
     grouped = query.reshape(b, key.shape[1], heads // key.shape[1], d)
-    if COMPILED_ATTENTION == "reductions" and torch.compiler.is_compiling():
-        return attention_by_reductions(grouped, key, value, attention_mask, scaling).reshape(b, 1, heads, d), None
     scores = torch.matmul(grouped, key.transpose(-1, -2)) * scaling + attention_mask
     weights = torch.softmax(scores, dim=-1, dtype=torch.float32).to(query.dtype)
     return torch.matmul(weights, value).reshape(b, 1, heads, d), None
-
-
-def attention_by_reductions(grouped, key, value, attention_mask, scaling):
-    """``gqa_decode_attention``'s two products as float32-accumulated sums of elementwise products,
-    rounded to the input dtype as the matmuls round (the compiled decode step's form).
-
-    With one query token and g = Hq/Hkv query heads per KV head, the products are batched
-    matrix products of g rows, which cuBLAS runs slowly (measured through inductor's autotuning
-    on an H200: 13 µs per call against 7 µs for a Triton kernel); inductor turns each of these
-    sums into one reduction kernel instead, the scale, mask and casts fused into it.
-    ``grouped`` (B, Hkv, g, D), ``key``/``value`` (B, Hkv, L, D) → (B, Hkv, g, D).
-    """
-    dtype = grouped.dtype
-    scores = (grouped[:, :, :, None, :].float() * key[:, :, None].float()).sum(-1).to(dtype)
-    weights = torch.softmax(scores * scaling + attention_mask, dim=-1, dtype=torch.float32).to(dtype)
-    return (weights[..., None].float() * value[:, :, None].float()).sum(-2).to(dtype)
 
 
 def _register_gqa_attention() -> bool:
