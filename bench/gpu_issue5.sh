@@ -14,11 +14,10 @@
 #   BUDGET_S=470 bash bench/gpu_issue5.sh final
 #     ours (plain, compiled, trace off, PPO) next to TRL at micro-batch 16; ours compiled next to TRL at one
 #     micro-batch of 48; Qwen3-0.6B compiled next to TRL
-#   BUDGET_S=430 bash bench/gpu_issue5.sh fused
-#     ours with compiled, fused decode next to TRL at one micro-batch of 48; the fused compiled decode step with
-#     its attention as reductions (the default) and as matmuls; seconds per part of one step; Qwen3-0.6B the same
-#     way as SmolLM if time is left
-#   BUDGET_S=360 bash bench/gpu_issue5.sh explore
+#   BUDGET_S=430 bash bench/gpu_issue5.sh fused  (387 s on an H200, call D)
+#     ours with compiled decode, and compiled + fused, next to TRL at one micro-batch of 48; the decode loop
+#     compiled and fused-compiled; seconds per part of one step; Qwen3-0.6B the same way if time is left
+#   BUDGET_S=370 bash bench/gpu_issue5.sh explore  (338 s on an H200, call C; its autotuned decode ran out of time)
 #     the decode loop compiled, fused-compiled and fused with GEMM autotuning; seconds per part of one step at one
 #     micro-batch of 48 with fused decode, then with the passes' norms, MLPs and RoPE compiled (gpu_profile.py)
 #   bash bench/gpu_issue5.sh profile  (not run yet)
@@ -95,11 +94,12 @@ case "$mode" in
         step smollm --steps 3 --warmup 1 --compile-decode
         step smollm-mb48 --steps 3 --warmup 1 --micro-batch 0 --compile-decode --skip-plain --skip-ppo --skip-trace-off
         step qwen3 --arch qwen3-0.6b --steps 2 --warmup 1 --compile-decode --skip-plain --skip-ppo --skip-trace-off ;;
-    fused)    # the last run of 2026-11-26 (H200): fused decode, reductions for attention, records written while decoding
+    fused)    # run at d8a5ddd on an H200 (call D, 2026-11-26), then with the compiled step's attention as reductions,
+              # measured slower and since removed; run it again for the code as it is
         gpu_tests
         step smollm-mb48 --steps 3 --warmup 1 --micro-batch 0 --compile-decode --fused-decode --skip-plain --skip-ppo \
             --skip-trace-off
-        decode --arch smollm-135m --compile --fused --repeats 3 --only fused-compiled fused-compiled-matmul
+        decode --arch smollm-135m --compile --fused --repeats 3 --only compiled fused-compiled
         profile timers --timers --compile-decode --fused-decode --micro-batch 0
         step qwen3 --arch qwen3-0.6b --steps 2 --warmup 1 --micro-batch 0 --compile-decode --fused-decode --skip-plain \
             --skip-ppo --skip-trace-off ;;

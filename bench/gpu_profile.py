@@ -131,6 +131,9 @@ def main() -> None:
 
     from minigrpo.grpo import GRPOTrainer
 
+    # each part on its own: an update's record is written right away, not while the next rollout decodes
+    GRPOTrainer._may_defer_record = lambda self: False
+
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         gpu_step.build_model_folder(arch, tmp / "model")

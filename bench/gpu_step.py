@@ -186,7 +186,9 @@ def bench_config(folder: Path, args, algo: str, trace: bool, compile_decode: boo
         num_iterations=1, max_completion_length=args.new_tokens, temperature=0.7, top_p=1.0, beta=0.04,
         learning_rate=1e-6, generation_batch_size=rows, rollout_backend=args.backend, trace=trace,
         compile_decode=compile_decode, fused_decode=fused_decode,
-        max_steps=args.warmup + args.steps, save_steps=10**6, eval_n=1, logging_steps=1,
+        # one step more than timed: a step's log line comes while the next rollout decodes (its record is
+        # written there), so the intervals between log lines are whole steps except after the run's last
+        max_steps=args.warmup + args.steps + 1, save_steps=10**6, eval_n=1, logging_steps=1,
         max_prompt_length=min(512, _context(folder) - args.new_tokens)))
 
 
