@@ -268,7 +268,7 @@ class RLTrainer:
         try:
             self.flush_record()
         except Exception as exc:  # noqa: BLE001 - the error that stopped training is the one to report
-            self.log(f"the trace line of step {self.step} was not written ({type(exc).__name__}: {exc})")
+            self.log(f"trace records pending at step {self.step} were not written ({type(exc).__name__}: {exc})")
 
     def _update(self, exp: Experience, rows: list[int]) -> dict:
         cfg = self.cfg
