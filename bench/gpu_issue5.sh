@@ -14,9 +14,9 @@
 #   BUDGET_S=470 bash bench/gpu_issue5.sh final
 #     ours (plain, compiled, trace off, PPO) next to TRL at micro-batch 16; ours compiled next to TRL at one
 #     micro-batch of 48; Qwen3-0.6B compiled next to TRL
-#   BUDGET_S=430 bash bench/gpu_issue5.sh fused  (387 s on an H200, call D)
-#     ours with compiled decode, and compiled + fused, next to TRL at one micro-batch of 48; the decode loop
-#     compiled and fused-compiled; seconds per part of one step; Qwen3-0.6B the same way if time is left
+#   BUDGET_S=430 bash bench/gpu_issue5.sh fused  (387 s on an H200, call D, which also timed the decode loop)
+#     ours with compiled decode, and compiled + fused, next to TRL at one micro-batch of 48; seconds per part
+#     of one step; a profile of one update (gpu_profile.py --update-only); Qwen3-0.6B the same way if time is left
 #   BUDGET_S=370 bash bench/gpu_issue5.sh explore  (338 s on an H200, call C; its autotuned decode ran out of time)
 #     the decode loop compiled, fused-compiled and fused with GEMM autotuning; seconds per part of one step at one
 #     micro-batch of 48 with fused decode, then with the passes' norms, MLPs and RoPE compiled (gpu_profile.py)
@@ -69,7 +69,8 @@ profile() {  # folder under $out, then gpu_profile.py arguments
     local dir=$out/$1; shift
     mkdir -p "$dir"
     echo "== profile $* ($(left) s left)" > "$dir/profile.log"
-    [ "$(left)" -gt 40 ] && OUT=$dir timeout "$(cap 150)" python3 bench/gpu_profile.py "$@" >> "$dir/profile.log" 2>&1
+    # the log holds the tables (no $OUT for it: at most 8 files come back from a call)
+    [ "$(left)" -gt 40 ] && OUT= timeout "$(cap 150)" python3 bench/gpu_profile.py "$@" >> "$dir/profile.log" 2>&1
     echo "rc=$?" >> "$dir/profile.log"
 }
 
@@ -99,8 +100,8 @@ case "$mode" in
         gpu_tests
         step smollm-mb48 --steps 3 --warmup 1 --micro-batch 0 --compile-decode --fused-decode --skip-plain --skip-ppo \
             --skip-trace-off
-        decode --arch smollm-135m --compile --fused --repeats 3 --only compiled fused-compiled
         profile timers --timers --compile-decode --fused-decode --micro-batch 0
+        profile update --update-only --compile-decode --fused-decode --micro-batch 0
         step qwen3 --arch qwen3-0.6b --steps 2 --warmup 1 --micro-batch 0 --compile-decode --fused-decode --skip-plain \
             --skip-ppo --skip-trace-off ;;
     explore)  # where the next gains are: fused and autotuned decode steps; the passes with compiled norms/MLPs/RoPE

@@ -72,6 +72,9 @@ def main() -> None:
                         help="experiment: the scoring and update passes run the decoder's RMSNorms and MLPs "
                              "(and RoPE) through torch.compile (regional, dynamic shapes)")
     parser.add_argument("--rows", type=int, default=15, help="operator rows per table")
+    parser.add_argument("--update-only", action="store_true",
+                        help="profile only the measured step's update (its forward, backward and optimizer step), "
+                             "not the generation, whose graph replays make a large profile")
     parser.add_argument("--timers", action="store_true",
                         help="no profiler: wall seconds per part, the GPU synchronised around each (cheap)")
     args = parser.parse_args()
@@ -115,19 +118,37 @@ def main() -> None:
     prof = profile(activities=activities)
     seen = {"lines": 0, "wall": 0.0}
 
+    whole_step = not (args.timers or args.update_only)
+
     def on_log(line: str) -> None:  # one call per step (after "eval before"): profile step warmup + 1
         gpu_step.sync()
         seen["lines"] += 1
         if seen["lines"] == args.warmup + 1:
             seen["wall"] = time.perf_counter()
             MEASURING["on"] = True
-            if not args.timers:
+            if whole_step:
                 prof.start()
         elif seen["lines"] == args.warmup + 2:
             MEASURING["on"] = False
-            if not args.timers:
+            if whole_step:
                 prof.stop()
             seen["wall"] = time.perf_counter() - seen["wall"]
+
+    if args.update_only and not args.timers:
+        update = trainer.RLTrainer._update
+
+        def profiled_update(self, *a, **k):
+            if not MEASURING["on"]:
+                return update(self, *a, **k)
+            gpu_step.sync()
+            prof.start()
+            try:
+                return update(self, *a, **k)
+            finally:
+                gpu_step.sync()
+                prof.stop()
+
+        trainer.RLTrainer._update = profiled_update
 
     from minigrpo.grpo import GRPOTrainer
 
@@ -165,8 +186,9 @@ def main() -> None:
         if e is not None:
             lines.append(f"{tag:<24}{e.count:>6}{e.cpu_time_total / 1e6:>9.3f}{e.device_time_total / 1e6:>9.3f}")
     total_gpu = sum(getattr(e, gpu_attr) for e in ops)
-    lines.append(f"the profiled step: {seen['wall']:.3f} s wall (profiler on); GPU busy (sum of kernel time): "
-                 f"{total_gpu / 1e6:.3f} s")
+    what = "update" if args.update_only else "step"
+    lines.append(f"the profiled {what}: GPU busy (sum of kernel time) {total_gpu / 1e6:.3f} s; the step: "
+                 f"{seen['wall']:.3f} s wall (profiler on{' during the update' if args.update_only else ''})")
     report(lines)
 
 
