@@ -670,3 +670,32 @@ def test_gpu_decode_bench_runs_at_cpu_size(tmp_path):
         assert tiny[attention]["decode"]["mode"] == "eager"
     assert tiny["gqa_eager"]["ms_per_step"] > 0
     assert "gqa eager" in proc.stdout
+
+
+@pytest.mark.parametrize("flags,expect", [
+    (["--timers", "--micro-batch", "0"], "the timed step"),
+    (["--update-only", "--fused-decode"], "the profiled update"),
+    (["--timers", "--compile-blocks", "norm-mlp-rope"], "dynamo: "),
+], ids=["timers", "update-only", "compile-blocks"])
+def test_gpu_profile_bench_runs_at_cpu_size(tmp_path, flags, expect):
+    """bench/gpu_profile.py end to end at its CPU size: the parts of one step (or of its update) with times."""
+    import os
+    import re
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "OUT": str(tmp_path), "PYTHONPATH": str(root)}
+    proc = subprocess.run([sys.executable, str(root / "bench" / "gpu_profile.py"), "--tiny", *flags],
+                          capture_output=True, text=True, env=env, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    table = (tmp_path / "gpu_profile.txt").read_text()
+    assert expect in table and "update (all)" in table and "micro-batch loss" in table
+    if "--timers" in flags:
+        assert "generation" in table and re.search(r"the timed step: \d+\.\d+ s", table)
+    if "--compile-blocks" in flags:
+        graphs = int(re.search(r"dynamo: (\d+) graphs", table).group(1))
+        assert graphs > 0  # the passes' blocks went through torch.compile
+    if "--update-only" in flags:
+        assert "generation" not in table  # the profiler saw the update alone
