@@ -303,7 +303,8 @@ class Decoder:
         STATS["capture_seconds"] += time.perf_counter() - started
         self._restore()  # the warm-up steps moved the counters
 
-    def run(self, prompt_ids, prompt_mask, check_every: int, while_decoding=None) -> tuple[torch.Tensor, torch.Tensor, int]:
+    def run(self, prompt_ids, prompt_mask, check_every: int,
+            while_decoding=None) -> tuple[torch.Tensor, torch.Tensor, int]:
         """Tokens and log-probs (static buffers: copy them) and the number of columns made.
 
         ``while_decoding()`` runs once, when the steps up to the first look at the finished rows

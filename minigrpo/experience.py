@@ -9,7 +9,8 @@ import numpy as np
 import torch
 
 from .losses import group_advantages, group_stats
-from .rollout import Rollout, concat_rollouts, generate, pad_token_id, score_logprobs_and_hidden
+from .rollout import (Rollout, concat_rollouts, generate, pad_token_id, score_logprobs,
+                      score_logprobs_and_hidden)
 from .tasks import RewardConfig, TaskData, build_prompt, score_completion
 from .trace.schema import Group
 
@@ -31,7 +32,7 @@ class Experience:
     item_indices: list | None = None  # dynamic sampling: indices of ``items`` in the training split (for --resume)
     generation_metrics: dict | None = None  # dynamic sampling: rollout metrics over every sampled group (0-d tensors)
     logp_old_from_update: bool = False  # logp_old is filled by the update itself (see one_update_per_rollout)
-    ref_hidden: torch.Tensor | None = None  # (N, Lc, H) π_ref's last hidden states, kept for the probes (keep_ref_hidden)
+    ref_hidden: torch.Tensor | None = None  # (N, Lc, H) π_ref's last hidden states for the probes (keep_ref_hidden)
 
     @property
     def num_generations(self) -> int:
@@ -107,7 +108,7 @@ def collect(policy, ref, tokenizer, data: TaskData, cfg, rng: random.Random,
     score_batch = cfg.generation_batch_size if cfg.rollout_backend == "fast" else cfg.per_device_train_batch_size * 2
     from_update = not old_pass and one_update_per_rollout(cfg, len(batch.rollout))
     logp_old = torch.zeros_like(batch.rollout.completion_mask, dtype=torch.float32) if from_update else \
-        score_logprobs_and_hidden(policy, batch.rollout, cfg.temperature, score_batch, keep_hidden=False)[0]
+        score_logprobs(policy, batch.rollout, cfg.temperature, score_batch)
     logp_ref, ref_hidden = score_logprobs_and_hidden(ref, batch.rollout, cfg.temperature, score_batch,
                                                      keep_ref_hidden(cfg, ref, batch.rollout)) \
         if ref is not None else (None, None)

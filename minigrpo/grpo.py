@@ -34,10 +34,8 @@ class GRPOTrainer(RLTrainer):
                                            cfg.epsilon_low, cfg.epsilon_upper)
         loss = reduce(per_token, mask, cfg, normalizer)
         policy_loss = reduce(per_token - cfg.beta * stats["kl"], mask, cfg, normalizer)
-        for i, row in enumerate(rows):
-            if row in self.probes.rows:
-                self.probes.capture(row, hidden=hidden[i] if hidden is not None else None, logp=logp[i], ratio=stats["ratio"][i], clipped_low=stats["clipped_low"][i],
-                                    clipped_high=stats["clipped_high"][i], kl=stats["kl"][i], advantage=advantages[i])
+        self.probes.capture_rows(rows, hidden, logp=logp, ratio=stats["ratio"], clipped_low=stats["clipped_low"],
+                                 clipped_high=stats["clipped_high"], kl=stats["kl"], advantage=advantages)
         return loss, token_stats(mask, loss, policy_loss, stats, entropy)
 
 

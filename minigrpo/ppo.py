@@ -90,11 +90,9 @@ class PPOTrainer(RLTrainer):
         logp_ref = exp.logp_ref[rows] if exp.logp_ref is not None else exp.logp_old[rows]
         kl = k3_kl(logp.detach(), logp_ref)
         stats = {"ratio": ratio.detach(), "clipped_low": clipped_low, "clipped_high": clipped_high, "kl": kl}
-        for i, row in enumerate(rows):
-            if row in self.probes.rows:
-                self.probes.capture(row, hidden=hidden[i] if hidden is not None else None, logp=logp[i], ratio=ratio[i], clipped_low=clipped_low[i],
-                                    clipped_high=clipped_high[i], kl=kl[i], advantage=advantages[i],
-                                    values=exp.values[row], returns=exp.returns[row])
+        self.probes.capture_rows(rows, hidden, logp=logp, ratio=ratio, clipped_low=clipped_low,
+                                 clipped_high=clipped_high, kl=kl, advantage=advantages,
+                                 values=exp.values[rows], returns=exp.returns[rows])
         out = token_stats(mask, loss, policy_loss, stats, entropy)
         out.update({"value_loss": vf_loss.detach(), "vf_clipfrac": vf_clipfrac.detach() / normalizer["num_micro"],
                     "explained_variance": exp.explained_variance / normalizer["num_micro"]})

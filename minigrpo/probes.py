@@ -118,6 +118,14 @@ class ProbeRecorder:
                 got["logits_before"] = logits_from_hidden(self._head_model, hidden.detach(), self.cfg.temperature)
         self.captured[row] = got
 
+    def capture_rows(self, rows: list[int], hidden: torch.Tensor | None = None, **batched: torch.Tensor) -> None:
+        """``capture`` for each probe among a micro-batch's ``rows``: ``hidden`` and every tensor in
+        ``batched`` hold one row per entry of ``rows``."""
+        for i, row in enumerate(rows):
+            if row in self.rows:
+                self.capture(row, hidden=hidden[i] if hidden is not None else None,
+                             **{name: t[i] for name, t in batched.items()})
+
     def _logits(self, model, batch: Rollout) -> torch.Tensor:
         was_training = model.training
         model.eval()

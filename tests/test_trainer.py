@@ -188,9 +188,10 @@ def test_one_update_per_rollout_takes_logp_old_from_the_update(sft_model, tmp_pa
 
     from minigrpo import experience, grpo
 
-    real = experience.score_logprobs_and_hidden
     scored = []
-    monkeypatch.setattr(experience, "score_logprobs_and_hidden", lambda model, *a, **k: scored.append(model) or real(model, *a, **k))
+    for name in ("score_logprobs", "score_logprobs_and_hidden"):  # log π_old, log π_ref (with its hidden states)
+        real = getattr(experience, name)
+        monkeypatch.setattr(experience, name, lambda model, *a, real=real, **k: scored.append(model) or real(model, *a, **k))
     runs = {}
     for name, forced in (("from-update", False), ("pass", True)):
         monkeypatch.setattr(grpo.GRPOTrainer, "needs_logp_old_before_update", forced)
