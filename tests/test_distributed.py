@@ -88,7 +88,7 @@ def test_grpo_on_two_processes_writes_one_trace_and_keeps_ranks_identical(sft_mo
     out, weights = tmp_path / "run", tmp_path / "weights"
     weights.mkdir()
     flags = {**FAST, "eval_n": 8, "max_steps": 2, "probe_completions": -1, "learning_rate": 3e-3, "beta": 0.1}
-    cmd = [str(TORCHRUN), "--nproc_per_node", "2", str(ROOT / "tests" / "dp_worker.py"), "train", "--preset", "tiny",
+    cmd = [str(TORCHRUN), "--standalone", "--nproc_per_node", "2", str(ROOT / "tests" / "dp_worker.py"), "train", "--preset", "tiny",
            "--model", sft_model, "--out", str(out),
            *[arg for k, v in flags.items() for arg in (f"--{k.replace('_', '-')}", str(v))]]
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]),

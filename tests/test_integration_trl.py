@@ -130,7 +130,7 @@ def test_two_processes_write_one_trace(sft_model, tmp_path):
     out = tmp_path / "run"
     sets = ["max_steps=2", "per_device_train_batch_size=3", "gradient_accumulation_steps=2", "num_generations=4",
             "max_completion_length=24", "learning_rate=1e-3", "beta=0.1", "disable_tqdm=true", "logging_steps=1"]
-    cmd = [str(Path(sys.executable).parent / "torchrun"), "--nproc_per_node", "2", "-m", "minigrpo.integrations.trl",
+    cmd = [str(Path(sys.executable).parent / "torchrun"), "--standalone", "--nproc_per_node", "2", "-m", "minigrpo.integrations.trl",
            "--model", sft_model, "--out", str(out), "--train-size", "300", "--probe-completions", "-1",
            *[arg for s in sets for arg in ("--set", s)]]
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]),
