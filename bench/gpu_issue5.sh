@@ -20,6 +20,11 @@
 #   BUDGET_S=370 bash bench/gpu_issue5.sh explore  (338 s on an H200, call C; its autotuned decode ran out of time)
 #     the decode loop compiled, fused-compiled and fused with GEMM autotuning; seconds per part of one step at one
 #     micro-batch of 48 with fused decode, then with the passes' norms, MLPs and RoPE compiled (gpu_profile.py)
+#   BUDGET_S=430 bash bench/gpu_issue5.sh overlap  (not run yet: the next call)
+#     the step of the code as it stands, next to TRL at one micro-batch of 48 (compiled; compiled + fused; trace
+#     off with both), the trace's record on a side stream beside OVERLAP_STEPS queued decode steps; the decode loop
+#     alone (its time against the step's generation: what of the record still shows); an update's profile; Qwen3;
+#     the update's output layer, chunked against full logits (bench/chunked_head.py, in pytest_gpu.log)
 #   bash bench/gpu_issue5.sh profile  (not run yet)
 #     profiles of one step, plain and with compile_decode; the step at one micro-batch of 48 for both trainers
 # Needs TRL's wheels in .whl (docs/performance.md: trl, datasets, dill, multiprocess), carried with the call:
@@ -104,6 +109,15 @@ case "$mode" in
         profile update --update-only --compile-decode --fused-decode --micro-batch 0
         step qwen3 --arch qwen3-0.6b --steps 2 --warmup 1 --micro-batch 0 --compile-decode --fused-decode --skip-plain \
             --skip-ppo --skip-trace-off ;;
+    overlap)  # the next call: the step as the code stands (records beside the decode), its decode alone, an update
+        gpu_tests
+        { echo "== bench/chunked_head.py"; timeout "$(cap 60)" python3 bench/chunked_head.py; echo "rc=$?"; } \
+            >> "$out/pytest_gpu.log" 2>&1
+        step smollm-mb48 --steps 3 --warmup 1 --micro-batch 0 --compile-decode --fused-decode --skip-plain --skip-ppo
+        decode --arch smollm-135m --compile --fused --only fused-compiled
+        profile update --update-only --compile-decode --fused-decode --micro-batch 0
+        step qwen3 --arch qwen3-0.6b --steps 2 --warmup 1 --micro-batch 0 --compile-decode --fused-decode --skip-plain \
+            --skip-ppo --skip-trace-off ;;
     explore)  # where the next gains are: fused and autotuned decode steps; the passes with compiled norms/MLPs/RoPE
         gpu_tests
         decode --arch smollm-135m --compile --fused --autotune --only compiled fused-compiled fused-autotuned
@@ -114,7 +128,7 @@ case "$mode" in
         profile profile-plain
         profile profile-compiled --compile-decode
         step smollm-mb48 --steps 3 --warmup 1 --micro-batch 0 --compile-decode --skip-ppo --skip-trace-off ;;
-    *) echo "unknown mode $mode: full, compile, h100, final, fused, explore or profile"; exit 2 ;;
+    *) echo "unknown mode $mode: full, compile, h100, final, fused, overlap, explore or profile"; exit 2 ;;
 esac
 
 for log in "$out/pytest_gpu.log" "$out/decode.log" "$out"/*/step.log "$out"/*/profile.log; do

@@ -14,7 +14,9 @@ Timed, per optimizer step (one rollout, one step, as TRL with β = 0.04):
   ours  minigrpo's GRPOTrainer: sampling (rollout_backend, default fast), rewards, the log π_ref
         pass (and log π_old where a step needs it), the update, and the trace (probes +
         writing); with --compile-decode / --fused-decode also with those decode steps; again
-        with the trace off (its overhead), and PPO for its peak memory
+        with the trace off and the fastest decode asked for (the trace's overhead), and PPO for
+        its peak memory. --overlap-steps N: decode steps queued before the trace's record runs
+        (decode.OVERLAP_STEPS) in our runs
   TRL   trl.GRPOTrainer with its defaults except the shared knobs (skipped if trl is missing)
 The first `--warmup` steps (CUDA-graph capture, allocator warm-up) are reported apart.
 Prints a table and writes JSON (to $OUT/gpu_step.json when OUT is set, else --json).
@@ -373,6 +375,8 @@ def main() -> None:
     parser.add_argument("--fused-decode", action="store_true",
                         help="also run ours with fused_decode (fused q/k/v and gate/up projections; compiled too "
                              "with --compile-decode)")
+    parser.add_argument("--overlap-steps", type=int,
+                        help="decode.OVERLAP_STEPS for our runs (decode steps queued before the trace's record)")
     parser.add_argument("--json", default="gpu_step.json", help="output file when $OUT is not set")
     parser.add_argument("--threads", type=int, default=1,
                         help="CPU threads (default 1: on a shared machine more threads only add contention)")
@@ -389,6 +393,10 @@ def main() -> None:
         if getattr(args, key) is None:
             setattr(args, key, value)
     rows = args.prompts * args.num_generations
+    from minigrpo import decode
+
+    if args.overlap_steps is not None:
+        decode.OVERLAP_STEPS = args.overlap_steps
     if args.skip_plain and not args.compile_decode:
         parser.error("--skip-plain needs --compile-decode (ours must run at least once)")
     args.micro_batch = args.micro_batch or rows
@@ -406,7 +414,9 @@ def main() -> None:
               "torch": torch.__version__, "transformers": transformers.__version__, "arch": arch,
               "reasoning_gym_stub": stubbed,
               "config": {k: getattr(args, k) for k in ("prompts", "num_generations", "new_tokens", "micro_batch",
-                                                       "steps", "warmup", "backend")}}
+                                                       "steps", "warmup", "backend", "compile_decode",
+                                                       "fused_decode")}}
+    report["config"]["overlap_steps"] = decode.OVERLAP_STEPS
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         facts = build_model_folder(arch, tmp / "model")
@@ -423,8 +433,9 @@ def main() -> None:
         if args.fused_decode:
             report["ours_grpo_fused"] = run_ours(tmp / "model", args, "grpo", True, tmp / "ours-fused",
                                                  args.compile_decode, True)
-        if not args.skip_trace_off:
-            report["ours_grpo_trace_off"] = run_ours(tmp / "model", args, "grpo", False, tmp / "ours-off")
+        if not args.skip_trace_off:  # with the fastest decode asked for, to compare with that run's trace on
+            report["ours_grpo_trace_off"] = run_ours(tmp / "model", args, "grpo", False, tmp / "ours-off",
+                                                     args.compile_decode, args.fused_decode)
         if not args.skip_ppo:
             report["ours_ppo"] = run_ours(tmp / "model", args, "ppo", True, tmp / "ppo")
         if not args.skip_trl:
@@ -467,8 +478,9 @@ def print_table(r: dict) -> None:
     for label, x in runs:
         if trl.get("median_s"):
             print(f"TRL / ours{label}: {trl['median_s'] / x['median_s']:.2f}x")
-    if r.get("ours_grpo") and r.get("ours_grpo_trace_off"):
-        print(f"tracing overhead: {100 * (r['ours_grpo']['median_s'] / r['ours_grpo_trace_off']['median_s'] - 1):+.1f}%")
+    traced = r.get("ours_grpo_fused") or r.get("ours_grpo_compiled") or r.get("ours_grpo")  # the trace-off run's decode
+    if traced and r.get("ours_grpo_trace_off"):
+        print(f"tracing overhead: {100 * (traced['median_s'] / r['ours_grpo_trace_off']['median_s'] - 1):+.1f}%")
     for label, x in runs:
         print(f"ours{label}, per step: rollout {x.get('rollout_time_median_s', float('nan')):.3f} s "
               f"(generation {x['generate_median_s']:.3f} s), update {x.get('step_time_median_s', float('nan')):.3f} s, "

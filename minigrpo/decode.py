@@ -43,6 +43,11 @@ from .losses import logprobs_from_logits
 # CUDA: rows rounded up to a multiple of BATCH_BUCKET, prompts left-padded to a multiple of
 # PROMPT_BUCKET, so that a handful of captured graphs serve every rollout of a run.
 BATCH_BUCKET, PROMPT_BUCKET, CHECK_EVERY = 8, 64, 32
+# CUDA: decode steps queued before ``while_decoding`` runs (the finished rows are first looked at
+# after them). The trace's record that runs there is about 0.1 s of host work at the seed recipe
+# (docs/performance.md), some 60 steps of 1.6 ms (SmolLM-135M, H200): with fewer queued the GPU
+# idles until the host comes back. Costs steps only when every row finishes before them.
+OVERLAP_STEPS = 64
 MAX_DECODERS_PER_MODEL = 4  # captured shapes kept per model (each holds its own KV cache)
 
 # what the last decode calls did (read by bench/gpu_step.py): "cuda-graph" or "eager", compiled or not,
@@ -303,17 +308,23 @@ class Decoder:
         STATS["capture_seconds"] += time.perf_counter() - started
         self._restore()  # the warm-up steps moved the counters
 
-    def run(self, prompt_ids, prompt_mask, check_every: int,
-            while_decoding=None) -> tuple[torch.Tensor, torch.Tensor, int]:
+    def run(self, prompt_ids, prompt_mask, check_every: int, while_decoding=None,
+            overlap_steps: int = 0) -> tuple[torch.Tensor, torch.Tensor, int]:
         """Tokens and log-probs (static buffers: copy them) and the number of columns made.
 
         ``while_decoding()`` runs once, when the steps up to the first look at the finished rows
-        are queued: on CUDA the GPU decodes them while the host does that work.
+        are queued (at least ``overlap_steps`` columns, rounded up to a multiple of ``check_every``):
+        on CUDA the GPU decodes them while the host does that work, which runs on a side stream
+        (``_beside_the_decode``) so that its reads back to the host do not wait for them.
         """
+        ready = _queued_marker(prompt_ids.device)  # after everything queued before this decode
         self.prefill(prompt_ids, prompt_mask)
-        made = self._steps(1, min(self.max_new, check_every or 1), check_every)
+        every = check_every or 1
+        first = min(self.max_new, _round_up(max(overlap_steps, every), every) if while_decoding else every)
+        made = self._steps(1, first, check_every=0)  # no look at the finished rows before ``first``
         if while_decoding is not None:
-            while_decoding()  # outside attention_implementation: it may run the model's own forward
+            # outside attention_implementation: it may run the model's own forward
+            _beside_the_decode(while_decoding, ready, prompt_ids.device)
         made = self._steps(made, self.max_new, check_every)
         return self.tokens, self.logps, made
 
@@ -331,6 +342,33 @@ class Decoder:
                 step()
                 made += 1
         return made
+
+
+def _queued_marker(device: torch.device):
+    """A CUDA event recorded now on the current stream (None off CUDA)."""
+    if device.type != "cuda":
+        return None
+    event = torch.cuda.Event()
+    event.record()
+    return event
+
+
+def _beside_the_decode(work, ready, device: torch.device) -> None:
+    """Run ``work()`` while decode steps are queued on the current stream: on CUDA on a side stream
+    that first waits for ``ready`` (what was queued before the decode: the optimizer step that
+    ``work`` may read) and is drained before returning. Its reads back to the host then wait for
+    its own kernels only, not for the decode's; and since nothing but ``work`` runs on the host
+    meanwhile, no tensor it reads can be freed and reused while its kernels still run."""
+    if ready is None:
+        work()
+        return
+    side = torch.cuda.Stream(device=device)
+    with torch.cuda.stream(side):
+        side.wait_event(ready)
+        try:
+            work()
+        finally:
+            side.synchronize()
 
 
 def capture_graph(step, warmup: int = 2):
@@ -401,7 +439,8 @@ def decode(model, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, max_new_t
            top_p: float, greedy: bool, eos_ids, pad_id: int, batch_bucket: int | None = None,
            prompt_bucket: int | None = None, check_every: int | None = None,
            cuda_graphs: bool | None = None, attention: str = "gqa",
-           compile: bool = False, fused: bool = False, while_decoding=None) -> tuple[torch.Tensor, torch.Tensor]:
+           compile: bool = False, fused: bool = False, while_decoding=None,
+           overlap_steps: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Complete left-padded prompts (B, Lp): completion ids (B, Lc), pad after EOS, and their log-probs.
 
     Lc is the longest completion (≤ max_new_tokens), as ``model.generate`` returns. Log-probs
@@ -414,7 +453,8 @@ def decode(model, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, max_new_t
     on CUDA the compiled step is what the graph captures). ``fused``: the decode steps run
     ``fused_step.FusedStep`` (q/k/v and gate/up projections fused; Llama and Qwen3) with the
     "gqa" attention, instead of the model's forward. ``while_decoding()``: host work to run once
-    while the GPU decodes (``Decoder.run``).
+    while the GPU decodes ``overlap_steps`` steps (default OVERLAP_STEPS on CUDA; elsewhere, where
+    nothing overlaps, right after the prefill) (``Decoder.run``).
     """
     from .rollout import completion_mask_from_ids
 
@@ -428,6 +468,7 @@ def decode(model, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, max_new_t
     batch_bucket = batch_bucket or (BATCH_BUCKET if on_cuda else 1)
     prompt_bucket = prompt_bucket or (PROMPT_BUCKET if on_cuda else 1)
     check_every = check_every if check_every is not None else (CHECK_EVERY if on_cuda else 1)
+    overlap_steps = overlap_steps if overlap_steps is not None else (OVERLAP_STEPS if on_cuda else 0)
     b, lp = prompt_ids.shape
     rows, cols = _round_up(b, batch_bucket), _round_up(lp, prompt_bucket)
     ids = F.pad(prompt_ids, (cols - lp, 0), value=pad_id)
@@ -445,7 +486,7 @@ def decode(model, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, max_new_t
            attention, compile, cuda_graphs, fused)
     decoder = _decoder(model, key, build) if cuda_graphs or compile else build()
     try:
-        tokens, logps, made = decoder.run(ids, mask, check_every, while_decoding)
+        tokens, logps, made = decoder.run(ids, mask, check_every, while_decoding, overlap_steps)
     finally:
         model.train(was_training)
     tokens, logps = tokens[:b, :made].clone(), logps[:b, :made].clone()

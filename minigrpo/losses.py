@@ -196,11 +196,22 @@ def head_logprobs(hidden: Tensor, weight: Tensor, bias: Tensor | None, token_ids
     logp = torch.empty(m, dtype=torch.float32, device=hidden.device)
     entropy = torch.empty_like(logp) if with_entropy else None
     for start in range(0, m, rows):
-        z = F.linear(hidden[start:start + rows], weight, bias).float() / temperature
-        logp[start:start + rows] = logprobs_from_logits(z, token_ids[start:start + rows])
+        z = F.linear(hidden[start:start + rows], weight, bias).float().div_(temperature)
+        tokens = token_ids[start:start + rows]
         if with_entropy:
-            entropy[start:start + rows] = entropy_from_logits(z)
+            logp[start:start + rows], entropy[start:start + rows] = _logp_and_entropy(z, tokens)
+        else:
+            logp[start:start + rows] = logprobs_from_logits(z, tokens)
     return logp, entropy
+
+
+def _logp_and_entropy(z: Tensor, token_ids: Tensor) -> tuple[Tensor, Tensor]:
+    """log π(token) and H of a chunk of finite float32 logits z (rows, V) (an output layer's, so
+    no -inf): log p = log_softmax(z), H = -Σ_v p_v log p_v. The values of ``logprobs_from_logits``
+    and ``entropy_from_logits``, with about half their passes over (rows, V) floats and buffers."""
+    log_p = torch.log_softmax(z, dim=-1)
+    picked = log_p.gather(-1, token_ids.long().unsqueeze(-1)).squeeze(-1)
+    return picked, -log_p.exp().mul_(log_p).sum(-1)
 
 
 class ChunkedHeadLogprobs(torch.autograd.Function):
@@ -231,11 +242,11 @@ class ChunkedHeadLogprobs(torch.autograd.Function):
         grad_bias = torch.zeros(bias.shape, dtype=torch.float32, device=bias.device) if need_bias else None
         for start in range(0, hidden.shape[0], ctx.rows):
             h = hidden[start:start + ctx.rows]
-            g = grad_logp[start:start + ctx.rows].float().unsqueeze(-1)
-            z = F.linear(h, weight, bias).float() / ctx.temperature
-            dz = torch.softmax(z, dim=-1).mul_(-g)
-            dz.scatter_add_(-1, token_ids[start:start + ctx.rows].long().unsqueeze(-1), g)
-            dlogits = dz.div_(ctx.temperature).to(weight.dtype)
+            g_tau = grad_logp[start:start + ctx.rows].float().unsqueeze(-1) / ctx.temperature  # g / τ per row
+            z = F.linear(h, weight, bias).float().div_(ctx.temperature)
+            dlogits = torch.softmax(z, dim=-1).mul_(-g_tau)
+            dlogits.scatter_add_(-1, token_ids[start:start + ctx.rows].long().unsqueeze(-1), g_tau)
+            dlogits = dlogits.to(weight.dtype)
             if need_hidden:
                 grad_hidden[start:start + ctx.rows] = dlogits @ weight
             if need_weight:

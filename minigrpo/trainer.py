@@ -154,7 +154,7 @@ class RLTrainer:
             try:
                 exp = collect(self.policy, self.ref, self.tokenizer, self.train_data, cfg, self.rng,
                               self.dist.rank, self.dist.world_size, old_pass=self.needs_logp_old_before_update,
-                              while_decoding=self.flush_record)
+                              while_decoding=self.flush_record if self._pending_record else None)
             except RuntimeError as exc:  # torch.multinomial refuses NaN/inf probabilities
                 if "probability tensor" not in str(exc):
                     raise

@@ -196,13 +196,21 @@ def test_tokens_after_eos_are_pad_and_masked(tiny):
         assert (logps[row, n:] == 0).all() and (logps[row, :n] < 0).all()
 
 
-def test_all_rows_finished_stops_early(tiny):
+def test_all_rows_finished_stops_early(tiny, monkeypatch):
     model, tok = tiny
     ids, mask = _prompt_batch(tok)
     first = fast.decode(model, ids, mask, 1, 1.0, 1.0, True, eos_token_ids(model, tok), tok.pad_token_id)[0][:, 0]
     eos = eos_token_ids(model, tok) | set(first.tolist())  # every row's first token ends it
+    steps = []
+    real_step = fast.Decoder._decode_step
+    monkeypatch.setattr(fast.Decoder, "_decode_step", lambda self: steps.append(1) or real_step(self))
     tokens, logps = fast.decode(model, ids, mask, 16, 1.0, 1.0, True, eos, tok.pad_token_id)
-    assert tokens.shape == (len(PROMPTS), 1) and torch.equal(tokens[:, 0], first)
+    assert tokens.shape == (len(PROMPTS), 1) and torch.equal(tokens[:, 0], first) and steps == []
+    # host work to overlap: the steps queued before it run although every row has finished (the
+    # first look at the finished rows comes after them), and the result is the same
+    tokens, logps = fast.decode(model, ids, mask, 16, 1.0, 1.0, True, eos, tok.pad_token_id, check_every=2,
+                                overlap_steps=5, while_decoding=lambda: None)
+    assert tokens.shape == (len(PROMPTS), 1) and torch.equal(tokens[:, 0], first) and len(steps) == 5
 
 
 # ----------------------------------------------------------------------------- (e) grouped-query attention
@@ -440,11 +448,14 @@ def test_fused_decode_refuses_what_it_cannot_fuse(tiny):
         fast_config(fused_decode=True)
 
 
-@pytest.mark.parametrize("check_every", [1, 4])
-def test_while_decoding_runs_once_between_the_steps_outside_the_decode_attention(tiny, check_every, monkeypatch):
+@pytest.mark.parametrize("check_every, overlap_steps, steps_before", [(1, 0, 0), (4, 0, 3), (4, 6, 7), (1, 5, 4),
+                                                                      (4, 40, 11)])
+def test_while_decoding_runs_once_between_the_steps_outside_the_decode_attention(tiny, check_every, overlap_steps,
+                                                                                 steps_before, monkeypatch):
     """The host work handed to decode runs once, when the steps before the first look at the
-    finished rows are made, with the model's own attention (it may run a forward pass), and the
-    tokens are those of a decode without it."""
+    finished rows are made (``overlap_steps`` columns at least, rounded up to a multiple of
+    ``check_every``, at most all of them), with the model's own attention (it may run a forward
+    pass), and the tokens are those of a decode without it."""
     model, tok = tiny
     ids, mask = _prompt_batch(tok)
     eos, pad = eos_token_ids(model, tok), tok.pad_token_id
@@ -460,10 +471,11 @@ def test_while_decoding_runs_once_between_the_steps_outside_the_decode_attention
     plain = fast.decode(model, ids, mask, 12, 1.0, 1.0, False, eos, pad, check_every=check_every)
     steps.clear()
     torch.manual_seed(3)
-    got = fast.decode(model, ids, mask, 12, 1.0, 1.0, False, eos, pad, check_every=check_every, while_decoding=work)
+    got = fast.decode(model, ids, mask, 12, 1.0, 1.0, False, eos, pad, check_every=check_every, while_decoding=work,
+                      overlap_steps=overlap_steps)
     # the prefill makes token 1; steps make tokens 2.. up to the first look at the finished rows
-    assert seen == [(model.config._attn_implementation, check_every - 1)]
-    assert model.config._attn_implementation != fast.GQA_ATTENTION and len(steps) > check_every
+    assert seen == [(model.config._attn_implementation, steps_before)]
+    assert model.config._attn_implementation != fast.GQA_ATTENTION and len(steps) >= steps_before
     assert torch.equal(plain[0], got[0]) and torch.equal(plain[1], got[1])
     calls = []
     generate(model, tok, PROMPTS, 2, 6, 1.0, backend="hf", while_decoding=lambda: calls.append("hf"))
@@ -699,3 +711,39 @@ def test_gpu_profile_bench_runs_at_cpu_size(tmp_path, flags, expect):
         assert graphs > 0  # the passes' blocks went through torch.compile
     if "--update-only" in flags:
         assert "generation" not in table  # the profiler saw the update alone
+
+
+@pytest.mark.gpu
+@needs_cuda
+@pytest.mark.parametrize("fused", [False, True], ids=["graph", "fused-graph"])
+def test_gpu_while_decoding_runs_beside_the_decode_after_what_came_before(cuda_model, fused):
+    """On CUDA the host work handed to decode runs on a side stream, once OVERLAP_STEPS steps are
+    queued; that stream first waits for what was queued before the decode (here a write held back
+    by tens of ms of GPU sleep, as an optimizer step would be), the work may run the model's
+    forward, and the tokens are those of a decode without it."""
+    model, tok = cuda_model
+    ids, mask = tokenize_prompts(tok, PROMPTS * 4, 160, "cuda")
+    eos, pad = eos_token_ids(model, tok), tok.pad_token_id
+    flag = torch.zeros(4096, device="cuda")
+    seen = {}
+
+    def last_logits():
+        with torch.no_grad():
+            return model(input_ids=ids, attention_mask=mask).logits[:, -1].float().cpu()
+
+    def work():
+        seen.update(stream=torch.cuda.current_stream(), flag=flag.sum().item(), logits=last_logits())
+
+    new_tokens = fast.OVERLAP_STEPS + 40
+    fast.decode(model, ids, mask, new_tokens, 0.7, 1.0, False, eos, pad, fused=fused)  # the capture's draws
+    torch.manual_seed(5)
+    plain = fast.decode(model, ids, mask, new_tokens, 0.7, 1.0, False, eos, pad, fused=fused)
+    want = last_logits()
+    torch.manual_seed(5)
+    torch.cuda._sleep(100_000_000)  # the GPU is busy for a while before the write the work must see
+    flag.fill_(1.0)
+    got = fast.decode(model, ids, mask, new_tokens, 0.7, 1.0, False, eos, pad, fused=fused, while_decoding=work)
+    assert fast.STATS["mode"] == "cuda-graph", fast.STATS["fallback"]
+    assert seen["stream"] != torch.cuda.default_stream() and seen["flag"] == flag.numel()
+    assert torch.allclose(seen["logits"], want, atol=1e-2, rtol=0)
+    assert torch.equal(plain[0], got[0]) and torch.equal(plain[1], got[1])

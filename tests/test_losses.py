@@ -363,3 +363,34 @@ def test_chunked_head_in_bf16_casts_like_autograd():
     torch.testing.assert_close(logp, full, rtol=0, atol=1e-5)
     torch.testing.assert_close(got[0], hidden.grad, rtol=2e-2, atol=2e-2)
     torch.testing.assert_close(got[1], weight.grad, rtol=2e-2, atol=2e-2)
+
+
+def test_chunked_head_entropy_with_underflowing_probabilities():
+    """Logits hundreds apart (most probabilities underflow to 0 in float32): log π and H from the
+    chunked head equal a float64 log-softmax of the same logits, with no NaN from 0 · log 0."""
+    from minigrpo.losses import head_logprobs
+
+    hidden = torch.tensor([[1.0, 0.0], [0.0, 1.0], [0.3, -0.2]])
+    weight = torch.tensor([[400.0, 0.0], [0.0, 400.0], [-400.0, 300.0], [1.0, 1.0]])
+    ids = torch.tensor([1, 1, 3])
+    logp, entropy = head_logprobs(hidden, weight, None, ids, 0.5, rows=2, with_entropy=True)
+    z = (hidden.double() @ weight.double().T) / 0.5
+    log_p = torch.log_softmax(z, -1)
+    torch.testing.assert_close(logp.double(), log_p.gather(-1, ids[:, None]).squeeze(-1), rtol=1e-6, atol=1e-5)
+    torch.testing.assert_close(entropy.double(), -(log_p.exp() * log_p).sum(-1), rtol=1e-6, atol=1e-6)
+    assert torch.isfinite(entropy).all() and entropy[0] < 1e-30
+
+
+def test_chunked_head_bench_runs_at_cpu_size():
+    """bench/chunked_head.py at a small CPU size: both heads timed, and they agree."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    proc = subprocess.run([sys.executable, str(root / "bench" / "chunked_head.py"), "--tiny", "--positions", "300",
+                           "--vocab", "1000", "--hidden", "32", "--budget", "20000", "--repeats", "2"],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "MISMATCH" not in proc.stdout and proc.stdout.count("largest difference") == 4
+    assert "chunks of 20 rows" in proc.stdout and "full / chunked:" in proc.stdout
