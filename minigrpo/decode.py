@@ -353,16 +353,23 @@ def _queued_marker(device: torch.device):
     return event
 
 
+_SIDE_STREAMS: dict[int, "torch.cuda.Stream"] = {}
+
+
 def _beside_the_decode(work, ready, device: torch.device) -> None:
     """Run ``work()`` while decode steps are queued on the current stream: on CUDA on a side stream
     that first waits for ``ready`` (what was queued before the decode: the optimizer step that
     ``work`` may read) and is drained before returning. Its reads back to the host then wait for
     its own kernels only, not for the decode's; and since nothing but ``work`` runs on the host
-    meanwhile, no tensor it reads can be freed and reused while its kernels still run."""
+    meanwhile, no tensor it reads can be freed and reused while its kernels still run. One side
+    stream per device, always the same: the allocator caches freed memory per stream."""
     if ready is None:
         work()
         return
-    side = torch.cuda.Stream(device=device)
+    index = device.index if device.index is not None else torch.cuda.current_device()
+    side = _SIDE_STREAMS.get(index)
+    if side is None:
+        side = _SIDE_STREAMS[index] = torch.cuda.Stream(device=device)
     with torch.cuda.stream(side):
         side.wait_event(ready)
         try:

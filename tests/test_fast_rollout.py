@@ -747,3 +747,6 @@ def test_gpu_while_decoding_runs_beside_the_decode_after_what_came_before(cuda_m
     assert seen["stream"] != torch.cuda.default_stream() and seen["flag"] == flag.numel()
     assert torch.allclose(seen["logits"], want, atol=1e-2, rtol=0)
     assert torch.equal(plain[0], got[0]) and torch.equal(plain[1], got[1])
+    first = seen.pop("stream")
+    fast.decode(model, ids, mask, new_tokens, 0.7, 1.0, False, eos, pad, fused=fused, while_decoding=work)
+    assert seen["stream"] == first  # one side stream: the memory it frees is cached for it, not for a new one
