@@ -10,8 +10,9 @@ row runs to the full length. For each attention of the decode steps (``model``: 
 model's own sdpa, which copies the KV cache per query head with repeat_kv; ``gqa``:
 minigrpo.decode.gqa_decode_attention; with ``--compile`` also ``compiled``: gqa through
 torch.compile; with ``--fused`` also ``fused``, the step of minigrpo.fused_step with the q/k/v
-and gate/up projections fused, and with both ``fused-compiled``) the first call (it captures the CUDA graph, and compiles) is reported apart
-from the median of ``--repeats`` more. An eager run (no graph) gives the
+and gate/up projections fused, and with both ``fused-compiled``; with ``--sdpa`` the fused ones
+also over minigrpo.decode.sdpa_decode_attention, torch's fused attention kernel) the first call
+(it captures the CUDA graph, and compiles) is reported apart from the median of ``--repeats`` more. An eager run (no graph) gives the
 launch-bound cost per step, and a profile of eager steps counts the kernels each decode
 step launches and the GPU time they take (no launch gaps: what a perfect graph replay would
 cost). The floor per step reads the bf16 weights and the average KV cache once, at the copy
@@ -38,17 +39,19 @@ from minigrpo import decode as fast  # noqa: E402
 
 # the decode step: the model's own attention (sdpa + repeat_kv), ours (gqa), ours through torch.compile,
 # ours with the q/k/v and gate/up projections fused (minigrpo.fused_step), and that compiled, also with
-# inductor's GEMM autotuning (max_autotune: Triton GEMM templates, epilogues fused into them);
-# variant -> (attention, compile, fused)
+# inductor's GEMM autotuning (max_autotune: Triton GEMM templates, epilogues fused into them); the fused ones
+# over torch's fused attention (sdpa_decode_attention); variant -> (attention, compile, fused)
 VARIANTS = {"model": ("model", False, False), "gqa": ("gqa", False, False), "compiled": ("gqa", True, False),
             "fused": ("gqa", False, True), "fused-compiled": ("gqa", True, True),
-            "fused-autotuned": ("gqa", True, True)}
+            "fused-autotuned": ("gqa", True, True), "fused-sdpa": ("sdpa", False, True),
+            "fused-compiled-sdpa": ("sdpa", True, True)}
 AUTOTUNE = {"max_autotune": True, "coordinate_descent_tuning": True}
 
 
-def variants(compile: bool, fused: bool, autotune: bool = False) -> list[str]:
-    return [v for v, (_, compiled, fuses) in VARIANTS.items()
-            if (compile or not compiled) and (fused or not fuses) and (autotune or "autotuned" not in v)]
+def variants(compile: bool, fused: bool, autotune: bool = False, sdpa: bool = False) -> list[str]:
+    return [v for v, (attention, compiled, fuses) in VARIANTS.items()
+            if (compile or not compiled) and (fused or not fuses) and (autotune or "autotuned" not in v)
+            and (sdpa or attention != "sdpa")]
 
 
 @contextlib.contextmanager
@@ -137,7 +140,7 @@ def bench_arch(arch: str, args, device: str, ceilings: dict) -> dict:
                            attention=attention, compile=compile, fused=fused)
 
     tokens = args.rows * args.new_tokens
-    for variant in args.only or variants(args.compile, args.fused, args.autotune):
+    for variant in args.only or variants(args.compile, args.fused, args.autotune, args.sdpa):
         attention, compile, fused = VARIANTS[variant]
         fast.reset_stats()
         fast._DECODERS.clear()  # variants of one shape would share a cached decoder (fused-compiled, fused-autotuned)
@@ -186,6 +189,8 @@ def main() -> None:
     parser.add_argument("--compile", action="store_true", help="also time the torch.compile'd step (first call compiles)")
     parser.add_argument("--autotune", action="store_true",
                         help="with --compile --fused: also the fused step compiled with inductor's GEMM autotuning")
+    parser.add_argument("--sdpa", action="store_true",
+                        help="with --fused: also the fused steps over torch's fused attention (sdpa_decode_attention)")
     parser.add_argument("--only", nargs="+", choices=list(VARIANTS), help="time only these variants")
     parser.add_argument("--fused", action="store_true",
                         help="also time the step with fused q/k/v and gate/up projections (and compiled, with --compile)")
@@ -213,7 +218,7 @@ def main() -> None:
     c = report["ceilings"]
     if c["bytes_per_s"]:
         print(f"measured: copy {c['bytes_per_s'] / 1e12:.2f} TB/s, bf16 matmul {c['flop_per_s'] / 1e12:.0f} TFLOP/s")
-    print(f"{'arch':<13}{'variant':<15}{'first s':>9}{'s':>8}{'tok/s':>9}{'ms/step':>9}"
+    print(f"{'arch':<13}{'variant':<20}{'first s':>9}{'s':>8}{'tok/s':>9}{'ms/step':>9}"
           f"{'kernels':>9}{'GPU ms':>8}{'floor ms':>9}")
     for arch, r in report["archs"].items():
         for variant in (v for v in VARIANTS if v in r):
@@ -222,9 +227,9 @@ def main() -> None:
             kern = f"{prof['kernels']:.0f}" if "kernels" in prof else "-"
             busy = f"{prof['gpu_busy_ms']:.2f}" if "gpu_busy_ms" in prof else "-"
             floor = f"{r['floor_ms_per_step']:.3f}" if "floor_ms_per_step" in r else "-"
-            print(f"{arch:<13}{variant:<15}{x['first_s']:>9.2f}{x['median_s']:>8.3f}{x['tokens_per_s']:>9,.0f}"
+            print(f"{arch:<13}{variant:<20}{x['first_s']:>9.2f}{x['median_s']:>8.3f}{x['tokens_per_s']:>9,.0f}"
                   f"{x['ms_per_step']:>9.2f}{kern:>9}{busy:>8}{floor:>9}")
-        print(f"{arch:<13}{'gqa eager':<11}{'':>9}{'':>8}{'':>9}{r['gqa_eager']['ms_per_step']:>9.2f}"
+        print(f"{arch:<13}{'gqa eager':<20}{'':>9}{'':>8}{'':>9}{r['gqa_eager']['ms_per_step']:>9.2f}"
               f"   (no graph, {r['gqa_eager']['new_tokens']} tokens)")
         for variant in (v for v in VARIANTS if v in r):
             if r[variant]["decode"].get("fallback"):

@@ -101,7 +101,8 @@ def sample(logits: torch.Tensor, temperature: float, top_p: float = 1.0, greedy:
 
 
 # ----------------------------------------------------------------------------- attention of one new token
-GQA_ATTENTION = "minigrpo_gqa_decode"  # the name it is registered under in transformers' AttentionInterface
+# the names they are registered under in transformers' AttentionInterface
+GQA_ATTENTION, SDPA_ATTENTION = "minigrpo_gqa_decode", "minigrpo_sdpa_decode"
 
 
 def gqa_decode_attention(module, query, key, value, attention_mask, scaling, dropout=0.0, **kwargs):
@@ -122,13 +123,34 @@ def gqa_decode_attention(module, query, key, value, attention_mask, scaling, dro
     return torch.matmul(weights, value).reshape(b, 1, heads, d), None
 
 
-def _register_gqa_attention() -> bool:
-    """Make ``GQA_ATTENTION`` a name the attention modules can look up (False on a transformers without the registry)."""
+def sdpa_decode_attention(module, query, key, value, attention_mask, scaling, dropout=0.0, **kwargs):
+    """``gqa_decode_attention`` through torch's fused attention, ``F.scaled_dot_product_attention``:
+    the g query heads of a KV head are g queries of that head, so the cache is not copied either,
+    and the backend's one attention kernel (CUDA: memory-efficient, which takes an additive mask)
+    replaces two matmuls and a softmax. Its rounding is the fused kernel's (float32 scores), as in
+    the model's own sdpa forward, not the eager formula's (bf16 scores). Same arguments and result.
+    """
+    b, heads, q, d = query.shape
+    if q != 1:
+        raise ValueError(f"sdpa_decode_attention takes one query token per row, got {q}")
+    grouped = query.reshape(b, key.shape[1], heads // key.shape[1], d)
+    out = F.scaled_dot_product_attention(grouped, key, value, attn_mask=attention_mask, scale=scaling)
+    return out.reshape(b, 1, heads, d), None
+
+
+# decode() attention name -> (registered name, function) of the decode steps' own attentions
+STEP_ATTENTIONS = {"gqa": (GQA_ATTENTION, gqa_decode_attention), "sdpa": (SDPA_ATTENTION, sdpa_decode_attention)}
+
+
+def _register_step_attentions() -> bool:
+    """Make ``STEP_ATTENTIONS``' names ones the attention modules can look up (False on a transformers without the
+    registry)."""
     try:
         from transformers import AttentionInterface
     except ImportError:
         return False
-    AttentionInterface.register(GQA_ATTENTION, gqa_decode_attention)
+    for name, function in STEP_ATTENTIONS.values():
+        AttentionInterface.register(name, function)
     return True
 
 
@@ -211,7 +233,9 @@ class Decoder:
         self.cache_arg = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
         self.float_mask = model.dtype if attn == "eager" else None
         # decode steps: our grouped attention over an additive mask, or the model's own implementation
-        self.step_attention = GQA_ATTENTION if attention == "gqa" and _register_gqa_attention() else None
+        ours = attention in STEP_ATTENTIONS and _register_step_attentions()
+        self.step_attention = STEP_ATTENTIONS[attention][0] if ours else None
+        self.attend = STEP_ATTENTIONS.get(attention, STEP_ATTENTIONS["gqa"])[1]  # the fused step's attention
         self.step_mask = model.dtype if self.step_attention else self.float_mask
         self.prompt_len, self.max_new = prompt_len, max_new
         self.temperature, self.top_p, self.greedy = temperature, top_p, greedy
@@ -263,7 +287,8 @@ class Decoder:
         """One token per row; runs (is captured, is compiled) with ``step_attention`` switched on."""
         allowed = (self.valid & (self.kv_index <= self.col))[:, None, None, :]
         if self.fused is not None:
-            logits = self.fused(self.token[:, None], self.position[:, None], self._additive(allowed), self.cache)
+            logits = self.fused(self.token[:, None], self.position[:, None], self._additive(allowed), self.cache,
+                                self.attend)
         else:
             logits = self._forward(self.token[:, None], allowed, self.position[:, None], self.step_mask).logits
         self._record(*sample(logits[:, -1], self.temperature, self.top_p, self.greedy))
@@ -454,8 +479,9 @@ def decode(model, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, max_new_t
     are 0 after EOS. Defaults by device: CUDA rounds shapes up to buckets, looks at the
     finished rows every CHECK_EVERY steps and replays a CUDA graph (MINIGRPO_CUDA_GRAPHS=0
     turns graphs off); elsewhere shapes stay exact and finished rows are looked at every step.
-    ``attention``: "gqa" runs the decode steps' attention with ``gqa_decode_attention``,
-    "model" with the model's own implementation (the prefill always uses the model's).
+    ``attention``: "gqa" runs the decode steps' attention with ``gqa_decode_attention``, "sdpa"
+    with ``sdpa_decode_attention``, "model" with the model's own implementation (the prefill
+    always uses the model's).
     ``compile``: the decode step goes through ``torch.compile`` (once per shape and model;
     on CUDA the compiled step is what the graph captures). ``fused``: the decode steps run
     ``fused_step.FusedStep`` (q/k/v and gate/up projections fused; Llama and Qwen3) with the
@@ -465,10 +491,10 @@ def decode(model, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, max_new_t
     """
     from .rollout import completion_mask_from_ids
 
-    if attention not in ("gqa", "model"):
-        raise ValueError(f"attention must be 'gqa' or 'model', got {attention!r}")
-    if fused and attention != "gqa":
-        raise ValueError("fused decode steps use the 'gqa' attention")
+    if attention not in (*STEP_ATTENTIONS, "model"):
+        raise ValueError(f"attention must be 'gqa', 'sdpa' or 'model', got {attention!r}")
+    if fused and attention not in STEP_ATTENTIONS:
+        raise ValueError("fused decode steps use our own attention, 'gqa' or 'sdpa', not the model's")
     on_cuda = prompt_ids.device.type == "cuda"
     if cuda_graphs is None:
         cuda_graphs = on_cuda and os.environ.get("MINIGRPO_CUDA_GRAPHS", "1") != "0"

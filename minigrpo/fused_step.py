@@ -11,9 +11,9 @@ the order of its decoder layer (transformers' ``LlamaDecoderLayer`` / ``Qwen3Dec
     h ← h + down_proj(act(g) · u)                                     g, u = split(y · [Wg; Wu]ᵀ),     y = norm₂(h)
     logits = lm_head(norm(h))
 
-with the attention of ``decode.gqa_decode_attention`` over the decode loop's KV cache. The
-values are the model's up to the rounding of the fused matmuls (a wider matrix, the same
-sums). The fused weights are copies, written in place by ``refresh`` before each rollout (the
+with the decode loop's attention (``decode.gqa_decode_attention`` or ``sdpa_decode_attention``)
+over its KV cache. The values are the model's up to the rounding of the fused matmuls (a wider
+matrix, the same sums). The fused weights are copies, written in place by ``refresh`` before each rollout (the
 optimizer changes the model's weights between rollouts), so a captured CUDA graph reads them
 at the same addresses.
 """
@@ -62,7 +62,8 @@ def _concat(linears, out: tuple | None = None):
 
 
 class FusedStep:
-    """``step(input_ids (B, 1), position_ids (B, 1), mask (B, 1, 1, L) additive, cache)`` → logits (B, 1, V)."""
+    """``step(input_ids (B, 1), position_ids (B, 1), mask (B, 1, 1, L) additive, cache[, attend])``
+    → logits (B, 1, V)."""
 
     def __init__(self, model):
         reason = unsupported(model)
@@ -93,8 +94,10 @@ class FusedStep:
             _concat(self._attn_linears(layer), out=qkv)
             _concat(self._mlp_linears(layer), out=gate_up)
 
-    def __call__(self, input_ids, position_ids, mask, cache) -> torch.Tensor:
-        from .decode import gqa_decode_attention
+    def __call__(self, input_ids, position_ids, mask, cache, attend=None) -> torch.Tensor:
+        """``attend``: the attention (``decode.gqa_decode_attention``, the default, or ``sdpa_decode_attention``)."""
+        if attend is None:
+            from .decode import gqa_decode_attention as attend
 
         model = self._model()
         inner = model.model
@@ -111,7 +114,7 @@ class FusedStep:
             q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
             q, k = self.rope(q, k, cos, sin)
             keys, values = cache.update(k, v, attn.layer_idx)
-            out, _ = gqa_decode_attention(attn, q, keys, values, mask, attn.scaling)
+            out, _ = attend(attn, q, keys, values, mask, attn.scaling)
             hidden = hidden + attn.o_proj(out.reshape(b, q_len, -1).contiguous())
             y = layer.post_attention_layernorm(hidden)
             gate, up = F.linear(y, *self.gate_up[i]).split([self.ffn_width[i]] * 2, dim=-1)

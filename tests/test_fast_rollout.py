@@ -14,7 +14,7 @@ import torch
 from minigrpo import decode as fast
 from minigrpo.config import ConfigError
 from minigrpo.losses import logprobs_from_logits
-from minigrpo.rollout import (completion_logprobs, completion_mask_from_ids, eos_token_ids, forward_completion,
+from minigrpo.rollout import (Rollout, completion_logprobs, completion_mask_from_ids, eos_token_ids, forward_completion,
                               generate, score_logprobs, tokenize_prompts)
 
 from conftest import fast_config
@@ -224,15 +224,16 @@ def _attention_inputs(batch, heads, kv_heads, length, dim, seed):
     return q, k, v, allowed, mask
 
 
+@pytest.mark.parametrize("attend", [fast.gqa_decode_attention, fast.sdpa_decode_attention], ids=["gqa", "sdpa"])
 @pytest.mark.parametrize("heads,kv_heads", [(6, 2), (4, 4), (8, 1)])
-def test_gqa_attention_equals_the_eager_formula(heads, kv_heads):
+def test_gqa_attention_equals_the_eager_formula(heads, kv_heads, attend):
     """Against transformers' eager_attention_forward (repeat_kv) and a float64 loop over heads."""
     from types import SimpleNamespace
 
     from transformers.models.llama.modeling_llama import eager_attention_forward
 
     q, k, v, allowed, mask = _attention_inputs(3, heads, kv_heads, 11, 8, seed=heads)
-    ours, _ = fast.gqa_decode_attention(None, q, k, v, mask, scaling=0.3)
+    ours, _ = attend(None, q, k, v, mask, scaling=0.3)
     module = SimpleNamespace(num_key_value_groups=heads // kv_heads, training=False)
     theirs, _ = eager_attention_forward(module, q, k, v, mask, scaling=0.3)
     assert ours.shape == theirs.shape == (3, 1, heads, 8)
@@ -249,8 +250,9 @@ def test_gqa_attention_equals_the_eager_formula(heads, kv_heads):
 
 def test_gqa_attention_refuses_more_than_one_query():
     q, k, v, _, mask = _attention_inputs(2, 4, 2, 5, 8, seed=0)
-    with pytest.raises(ValueError, match="one query token"):
-        fast.gqa_decode_attention(None, q.expand(-1, -1, 3, -1), k, v, mask, scaling=1.0)
+    for attend in (fast.gqa_decode_attention, fast.sdpa_decode_attention):
+        with pytest.raises(ValueError, match="one query token"):
+            attend(None, q.expand(-1, -1, 3, -1), k, v, mask, scaling=1.0)
     with pytest.raises(ValueError, match="attention must be"):
         fast.decode(None, torch.ones(1, 2, dtype=torch.long), torch.ones(1, 2), 4, 1.0, 1.0, True, {0}, 0,
                     attention="flash")
@@ -276,11 +278,12 @@ def gqa_model(request, tiny):
     return _random_gqa_model(request.param, tok), tok
 
 
-def test_gqa_decode_equals_the_models_own_attention(gqa_model):
+@pytest.mark.parametrize("attention", ["gqa", "sdpa"])
+def test_gqa_decode_equals_the_models_own_attention(gqa_model, attention):
     model, tok = gqa_model
     ids, mask = _prompt_batch(tok)
     eos, pad = eos_token_ids(model, tok), tok.pad_token_id
-    ours = fast.decode(model, ids, mask, 12, 1.0, 1.0, True, eos, pad, attention="gqa")
+    ours = fast.decode(model, ids, mask, 12, 1.0, 1.0, True, eos, pad, attention=attention)
     stock = fast.decode(model, ids, mask, 12, 1.0, 1.0, True, eos, pad, attention="model")
     assert torch.equal(ours[0], stock[0])
     torch.testing.assert_close(ours[1], stock[1], rtol=0, atol=1e-5)
@@ -387,6 +390,14 @@ def test_fused_step_decodes_as_the_model(fusable_model):
     torch.testing.assert_close(rollout.sampling_logprobs, scored, rtol=0, atol=2e-5)
 
 
+def test_fused_step_with_the_sdpa_attention_decodes_as_the_model(fusable_model):
+    """The fused step over ``sdpa_decode_attention``: the unfused decode's greedy and sampled tokens, and
+    the sdpa attention unfused the same."""
+    model, tok = fusable_model
+    _same_draws(model, tok, 12, 3, {}, {"fused": True, "attention": "sdpa"})
+    _same_draws(model, tok, 12, 3, {}, {"attention": "sdpa"}, cases=((False, 0.7),))
+
+
 def test_fused_weights_follow_the_models(fusable_model):
     """After the model's weights change in place (an optimizer step), the next fused decode uses them."""
     model, tok = fusable_model
@@ -442,7 +453,7 @@ def test_fused_decode_refuses_what_it_cannot_fuse(tiny):
         check_context(gpt2, fast_config(rollout_backend="fast", fused_decode=True))
     model, _ = tiny
     assert unsupported(model) is None
-    with pytest.raises(ValueError, match="'gqa' attention"):
+    with pytest.raises(ValueError, match="our own attention, 'gqa' or 'sdpa'"):
         fast.decode(model, ids, mask, 4, 1.0, 1.0, True, {0}, 0, fused=True, attention="model")
     with pytest.raises(ConfigError, match="fused-decode.*rollout-backend fast"):
         fast_config(fused_decode=True)
@@ -570,17 +581,28 @@ def cuda_model(tmp_path_factory):
     return load_model(folder, device="cuda", dtype=torch.bfloat16)
 
 
-STEP_KINDS = pytest.mark.parametrize("compile,fused", [(False, False), (True, False), (False, True), (True, True)],
-                                     ids=["graph", "compiled-graph", "fused-graph", "fused-compiled-graph"])
+STEP_KINDS = pytest.mark.parametrize(
+    "compile,fused,attention",
+    [(False, False, "gqa"), (True, False, "gqa"), (False, True, "gqa"), (True, True, "gqa"), (False, True, "sdpa"),
+     (True, True, "sdpa")],
+    ids=["graph", "compiled-graph", "fused-graph", "fused-compiled-graph", "fused-sdpa-graph", "fused-sdpa-compiled-graph"])
 
 
 @pytest.mark.gpu
 @needs_cuda
 @STEP_KINDS
-def test_gpu_bf16_logprobs_agree_with_a_forward_pass(cuda_model, compile, fused):
+def test_gpu_bf16_logprobs_agree_with_a_forward_pass(cuda_model, compile, fused, attention):
     model, tok = cuda_model
     torch.manual_seed(0)
-    rollout = generate(model, tok, PROMPTS * 3, 4, 48, 0.7, backend="fast", compile_decode=compile, fused_decode=fused)
+    if attention == "gqa":
+        rollout = generate(model, tok, PROMPTS * 3, 4, 48, 0.7, backend="fast", compile_decode=compile,
+                           fused_decode=fused)
+    else:  # the decode attention is a decode() option (bench/gpu_decode.py), not a config field
+        ids, mask = tokenize_prompts(tok, [p for p in PROMPTS * 3 for _ in range(4)], 160, "cuda")
+        eos = eos_token_ids(model, tok)
+        completion, logps = fast.decode(model, ids, mask, 48, 0.7, 1.0, False, eos, tok.pad_token_id,
+                                        compile=compile, fused=fused, attention=attention)
+        rollout = Rollout(ids, mask, completion, completion_mask_from_ids(completion, eos), [""] * len(ids), logps)
     assert fast.STATS["mode"] == "cuda-graph" and fast.STATS["compiled"] == compile, fast.STATS["fallback"]
     scored = score_logprobs(model, rollout, 0.7, batch_size=64)
     on = rollout.completion_mask.bool()
@@ -625,16 +647,17 @@ def test_gpu_bf16_update_logprobs_without_full_logits(cuda_model):
 @pytest.mark.gpu
 @needs_cuda
 @STEP_KINDS
-def test_gpu_graph_replay_equals_eager_decode(cuda_model, compile, fused):
+def test_gpu_graph_replay_equals_eager_decode(cuda_model, compile, fused, attention):
     model, tok = cuda_model
     ids, mask = tokenize_prompts(tok, PROMPTS * 4, 160, "cuda")
     eos, pad = eos_token_ids(model, tok), tok.pad_token_id
-    eager = fast.decode(model, ids, mask, 32, 1.0, 1.0, True, eos, pad, cuda_graphs=False, fused=fused)
-    graph = fast.decode(model, ids, mask, 32, 1.0, 1.0, True, eos, pad, cuda_graphs=True, compile=compile, fused=fused)
+    kind = dict(fused=fused, attention=attention)
+    eager = fast.decode(model, ids, mask, 32, 1.0, 1.0, True, eos, pad, cuda_graphs=False, **kind)
+    graph = fast.decode(model, ids, mask, 32, 1.0, 1.0, True, eos, pad, cuda_graphs=True, compile=compile, **kind)
     assert fast.STATS["mode"] == "cuda-graph" and fast.STATS["compiled"] == compile, fast.STATS["fallback"]
     assert torch.equal(eager[0], graph[0])
     again = fast.decode(model, ids, mask, 32, 1.0, 1.0, True, eos, pad, cuda_graphs=True,  # replayed buffers
-                        compile=compile, fused=fused)
+                        compile=compile, **kind)
     assert torch.equal(graph[0], again[0])
 
 
@@ -664,7 +687,7 @@ def test_gpu_step_bench_runs_at_cpu_size(tmp_path):
 
 
 def test_gpu_decode_bench_runs_at_cpu_size(tmp_path):
-    """bench/gpu_decode.py end to end at its CPU size: both attentions, full-length rows, JSON written."""
+    """bench/gpu_decode.py end to end at its CPU size: the attentions, fused or not, full-length rows, JSON written."""
     import json
     import os
     import subprocess
@@ -673,11 +696,11 @@ def test_gpu_decode_bench_runs_at_cpu_size(tmp_path):
 
     root = Path(__file__).resolve().parents[1]
     env = {**os.environ, "OUT": str(tmp_path), "PYTHONPATH": str(root)}
-    proc = subprocess.run([sys.executable, str(root / "bench" / "gpu_decode.py"), "--tiny", "--repeats", "2"],
-                          capture_output=True, text=True, env=env, timeout=600)
+    proc = subprocess.run([sys.executable, str(root / "bench" / "gpu_decode.py"), "--tiny", "--repeats", "2",
+                           "--fused", "--sdpa"], capture_output=True, text=True, env=env, timeout=600)
     assert proc.returncode == 0, proc.stderr[-2000:]
     tiny = json.loads((tmp_path / "gpu_decode.json").read_text())["archs"]["tiny"]
-    for attention in ("model", "gqa"):
+    for attention in ("model", "gqa", "fused", "fused-sdpa"):
         assert len(tiny[attention]["times_s"]) == 2 and tiny[attention]["tokens_per_s"] > 0
         assert tiny[attention]["decode"]["mode"] == "eager"
     assert tiny["gqa_eager"]["ms_per_step"] > 0
