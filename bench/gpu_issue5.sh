@@ -22,9 +22,9 @@
 #     micro-batch of 48 with fused decode, then with the passes' norms, MLPs and RoPE compiled (gpu_profile.py)
 #   BUDGET_S=430 bash bench/gpu_issue5.sh overlap  (not run yet: the next call)
 #     the step of the code as it stands, next to TRL at one micro-batch of 48 (compiled; compiled + fused; trace
-#     off with both), the trace's record on a side stream beside OVERLAP_STEPS queued decode steps; the decode loop
-#     alone (its time against the step's generation: what of the record still shows), fused compiled over our
-#     attention and over torch's fused one (sdpa_decode_attention); an update's profile; Qwen3 if time is left;
+#     off with both), the trace's record on a side stream beside OVERLAP_STEPS queued decode steps; an update's
+#     profile; the decode loop alone (its time against the step's generation: what of the record still shows),
+#     fused compiled over our attention and over torch's fused one (sdpa_decode_attention); Qwen3 if time is left;
 #     the update's output layer, chunked against full logits (bench/chunked_head.py, in pytest_gpu.log)
 #   bash bench/gpu_issue5.sh profile  (not run yet)
 #     profiles of one step, plain and with compile_decode; the step at one micro-batch of 48 for both trainers
@@ -115,8 +115,8 @@ case "$mode" in
         { echo "== bench/chunked_head.py"; timeout "$(cap 60)" python3 bench/chunked_head.py; echo "rc=$?"; } \
             >> "$out/pytest_gpu.log" 2>&1
         step smollm-mb48 --steps 3 --warmup 1 --micro-batch 0 --compile-decode --fused-decode --skip-plain --skip-ppo
-        decode --arch smollm-135m --compile --fused --sdpa --only fused-compiled fused-compiled-sdpa
         profile update --update-only --compile-decode --fused-decode --micro-batch 0
+        decode --arch smollm-135m --compile --fused --sdpa --repeats 3 --only fused-compiled fused-compiled-sdpa
         step qwen3 --arch qwen3-0.6b --steps 2 --warmup 1 --micro-batch 0 --compile-decode --fused-decode --skip-plain \
             --skip-ppo --skip-trace-off ;;
     explore)  # where the next gains are: fused and autotuned decode steps; the passes with compiled norms/MLPs/RoPE
