@@ -105,10 +105,11 @@ def sample(logits: torch.Tensor, temperature: float, top_p: float = 1.0, greedy:
 GQA_ATTENTION, SDPA_ATTENTION = "minigrpo_gqa_decode", "minigrpo_sdpa_decode"
 
 
-def gqa_decode_attention(module, query, key, value, attention_mask, scaling, dropout=0.0, **kwargs):
+def gqa_decode_attention(module, query, key, value, attention_mask, scaling, dropout=0.0, softcap=None, **kwargs):
     """softmax(q·kᵀ·scaling + mask)·v for one query token per row, each KV head shared by its query heads.
 
-    transformers' eager formula (``eager_attention_forward``: bf16 products, float32 softmax)
+    transformers' eager formula (``eager_attention_forward``: bf16 products, float32 softmax;
+    with ``softcap`` (Gemma 2) the scores are first capped to softcap·tanh(scores / softcap))
     without ``repeat_kv``, which copies the whole KV cache Hq/Hkv times per layer and step:
     query head h = kv·g + r uses KV head kv (g = Hq/Hkv), so a reshape of the query to
     (B, Hkv, g, D) lines each group up with its head. ``attention_mask`` is additive, (B, 1, 1, L).
@@ -118,12 +119,15 @@ def gqa_decode_attention(module, query, key, value, attention_mask, scaling, dro
     if q != 1:
         raise ValueError(f"gqa_decode_attention takes one query token per row, got {q}")
     grouped = query.reshape(b, key.shape[1], heads // key.shape[1], d)
-    scores = torch.matmul(grouped, key.transpose(-1, -2)) * scaling + attention_mask
+    scores = torch.matmul(grouped, key.transpose(-1, -2)) * scaling
+    if softcap is not None:
+        scores = torch.tanh(scores / softcap) * softcap
+    scores = scores + attention_mask
     weights = torch.softmax(scores, dim=-1, dtype=torch.float32).to(query.dtype)
     return torch.matmul(weights, value).reshape(b, 1, heads, d), None
 
 
-def sdpa_decode_attention(module, query, key, value, attention_mask, scaling, dropout=0.0, **kwargs):
+def sdpa_decode_attention(module, query, key, value, attention_mask, scaling, dropout=0.0, softcap=None, **kwargs):
     """``gqa_decode_attention`` through torch's fused attention, ``F.scaled_dot_product_attention``:
     the g query heads of a KV head are g queries of that head, so the cache is not copied either,
     and the backend's one attention kernel (CUDA: memory-efficient, which takes an additive mask)
@@ -133,6 +137,9 @@ def sdpa_decode_attention(module, query, key, value, attention_mask, scaling, dr
     b, heads, q, d = query.shape
     if q != 1:
         raise ValueError(f"sdpa_decode_attention takes one query token per row, got {q}")
+    if softcap is not None:
+        raise ValueError("the 'sdpa' decode attention cannot cap attention scores (this model has softcap "
+                         f"{softcap}); use attention 'gqa'")
     grouped = query.reshape(b, key.shape[1], heads // key.shape[1], d)
     out = F.scaled_dot_product_attention(grouped, key, value, attn_mask=attention_mask, scale=scaling)
     return out.reshape(b, 1, heads, d), None

@@ -264,12 +264,13 @@ def _random_gqa_model(arch: str, tok, **extra):
 
     if arch == "qwen3":
         extra["head_dim"] = 16
+    attn_implementation = extra.pop("attn_implementation", "sdpa")
     config = AutoConfig.for_model(arch, vocab_size=len(tok), hidden_size=64, intermediate_size=96,
                                   num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
                                   max_position_embeddings=256, pad_token_id=tok.pad_token_id,
                                   eos_token_id=tok.eos_token_id, **extra)
     torch.manual_seed(0)
-    return AutoModelForCausalLM.from_config(config, attn_implementation="sdpa").eval()
+    return AutoModelForCausalLM.from_config(config, attn_implementation=attn_implementation).eval()
 
 
 @pytest.fixture(scope="module", params=["llama", "qwen3"])
@@ -288,6 +289,50 @@ def test_gqa_decode_equals_the_models_own_attention(gqa_model, attention):
     assert torch.equal(ours[0], stock[0])
     torch.testing.assert_close(ours[1], stock[1], rtol=0, atol=1e-5)
     assert model.config._attn_implementation == "sdpa"  # switched for the decode steps only
+
+
+def test_gqa_decode_caps_attention_scores_as_gemma2_does(tiny):
+    """Gemma 2 caps its attention scores (softcap·tanh(s / softcap)): the decode steps' attention does
+    too (tokens and log-probs of the model's own eager attention, with scores large enough that the cap
+    changes them), and the 'sdpa' one, which cannot, refuses in one line."""
+    _, tok = tiny
+    model = _random_gqa_model("gemma2", tok, head_dim=16, attn_logit_softcapping=2.0,
+                              attn_implementation="eager")
+    with torch.no_grad():
+        for layer in model.model.layers:
+            layer.self_attn.q_proj.weight.mul_(40.0)  # scores of tens: the cap at 2 matters
+    ids, mask = _prompt_batch(tok)
+    eos, pad = eos_token_ids(model, tok), tok.pad_token_id
+    ours = fast.decode(model, ids, mask, 10, 1.0, 1.0, True, eos, pad, attention="gqa")
+    stock = fast.decode(model, ids, mask, 10, 1.0, 1.0, True, eos, pad, attention="model")
+    assert torch.equal(ours[0], stock[0])
+    torch.testing.assert_close(ours[1], stock[1], rtol=0, atol=1e-5)
+    for layer in model.model.layers:
+        layer.self_attn.attn_logit_softcapping = None
+    uncapped = fast.decode(model, ids, mask, 10, 1.0, 1.0, True, eos, pad, attention="model")
+    assert not torch.allclose(uncapped[1], stock[1], atol=1e-3)  # the cap was doing something
+    for layer in model.model.layers:
+        layer.self_attn.attn_logit_softcapping = 2.0
+    with pytest.raises(ValueError, match="cannot cap attention scores.*use attention 'gqa'"):
+        fast.decode(model, ids, mask, 4, 1.0, 1.0, True, eos, pad, attention="sdpa")
+
+
+@pytest.mark.parametrize("arch,extra", [("mistral", {}), ("qwen2", {}), ("phi3", {}), ("gemma", dict(head_dim=16)),
+                                        ("gemma3_text", dict(head_dim=16)), ("olmo2", {}), ("granite", {}),
+                                        ("smollm3", {})])
+def test_fast_decode_on_other_architectures_equals_generate_and_a_forward_pass(tiny, arch, extra):
+    """Random 2-layer models of other decoder architectures (4 query heads over 2 KV heads): greedy
+    tokens of ``model.generate`` over padded prompts, sampled log-probs equal to a plain forward pass."""
+    _, tok = tiny
+    model = _random_gqa_model(arch, tok, **extra)
+    greedy = generate(model, tok, PROMPTS, 1, 10, 1.0, greedy=True, backend="fast")
+    hf = generate(model, tok, PROMPTS, 1, 10, 1.0, greedy=True, backend="hf")
+    assert torch.equal(greedy.completion_ids, hf.completion_ids)
+    torch.manual_seed(6)
+    rollout = generate(model, tok, PROMPTS, 2, 10, 0.7, backend="fast")
+    logits, _ = forward_completion(model, rollout, 0.7)
+    plain = logprobs_from_logits(logits, rollout.completion_ids) * rollout.completion_mask
+    torch.testing.assert_close(rollout.sampling_logprobs, plain, rtol=0, atol=2e-5)
 
 
 def test_gqa_sampled_logprobs_equal_a_plain_forward_pass(gqa_model):
