@@ -130,9 +130,10 @@ def gqa_decode_attention(module, query, key, value, attention_mask, scaling, dro
 def sdpa_decode_attention(module, query, key, value, attention_mask, scaling, dropout=0.0, softcap=None, **kwargs):
     """``gqa_decode_attention`` through torch's fused attention, ``F.scaled_dot_product_attention``:
     the g query heads of a KV head are g queries of that head, so the cache is not copied either,
-    and the backend's one attention kernel (CUDA: memory-efficient, which takes an additive mask)
-    replaces two matmuls and a softmax. Its rounding is the fused kernel's (float32 scores), as in
-    the model's own sdpa forward, not the eager formula's (bf16 scores). Same arguments and result.
+    and where the backend has one kernel for an additive mask (on CUDA the memory-efficient one is
+    expected to take it: not yet measured) it replaces two matmuls and a softmax. Its rounding is
+    the backend's, as in the model's own sdpa forward, not the eager formula's (bf16 scores).
+    Same arguments and result.
     """
     b, heads, q, d = query.shape
     if q != 1:
