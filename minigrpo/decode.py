@@ -350,7 +350,8 @@ class Decoder:
         on CUDA the GPU decodes them while the host does that work, which runs on a side stream
         (``_beside_the_decode``) so that its reads back to the host do not wait for them.
         """
-        ready = _queued_marker(prompt_ids.device)  # after everything queued before this decode
+        # after everything queued before this decode (the optimizer step the host work may read)
+        ready = _queued_marker(prompt_ids.device) if while_decoding is not None else None
         self.prefill(prompt_ids, prompt_mask)
         every = check_every or 1
         first = min(self.max_new, _round_up(max(overlap_steps, every), every) if while_decoding else every)
@@ -492,8 +493,8 @@ def decode(model, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, max_new_t
     always uses the model's).
     ``compile``: the decode step goes through ``torch.compile`` (once per shape and model;
     on CUDA the compiled step is what the graph captures). ``fused``: the decode steps run
-    ``fused_step.FusedStep`` (q/k/v and gate/up projections fused; Llama and Qwen3) with the
-    "gqa" attention, instead of the model's forward. ``while_decoding()``: host work to run once
+    ``fused_step.FusedStep`` (q/k/v and gate/up projections fused; Llama and Qwen3) with our
+    "gqa" or "sdpa" attention, instead of the model's forward. ``while_decoding()``: host work to run once
     while the GPU decodes ``overlap_steps`` steps (default OVERLAP_STEPS on CUDA; elsewhere, where
     nothing overlaps, right after the prefill) (``Decoder.run``).
     """
