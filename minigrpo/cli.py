@@ -20,7 +20,7 @@ SHARED_FLAGS = ("task", "model", "seed", "algo")
 
 def json_line(result: dict) -> str:
     """One strict-JSON object: a NaN or inf (e.g. no majority baseline) becomes null, which every parser reads."""
-    from .trace.writer import jsonable
+    from .trace.encode import jsonable
 
     return json.dumps(jsonable(result, "eval result"), allow_nan=False)
 

@@ -425,7 +425,7 @@ def _atomic_write(path: Path, write: Callable[[str], None]) -> None:
 
 
 def _draw_all(trace, trace_dir, summary_path, base, out: Path) -> dict:
-    from .trace.writer import jsonable
+    from .trace.encode import jsonable
 
     out.mkdir(parents=True, exist_ok=True)
     plt = pyplot()

@@ -20,7 +20,7 @@ import torch
 from . import faults
 from .config import ConfigError
 from .optim import state_tensors
-from .trace.writer import _fsync_dir
+from .trace.files import fsync_dir
 
 
 class TrainingError(RuntimeError):
@@ -85,7 +85,7 @@ def _fsync_tree(folder: Path) -> None:
         if path.is_file():
             with open(path, "rb") as f:
                 os.fsync(f.fileno())
-    _fsync_dir(folder)
+    fsync_dir(folder)
 
 
 def save_final_model(model, tokenizer, out_dir: Path) -> None:
@@ -154,7 +154,7 @@ def save_checkpoint(out_dir: Path, model, tokenizer, optimizer, scheduler, state
         os.replace(ckpt, old)
     faults.hit("checkpoint-swap")
     os.replace(tmp, ckpt)
-    _fsync_dir(out)
+    fsync_dir(out)
     shutil.rmtree(old, ignore_errors=True)
 
 

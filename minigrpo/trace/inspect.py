@@ -13,7 +13,7 @@ import numpy as np
 
 from .reader import TraceWarning, load, probe_counts, trace_dir
 from .schema import Trace, TraceError
-from .writer import META_FILE, PAYLOAD_DIR, ROLLOUTS_FILE, STEPS_FILE, TMP_PREFIX, TMP_SUFFIX
+from .layout import META_FILE, PAYLOAD_DIR, ROLLOUTS_FILE, STEPS_FILE, is_temp
 
 __all__ = ["summary", "export_csv", "metric_names", "payload_bytes", "cli_inspect", "cli_export"]
 
@@ -33,8 +33,7 @@ def payload_bytes(path: str) -> tuple[int, int]:
     total = count = 0
     if os.path.isdir(directory):
         for entry in os.scandir(directory):
-            if entry.is_file() and entry.name.endswith(".npz") and not (
-                    entry.name.startswith(TMP_PREFIX) and entry.name.endswith(TMP_SUFFIX)):
+            if entry.is_file() and entry.name.endswith(".npz") and not is_temp(entry.name):
                 total += entry.stat().st_size
                 count += 1
     return total, count

@@ -18,225 +18,88 @@ from typing import Any, Iterable, Optional, Union
 
 import numpy as np
 
-from .schema import FORMAT_NAME, FORMAT_VERSION, Group, Meta, Probe, ProbePosition, Step, Trace, TraceError
-from .writer import (
+from .fields import (
+    FIX_DAMAGED,
+    FIX_MIDDLE,
+    FIX_PAYLOAD,
+    FIX_WRITER,
+    Where,
+    bad,
+    bool_array,
+    dict_at,
+    int_at,
+    is_int,
+    is_num,
+    list_at,
+    need,
+    num_array,
+    num_at,
+    one_line,
+    parse_json,
+    payload_at,
+    str_at,
+    str_list_at,
+    type_name,
+)
+from .layout import (
     META_FILE,
     OPTIONAL_PROBE_ARRAYS,
-    PAYLOAD_DIR,
     POSITION_ARRAYS,
     POSITION_SCALARS,
     PROBE_ARRAYS,
-    ROLLOUTS_FILE,
-    STEPS_FILE,
     ROLLOUT_IDS_KEY,
     ROLLOUT_LENGTHS_KEY,
+    ROLLOUTS_FILE,
+    STEPS_FILE,
     position_key,
     probe_key,
     probe_shape_problems,
 )
+from .npz import Npz, inside
+from .schema import FORMAT_NAME, FORMAT_VERSION, Group, Meta, Probe, ProbePosition, Step, Trace, TraceError
 
 __all__ = ["TraceWarning", "LazyStep", "load", "read_meta", "read_index", "probe_counts", "StepSelection",
            "trace_dir"]
 
 StepSelection = Union[None, int, slice, range, Iterable[int]]
 
-MAX_ARRAY_BYTES = 2**30  # one array of a payload, uncompressed (a real one is a few MB at most)
-FIX_DAMAGED = "the file is damaged: re-record the run or restore the trace from a copy"
-FIX_WRITER = "the trace was not written by a compatible minigrpo TraceWriter: re-record it with this minigrpo"
-FIX_PAYLOAD = "copy the whole trace directory, payloads/ included, or re-record the run"
-FIX_MIDDLE = ("the file is damaged at this line: restore it from a copy, or cut the file just before this line "
-              "to keep the records before it")
-
 
 class TraceWarning(UserWarning):
     """A recoverable problem (e.g. a torn last line dropped after a crash)."""
 
 
-def _one_line(text: str) -> str:
-    return " ".join(str(text).splitlines())
-
-
-class _Where:
-    """A place in a trace, to build one-line errors."""
-
-    def __init__(self, file: str, line: Optional[int] = None):
-        self.file = file
-        self.line = line
-
-    def error(self, field_name: Optional[str], problem: str, fix: str) -> TraceError:
-        loc = self.file + (f" line {self.line}" if self.line is not None else "")
-        what = f"field {field_name}: " if field_name else ""
-        return TraceError(_one_line(f"{loc}: {what}{problem}; {fix}"))
-
-
-# ----------------------------------------------------------------------------- typed getters
-def _type_name(v: Any) -> str:
-    return {dict: "an object", list: "a list", str: "a string", bool: "a boolean", type(None): "null",
-            int: "an integer", float: "a number"}.get(type(v), type(v).__name__)
-
-
-def _is_int(v: Any) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool)
-
-
-def _is_num(v: Any) -> bool:
-    """A JSON number that fits a float (or null)."""
-    if isinstance(v, int) and not isinstance(v, bool):
-        return abs(v) <= _FLOAT_MAX
-    return v is None or isinstance(v, float)
-
-
-_FLOAT_MAX = int(np.finfo(np.float64).max)
-
-
-def _get(d: dict, key: str, w: _Where, prefix: str):
-    if key not in d:
-        raise w.error(prefix + key, "is missing", FIX_WRITER)
-    return d[key]
-
-
-def _bad(w: _Where, name: str, want: str, v: Any) -> TraceError:
-    return w.error(name, f"must be {want}, got {_type_name(v)}", FIX_WRITER)
-
-
-def _int(d, key, w, prefix="", minimum=None) -> int:
-    v = _get(d, key, w, prefix)
-    if not _is_int(v):
-        raise _bad(w, prefix + key, "an integer", v)
-    if minimum is not None and v < minimum:
-        raise w.error(prefix + key, f"{v} is below {minimum}", FIX_WRITER)
-    return v
-
-
-def _str(d, key, w, prefix="", nullable=False) -> Optional[str]:
-    v = _get(d, key, w, prefix)
-    if v is None and nullable:
-        return None
-    if not isinstance(v, str):
-        raise _bad(w, prefix + key, "a string" + (" or null" if nullable else ""), v)
-    return v
-
-
-def _num(d, key, w, prefix="") -> float:
-    v = _get(d, key, w, prefix)
-    if not _is_num(v):
-        raise _bad(w, prefix + key, "a number or null", v)
-    return math.nan if v is None else float(v)
-
-
-def _list(d, key, w, prefix="") -> list:
-    v = _get(d, key, w, prefix)
-    if not isinstance(v, list):
-        raise _bad(w, prefix + key, "a list", v)
-    return v
-
-
-def _dict(d, key, w, prefix="") -> dict:
-    v = _get(d, key, w, prefix)
-    if not isinstance(v, dict):
-        raise _bad(w, prefix + key, "an object", v)
-    return v
-
-
-def _str_list(d, key, w, prefix="") -> list[str]:
-    v = _list(d, key, w, prefix)
-    for i, x in enumerate(v):
-        if not isinstance(x, str):
-            raise _bad(w, f"{prefix}{key}[{i}]", "a string", x)
-    return v
-
-
-def _num_array(v: Any, w: _Where, name: str) -> np.ndarray:
-    if not isinstance(v, list):
-        raise _bad(w, name, "a list of numbers", v)
-    for i, x in enumerate(v):
-        if not _is_num(x):
-            raise _bad(w, f"{name}[{i}]", "a number or null", x)
-    return np.array([math.nan if x is None else x for x in v], dtype=np.float64).reshape(len(v))
-
-
-def _bool_array(v: Any, w: _Where, name: str) -> np.ndarray:
-    if not isinstance(v, list):
-        raise _bad(w, name, "a list of booleans", v)
-    for i, x in enumerate(v):
-        if not isinstance(x, bool):
-            raise _bad(w, f"{name}[{i}]", "a boolean", x)
-    return np.array(v, dtype=np.bool_).reshape(len(v))
-
-
-def _payload_name(d, key, w, nullable=False) -> Optional[str]:
-    rel = _str(d, key, w, nullable=nullable)
-    if rel is None:
-        return None
-    parts = rel.split("/")
-    if (len(parts) != 2 or parts[0] != PAYLOAD_DIR or not parts[1].endswith(".npz") or parts[1].startswith(".")
-            or "\\" in rel or parts[1] in ("", "..")):
-        raise w.error(key, f"{rel!r} is not a payload name of the form payloads/NAME.npz", FIX_WRITER)
-    return rel
-
-
 # ----------------------------------------------------------------------------- files
 def _check_dir(path: str) -> None:
     if not os.path.exists(path):
-        raise TraceError(_one_line(f"{path}: no such trace directory; check the path "
-                                   f"(a trace is the directory a run recorded into)"))
+        raise TraceError(one_line(f"{path}: no such trace directory; check the path "
+                                  f"(a trace is the directory a run recorded into)"))
     if not os.path.isdir(path):
-        raise TraceError(_one_line(f"{path}: is a file, not a trace directory; pass the directory "
-                                   f"that holds meta.json"))
+        raise TraceError(one_line(f"{path}: is a file, not a trace directory; pass the directory "
+                                  f"that holds meta.json"))
     try:
         entries = os.listdir(path)
     except OSError as e:
-        raise TraceError(_one_line(f"{path}: cannot list the directory ({e.strerror}); check its permissions"))
+        raise TraceError(one_line(f"{path}: cannot list the directory ({e.strerror}); check its permissions"))
     if not entries:
-        raise TraceError(_one_line(f"{path}: the directory is empty, not a trace; pass a directory "
-                                   f"written by a minigrpo run (a run killed before it wrote meta.json "
-                                   f"leaves nothing to read)"))
+        raise TraceError(one_line(f"{path}: the directory is empty, not a trace; pass a directory "
+                                  f"written by a minigrpo run (a run killed before it wrote meta.json "
+                                  f"leaves nothing to read)"))
     if META_FILE not in entries:
         if "train_config.json" in entries and "trace" not in entries:  # `minigrpo sft`, or `train --trace false`
-            raise TraceError(_one_line(f"{path}: a run folder with no trace in it (an SFT run, or `minigrpo train "
-                                       f"--trace false`); traces are recorded by `minigrpo train` (--trace true, "
-                                       f"the default)"))
-        raise TraceError(_one_line(f"{os.path.join(path, META_FILE)}: missing, so {path} is not a minigrpo "
-                                   f"trace; pass the directory that holds meta.json"))
-
-
-def _inside(file: str) -> None:
-    """Refuse a file that resolves outside its trace directory (a symlink planted in a trace)."""
-    trace_dir = os.path.dirname(file)
-    if os.path.basename(trace_dir) == PAYLOAD_DIR:
-        trace_dir = os.path.dirname(trace_dir)
-    real, root = os.path.realpath(file), os.path.realpath(trace_dir)
-    if os.path.commonpath([real, root]) != root:
-        raise TraceError(_one_line(f"{file}: resolves to {real}, outside the trace directory {root}; a trace "
-                                   f"may only refer to its own files: copy the trace without links"))
+            raise TraceError(one_line(f"{path}: a run folder with no trace in it (an SFT run, or `minigrpo train "
+                                      f"--trace false`); traces are recorded by `minigrpo train` (--trace true, "
+                                      f"the default)"))
+        raise TraceError(one_line(f"{os.path.join(path, META_FILE)}: missing, so {path} is not a minigrpo "
+                                  f"trace; pass the directory that holds meta.json"))
 
 
 def _read_bytes(file: str) -> bytes:
-    _inside(file)
+    inside(file)
     try:
         with open(file, "rb") as f:
             return f.read()
     except OSError as e:
-        raise TraceError(_one_line(f"{file}: cannot read ({e.strerror}); check that it is a readable file"))
-
-
-def _parse_json(raw: bytes, w: _Where) -> Any:
-    try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError as e:
-        raise w.error(None, f"is not UTF-8 text ({e.reason} at byte {e.start})", FIX_DAMAGED if w.line is None
-                      else FIX_MIDDLE)
-    if not text.strip():
-        raise w.error(None, "is an empty line", FIX_MIDDLE)
-    try:
-        return json.loads(text)
-    except json.JSONDecodeError as e:
-        where = f"line {e.lineno} column {e.colno}" if w.line is None else f"column {e.colno}"
-        raise w.error(None, f"malformed JSON ({e.msg} at {where})", FIX_DAMAGED if w.line is None else FIX_MIDDLE)
-    except ValueError as e:  # e.g. an integer of more than 4300 digits
-        raise w.error(None, f"malformed JSON ({str(e)[:80]})", FIX_DAMAGED if w.line is None else FIX_MIDDLE)
-    except RecursionError:
-        raise w.error(None, "malformed JSON (nested too deeply)", FIX_DAMAGED)
+        raise TraceError(one_line(f"{file}: cannot read ({e.strerror}); check that it is a readable file"))
 
 
 def _read_jsonl(file: str, notes: list[str]) -> list[tuple[int, dict]]:
@@ -246,10 +109,10 @@ def _read_jsonl(file: str, notes: list[str]) -> list[tuple[int, dict]]:
     parts = _read_bytes(file).split(b"\n")
     out: list[tuple[int, dict]] = []
     for n, raw in enumerate(parts[:-1], start=1):
-        w = _Where(file, n)
-        obj = _parse_json(raw, w)
+        w = Where(file, n)
+        obj = parse_json(raw, w)
         if not isinstance(obj, dict):
-            raise w.error(None, f"is {_type_name(obj)}, not a JSON object", FIX_MIDDLE)
+            raise w.error(None, f"is {type_name(obj)}, not a JSON object", FIX_MIDDLE)
         out.append((n, obj))
     tail = parts[-1]
     if tail:  # no trailing newline: complete only if it parses
@@ -311,56 +174,56 @@ def read_meta(path: str | os.PathLike) -> Meta:
     path = os.fspath(path)
     _check_dir(path)
     file = os.path.join(path, META_FILE)
-    w = _Where(file)
-    d = _parse_json(_read_bytes(file), w)
+    w = Where(file)
+    d = parse_json(_read_bytes(file), w)
     if not isinstance(d, dict):
-        raise w.error(None, f"is {_type_name(d)}, not a JSON object", FIX_DAMAGED)
+        raise w.error(None, f"is {type_name(d)}, not a JSON object", FIX_DAMAGED)
     fmt = d.get("format")
     if fmt != FORMAT_NAME:
         raise w.error("format", f"{fmt!r} is not {FORMAT_NAME!r}, so this is not a minigrpo trace",
                       "pass a directory written by a minigrpo run")
-    version = _get(d, "version", w, "")
-    if not _is_int(version) or version < 1:
+    version = need(d, "version", w, "")
+    if not is_int(version) or version < 1:
         raise w.error("version", f"{version!r} is not a trace version (an integer >= 1)", FIX_DAMAGED)
     if version > FORMAT_VERSION:
         raise TraceError(f"{file}: field version: trace version {version} is newer than this minigrpo reads "
                          f"({FORMAT_VERSION}): upgrade minigrpo")
     extra = d.get("extra", {})
     if not isinstance(extra, dict):
-        raise _bad(w, "extra", "an object", extra)
+        raise bad(w, "extra", "an object", extra)
     return Meta(
         format=fmt,
         version=version,
-        algo=_str(d, "algo", w),
-        model=_str(d, "model", w),
-        task=_str(d, "task", w),
-        config=_dict(d, "config", w),
-        tokenizer=_str(d, "tokenizer", w),
-        minigrpo_version=_str(d, "minigrpo_version", w),
-        git_commit=_str(d, "git_commit", w, nullable=True),
-        created=_str(d, "created", w),
+        algo=str_at(d, "algo", w),
+        model=str_at(d, "model", w),
+        task=str_at(d, "task", w),
+        config=dict_at(d, "config", w),
+        tokenizer=str_at(d, "tokenizer", w),
+        minigrpo_version=str_at(d, "minigrpo_version", w),
+        git_commit=str_at(d, "git_commit", w, nullable=True),
+        created=str_at(d, "created", w),
         extra=extra,
     )
 
 
-def _parse_group(g: Any, w: _Where, prefix: str) -> dict:
+def _parse_group(g: Any, w: Where, prefix: str) -> dict:
     if not isinstance(g, dict):
-        raise _bad(w, prefix.rstrip("."), "an object", g)
-    completions = _str_list(g, "completions", w, prefix)
+        raise bad(w, prefix.rstrip("."), "an object", g)
+    completions = str_list_at(g, "completions", w, prefix)
     G = len(completions)
     out = {
-        "prompt": _str(g, "prompt", w, prefix),
-        "question": _str(g, "question", w, prefix),
-        "answer": _str(g, "answer", w, prefix, nullable=True),
+        "prompt": str_at(g, "prompt", w, prefix),
+        "question": str_at(g, "question", w, prefix),
+        "answer": str_at(g, "answer", w, prefix, nullable=True),
         "completions": completions,
-        "mean": _num(g, "mean", w, prefix),
-        "std": _num(g, "std", w, prefix),
+        "mean": num_at(g, "mean", w, prefix),
+        "std": num_at(g, "std", w, prefix),
     }
     for name in ("rewards", "advantages"):
-        out[name] = _num_array(_get(g, name, w, prefix), w, prefix + name)
-    out["correct"] = _bool_array(_get(g, "correct", w, prefix), w, prefix + "correct")
-    parts = _dict(g, "reward_parts", w, prefix)
-    out["reward_parts"] = {k: _num_array(v, w, f"{prefix}reward_parts.{k}") for k, v in parts.items()}
+        out[name] = num_array(need(g, name, w, prefix), w, prefix + name)
+    out["correct"] = bool_array(need(g, "correct", w, prefix), w, prefix + "correct")
+    parts = dict_at(g, "reward_parts", w, prefix)
+    out["reward_parts"] = {k: num_array(v, w, f"{prefix}reward_parts.{k}") for k, v in parts.items()}
     for name, a in [(n, out[n]) for n in ("rewards", "advantages", "correct")] + [
             (f"reward_parts.{k}", v) for k, v in out["reward_parts"].items()]:
         if a.shape != (G,):
@@ -368,26 +231,26 @@ def _parse_group(g: Any, w: _Where, prefix: str) -> dict:
     return out
 
 
-def _parse_probe(p: Any, w: _Where, prefix: str) -> dict:
+def _parse_probe(p: Any, w: Where, prefix: str) -> dict:
     if not isinstance(p, dict):
-        raise _bad(w, prefix.rstrip("."), "an object", p)
+        raise bad(w, prefix.rstrip("."), "an object", p)
     positions = []
-    for j, q in enumerate(_list(p, "positions", w, prefix)):
+    for j, q in enumerate(list_at(p, "positions", w, prefix)):
         qp = f"{prefix}positions[{j}]."
         if not isinstance(q, dict):
-            raise _bad(w, qp.rstrip("."), "an object", q)
+            raise bad(w, qp.rstrip("."), "an object", q)
         positions.append({
-            "pos": _int(q, "pos", w, qp),
-            "kind": _str(q, "kind", w, qp),
-            "sampled_token_id": _int(q, "sampled_token_id", w, qp),
-            "tokens": _str_list(q, "tokens", w, qp),
-            **{s: _num(q, s, w, qp) for s in POSITION_SCALARS},
+            "pos": int_at(q, "pos", w, qp),
+            "kind": str_at(q, "kind", w, qp),
+            "sampled_token_id": int_at(q, "sampled_token_id", w, qp),
+            "tokens": str_list_at(q, "tokens", w, qp),
+            **{s: num_at(q, s, w, qp) for s in POSITION_SCALARS},
         })
     return {
-        "group": _int(p, "group", w, prefix, minimum=0),
-        "index": _int(p, "index", w, prefix, minimum=0),
-        "text": _str(p, "text", w, prefix),
-        "tokens": _str_list(p, "tokens", w, prefix),
+        "group": int_at(p, "group", w, prefix, minimum=0),
+        "index": int_at(p, "index", w, prefix, minimum=0),
+        "text": str_at(p, "text", w, prefix),
+        "tokens": str_list_at(p, "tokens", w, prefix),
         "positions": positions,
     }
 
@@ -400,31 +263,31 @@ def read_index(path: str | os.PathLike) -> TraceIndex:
     rfile = os.path.join(path, ROLLOUTS_FILE)
     rollouts: dict[int, RolloutRecord] = {}
     for n, d in _read_jsonl(rfile, notes):
-        w = _Where(rfile, n)
-        rid = _int(d, "rollout", w, minimum=0)
+        w = Where(rfile, n)
+        rid = int_at(d, "rollout", w, minimum=0)
         if rid in rollouts:
             raise w.error("rollout", f"rollout {rid} is recorded twice (first on line {rollouts[rid].line})",
                           FIX_MIDDLE)
-        groups = [_parse_group(g, w, f"groups[{i}].") for i, g in enumerate(_list(d, "groups", w))]
-        rollouts[rid] = RolloutRecord(rid, n, groups, _payload_name(d, "payload", w))
+        groups = [_parse_group(g, w, f"groups[{i}].") for i, g in enumerate(list_at(d, "groups", w))]
+        rollouts[rid] = RolloutRecord(rid, n, groups, payload_at(d, "payload", w))
     sfile = os.path.join(path, STEPS_FILE)
     steps: list[StepRecord] = []
     for n, d in _read_jsonl(sfile, notes):
-        w = _Where(sfile, n)
-        k = _int(d, "step", w, minimum=1)
+        w = Where(sfile, n)
+        k = int_at(d, "step", w, minimum=1)
         if steps and k <= steps[-1].step:
             raise w.error("step", f"step {k} does not follow step {steps[-1].step} (steps must increase)", FIX_MIDDLE)
-        rid = _int(d, "rollout", w, minimum=0)
+        rid = int_at(d, "rollout", w, minimum=0)
         if rid not in rollouts:
             raise w.error("rollout", f"step {k} trains on rollout {rid}, which {ROLLOUTS_FILE} does not hold",
                           FIX_DAMAGED)
         metrics = {}
-        for name, v in _dict(d, "metrics", w).items():
-            if not _is_num(v):
-                raise _bad(w, f"metrics.{name}", "a number or null", v)
+        for name, v in dict_at(d, "metrics", w).items():
+            if not is_num(v):
+                raise bad(w, f"metrics.{name}", "a number or null", v)
             metrics[name] = math.nan if v is None else float(v)
-        probes = [_parse_probe(p, w, f"probes[{i}].") for i, p in enumerate(_list(d, "probes", w))]
-        payload = _payload_name(d, "payload", w, nullable=True)
+        probes = [_parse_probe(p, w, f"probes[{i}].") for i, p in enumerate(list_at(d, "probes", w))]
+        payload = payload_at(d, "payload", w, nullable=True)
         if payload is None and probes:
             raise w.error("payload", f"is null but the step has {len(probes)} probes", FIX_WRITER)
         steps.append(StepRecord(k, rid, n, metrics, probes, payload))
@@ -432,72 +295,14 @@ def read_index(path: str | os.PathLike) -> TraceIndex:
 
 
 # ----------------------------------------------------------------------------- payloads
-class _Npz:
-    """An open npz payload with checked, typed access to its arrays."""
-
-    def __init__(self, path: str, rel: str, w: _Where, field_name: str):
-        self.full = full = os.path.join(path, rel)
-        if not os.path.isfile(full):
-            raise w.error(field_name, f"payload file {rel} is missing ({full})", FIX_PAYLOAD)
-        _inside(full)
-        try:
-            npz = np.load(full, allow_pickle=False)
-        except Exception as e:  # noqa: BLE001 - any unreadable payload is one TraceError
-            raise TraceError(_one_line(f"{full}: cannot be read as an npz archive ({type(e).__name__}: {e}); "
-                                       f"{FIX_DAMAGED}"))
-        if not isinstance(npz, np.lib.npyio.NpzFile):
-            raise TraceError(_one_line(f"{full}: is a single .npy array, not an npz archive; {FIX_DAMAGED}"))
-        self.npz = npz
-        self.keys = set(npz.files)
-
-    def __enter__(self) -> "_Npz":
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.npz.close()
-
-    def get(self, key: str, kind: str) -> np.ndarray:
-        if key not in self.keys:
-            raise TraceError(_one_line(f"{self.full}: key {key} is missing; the payload does not match its JSON "
-                                       f"record: {FIX_DAMAGED}"))
-        try:
-            size = self.npz.zip.getinfo(key + ".npy").file_size
-        except (KeyError, AttributeError):
-            size = 0
-        if size > MAX_ARRAY_BYTES:
-            raise TraceError(_one_line(f"{self.full}: key {key}: {size} bytes uncompressed, more than a trace array "
-                                       f"can be ({MAX_ARRAY_BYTES}); {FIX_DAMAGED}"))
-        try:
-            a = self.npz[key]
-        except ValueError as e:
-            if "pickle" in str(e).lower() or "object arrays" in str(e).lower():
-                raise TraceError(_one_line(f"{self.full}: key {key}: holds a Python-object array, which minigrpo "
-                                           f"never writes and will not unpickle; the file is not a minigrpo "
-                                           f"payload: re-record the run"))
-            raise TraceError(_one_line(f"{self.full}: key {key}: cannot be read ({e}); {FIX_DAMAGED}"))
-        except Exception as e:  # noqa: BLE001 - corrupt zip member, CRC error, truncated file...
-            raise TraceError(_one_line(f"{self.full}: key {key}: cannot be read ({type(e).__name__}: {e}); "
-                                       f"{FIX_DAMAGED}"))
-        if not isinstance(a, np.ndarray):
-            raise TraceError(_one_line(f"{self.full}: key {key}: is not a .npy array; {FIX_DAMAGED}"))
-        if a.ndim != 1:
-            raise TraceError(_one_line(f"{self.full}: key {key}: shape {a.shape}, expected a 1-D array; "
-                                       f"{FIX_DAMAGED}"))
-        ok = {"i": a.dtype.kind in "iu", "b": a.dtype == np.bool_, "f": a.dtype.kind == "f"}[kind]
-        if not ok:
-            want = {"i": "int64 token ids", "b": "bool flags", "f": "floats"}[kind]
-            raise TraceError(_one_line(f"{self.full}: key {key}: dtype {a.dtype}, expected {want}; {FIX_DAMAGED}"))
-        return a.astype(np.int64, copy=False) if kind == "i" else a
-
-
 def _load_groups(path: str, rec: RolloutRecord) -> list[Group]:
-    w = _Where(os.path.join(path, ROLLOUTS_FILE), rec.line)
+    w = Where(os.path.join(path, ROLLOUTS_FILE), rec.line)
     sizes = [len(g["completions"]) for g in rec.groups]
-    with _Npz(path, rec.payload, w, "payload") as npz:
+    with Npz(path, rec.payload, w, "payload") as npz:
         flat = npz.get(ROLLOUT_IDS_KEY, "i")
         lengths = npz.get(ROLLOUT_LENGTHS_KEY, "i")
     if lengths.shape != (sum(sizes),) or (lengths < 0).any() or int(lengths.sum()) != flat.shape[0]:
-        raise TraceError(_one_line(
+        raise TraceError(one_line(
             f"{npz.full}: key {ROLLOUT_LENGTHS_KEY}: {lengths.shape[0]} lengths summing to {int(lengths.sum())} do "
             f"not split {flat.shape[0]} token ids into the rollout's {sum(sizes)} completions; {FIX_DAMAGED}"))
     ids = np.split(flat, np.cumsum(lengths)[:-1]) if lengths.size else []
@@ -513,7 +318,7 @@ def _load_probes(path: str, rec: StepRecord, groups: list[Group]) -> list[Probe]
         return []
     sfile = os.path.join(path, STEPS_FILE)
     probes = []
-    with _Npz(path, rec.payload, _Where(sfile, rec.line), "payload") as npz:
+    with Npz(path, rec.payload, Where(sfile, rec.line), "payload") as npz:
         for i, pj in enumerate(rec.probes):
             arrays = {name: npz.get(probe_key(i, name), kind) for name, kind in PROBE_ARRAYS.items()}
             for name, kind in OPTIONAL_PROBE_ARRAYS.items():
@@ -529,8 +334,8 @@ def _load_probes(path: str, rec: StepRecord, groups: list[Group]) -> list[Probe]
             problems = probe_shape_problems(probe, [len(g.completions) for g in groups])
             if problems:
                 name, msg = problems[0]
-                raise TraceError(_one_line(f"{npz.full}: field probes[{i}].{name} (step {rec.step}, {sfile} line "
-                                           f"{rec.line}): {msg}; {FIX_DAMAGED}"))
+                raise TraceError(one_line(f"{npz.full}: field probes[{i}].{name} (step {rec.step}, {sfile} line "
+                                          f"{rec.line}): {msg}; {FIX_DAMAGED}"))
             probes.append(probe)
     return probes
 
@@ -545,8 +350,8 @@ def _select(index: TraceIndex, steps: StepSelection) -> list[StepRecord]:
         found = [r for r in records if r.step == int(steps)]
         if not found:
             held = f"steps {records[0].step}..{records[-1].step}" if records else "no steps"
-            raise TraceError(_one_line(f"{os.path.join(index.path, STEPS_FILE)}: step {int(steps)} is not recorded "
-                                       f"(the trace holds {held}); ask for a recorded step"))
+            raise TraceError(one_line(f"{os.path.join(index.path, STEPS_FILE)}: step {int(steps)} is not recorded "
+                                      f"(the trace holds {held}); ask for a recorded step"))
         return found
     wanted = steps if isinstance(steps, range) else {int(s) for s in steps}
     return [r for r in records if r.step in wanted]
@@ -600,7 +405,7 @@ def _make_step(path: str, rec: StepRecord, groups: list[Group], lazy: bool) -> S
         return Step(step=rec.step, rollout=rec.rollout, metrics=rec.metrics,
                     probes=_load_probes(path, rec, groups), groups=groups)
     if rec.payload is not None and not os.path.isfile(os.path.join(path, rec.payload)):
-        raise _Where(os.path.join(path, STEPS_FILE), rec.line).error(
+        raise Where(os.path.join(path, STEPS_FILE), rec.line).error(
             "payload", f"payload file {rec.payload} is missing ({os.path.join(path, rec.payload)})", FIX_PAYLOAD)
     step = LazyStep.__new__(LazyStep)
     step.__dict__.update(step=rec.step, rollout=rec.rollout, metrics=rec.metrics, groups=groups,

@@ -16,9 +16,10 @@ from typing import Optional
 
 import numpy as np
 
-from .reader import TraceIndex, TraceWarning, _load, _one_line
+from .fields import one_line
+from .reader import TraceIndex, TraceWarning, _load
 from .schema import Trace
-from .writer import ROLLOUTS_FILE, STEPS_FILE
+from .layout import ROLLOUTS_FILE, STEPS_FILE
 
 __all__ = ["validate", "semantic_problems"]
 
@@ -137,7 +138,7 @@ def semantic_problems(trace: Trace, index: Optional[TraceIndex] = None) -> list[
                         if abs(p_tok - p_seq) > 0.02 + 0.05 * p_seq:
                             problems.append(f"{fq}.probs_{side}: p(sampled) = {p_tok:.6g} but the per-token "
                                             f"log-prob gives {p_seq:.6g}")
-    return [_one_line(p) for p in problems]
+    return [one_line(p) for p in problems]
 
 
 def validate(path: str | os.PathLike) -> list[str]:

@@ -1,6 +1,6 @@
 """Crash-safe writer of a minigrpo trace directory (format ``minigrpo-trace`` version 1).
 
-Layout (see ``docs/trace-format.md``)::
+Layout (names in ``layout.py``; documented in ``docs/trace-format.md``)::
 
     TRACE/
       meta.json            Meta, written once, atomically (tmp + os.replace)
@@ -22,270 +22,42 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as _dt
-import enum
 import json
-import math
 import os
 import subprocess
 import warnings
 from pathlib import Path
-from typing import Any, Iterable, Optional
+from typing import Any, Optional
 
 import numpy as np
 
 from .. import faults
+from . import files
+from .encode import as_array, dumps_line, json_number, jsonable, to_numpy
+from .layout import (
+    META_FILE,
+    OPTIONAL_PROBE_ARRAYS,
+    PAYLOAD_DIR,
+    POSITION_ARRAYS,
+    POSITION_SCALARS,
+    PROBE_ARRAYS,
+    ROLLOUT_IDS_KEY,
+    ROLLOUT_LENGTHS_KEY,
+    ROLLOUTS_FILE,
+    STEPS_FILE,
+    is_temp,
+    position_key,
+    probe_key,
+    probe_shape_problems,
+    rollout_payload_name,
+    step_payload_name,
+)
 from .schema import FORMAT_NAME, FORMAT_VERSION, Group, Meta, Probe, ProbePosition, Step, TraceError
 
 __all__ = ["TraceWriter", "new_meta"]
 
-# ----------------------------------------------------------------------------- layout
-META_FILE = "meta.json"
-ROLLOUTS_FILE = "rollouts.jsonl"
-STEPS_FILE = "steps.jsonl"
-PAYLOAD_DIR = "payloads"
-TMP_PREFIX = "."  # temp files are hidden: ".step_000012.npz.tmp"
-TMP_SUFFIX = ".tmp"
 
-# Array kinds: "i" -> int64 ids, "b" -> bool flags, "f" -> float (float32 or float64 as given).
-PROBE_ARRAYS: dict[str, str] = {
-    "token_ids": "i",
-    "logp_old": "f",
-    "logp": "f",
-    "logp_new": "f",
-    "logp_ref": "f",
-    "ratio": "f",
-    "clipped_low": "b",
-    "clipped_high": "b",
-    "advantage": "f",
-    "kl": "f",
-}
-OPTIONAL_PROBE_ARRAYS: dict[str, str] = {"values": "f", "returns": "f"}
-POSITION_ARRAYS: dict[str, str] = {
-    "token_ids": "i",
-    "logits_before": "f",
-    "probs_before": "f",
-    "logits_after": "f",
-    "probs_after": "f",
-    "logits_ref": "f",
-    "probs_ref": "f",
-}
-POSITION_SCALARS = ("other_before", "other_after", "other_ref")
-
-
-def probe_key(i: int, name: str) -> str:
-    """npz key of probe ``i``'s per-token array ``name``: ``p0.logp_old``."""
-    return f"p{i}.{name}"
-
-
-def position_key(i: int, j: int, name: str) -> str:
-    """npz key of array ``name`` of the j-th position of probe i: ``p0.pos1.logits_before``."""
-    return f"p{i}.pos{j}.{name}"
-
-
-# Rollout payload keys: every completion of the rollout, groups in order, completions in
-# group order, concatenated into one flat int64 array, and their lengths.
-ROLLOUT_IDS_KEY = "completion_ids"
-ROLLOUT_LENGTHS_KEY = "lengths"
-
-
-def step_payload_name(step: int) -> str:
-    return f"{PAYLOAD_DIR}/step_{step:06d}.npz"
-
-
-def rollout_payload_name(rollout: int) -> str:
-    return f"{PAYLOAD_DIR}/rollout_{rollout:06d}.npz"
-
-
-# ----------------------------------------------------------------------------- JSON
-def json_number(x: Any) -> Optional[float]:
-    """A finite float, or None (JSON null) for NaN / +inf / -inf / None."""
-    if x is None:
-        return None
-    x = float(x)
-    return x if math.isfinite(x) else None
-
-
-def jsonable(obj: Any, where: str = "value") -> Any:
-    """Plain JSON values from config-like objects; non-finite floats become null (strict JSON has no NaN)."""
-    if obj is None or isinstance(obj, (bool, str)):
-        return obj
-    if isinstance(obj, (int, np.integer)) and not isinstance(obj, np.bool_):
-        return int(obj)
-    if isinstance(obj, np.bool_):
-        return bool(obj)
-    if isinstance(obj, (float, np.floating)):
-        return json_number(obj)
-    if isinstance(obj, dict):
-        out = {}
-        for k, v in obj.items():
-            if not isinstance(k, str):
-                raise ValueError(f"{where}: key {k!r} is not a string (JSON keys must be strings)")
-            out[k] = jsonable(v, f"{where}.{k}")
-        return out
-    if isinstance(obj, (list, tuple)):
-        return [jsonable(v, f"{where}[{i}]") for i, v in enumerate(obj)]
-    if isinstance(obj, np.ndarray):
-        return jsonable(obj.tolist(), where)
-    if isinstance(obj, os.PathLike):
-        return os.fspath(obj)
-    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
-        return jsonable(dataclasses.asdict(obj), where)
-    if isinstance(obj, enum.Enum):
-        return jsonable(obj.value, where)
-    raise ValueError(f"{where}: {type(obj).__name__} value {obj!r} cannot be stored in JSON")
-
-
-def dumps_line(obj: dict) -> bytes:
-    """One compact JSON line (UTF-8, strict JSON: no NaN/Infinity literals) ending in \\n."""
-    text = json.dumps(obj, ensure_ascii=False, allow_nan=False, separators=(",", ":"))
-    return (text + "\n").encode("utf-8")
-
-
-# ----------------------------------------------------------------------------- arrays
-def _to_numpy(x: Any) -> np.ndarray:
-    if hasattr(x, "detach") and hasattr(x, "cpu"):  # a torch tensor, without importing torch
-        t = x.detach().cpu()
-        if str(getattr(t, "dtype", "")) == "torch.bfloat16":
-            t = t.float()
-        x = t.numpy()
-    return np.asarray(x)
-
-
-def as_array(x: Any, kind: str, where: str) -> np.ndarray:
-    """A 1-D numpy array of the canonical dtype for ``kind`` ("i", "b", "f"), or ValueError."""
-    a = _to_numpy(x)
-    if a.ndim != 1:
-        raise ValueError(f"{where}: expected a 1-D array, got shape {a.shape}")
-    if a.dtype == object:
-        raise ValueError(f"{where}: object arrays cannot be stored (numbers only)")
-    if kind == "i":
-        if a.size and a.dtype.kind not in "iu":
-            raise ValueError(f"{where}: token ids must be integers, got dtype {a.dtype}")
-        return a.astype(np.int64, copy=False)
-    if kind == "b":
-        if a.dtype != np.bool_:
-            if a.dtype.kind not in "iu" or (a.size and not np.isin(a, (0, 1)).all()):
-                raise ValueError(f"{where}: flags must be bool (or 0/1 integers), got dtype {a.dtype}")
-            a = a.astype(np.bool_)
-        return a
-    if a.dtype.kind == "f":
-        return a if a.dtype in (np.float32, np.float64) else a.astype(np.float32)
-    if a.dtype.kind in "iub":
-        return a.astype(np.float32)
-    raise ValueError(f"{where}: expected floats, got dtype {a.dtype}")
-
-
-def probe_shape_problems(probe: Probe, group_sizes: Optional[list[int]]) -> list[tuple[str, str]]:
-    """(field, problem) pairs for a probe whose arrays do not fit together.
-
-    ``group_sizes`` are the G of each group of the probe's rollout (None: not checked).
-    Used by the writer (refuse to write) and by the reader (refuse to load).
-    """
-    problems: list[tuple[str, str]] = []
-    T = int(probe.token_ids.shape[0])
-    if len(probe.tokens) != T:
-        problems.append(("tokens", f"has {len(probe.tokens)} entries but token_ids has {T}"))
-    for name in list(PROBE_ARRAYS) + list(OPTIONAL_PROBE_ARRAYS):
-        a = getattr(probe, name)
-        if a is not None and a.shape != (T,):
-            problems.append((name, f"has shape {a.shape} but token_ids has length {T} (expected ({T},))"))
-    if group_sizes is not None:
-        if not 0 <= probe.group < len(group_sizes):
-            problems.append(("group", f"{probe.group} is out of range: the rollout has {len(group_sizes)} groups"))
-        elif not 0 <= probe.index < group_sizes[probe.group]:
-            problems.append(("index", f"{probe.index} is out of range: group {probe.group} has "
-                                      f"{group_sizes[probe.group]} completions"))
-    for j, p in enumerate(probe.positions):
-        K = int(p.token_ids.shape[0])
-        if not 0 <= p.pos < T:
-            problems.append((f"positions[{j}].pos", f"{p.pos} is outside the completion (0..{T - 1})"))
-        if len(p.tokens) != K:
-            problems.append((f"positions[{j}].tokens", f"has {len(p.tokens)} entries but token_ids has {K}"))
-        for name in POSITION_ARRAYS:
-            a = getattr(p, name)
-            if a.shape != (K,):
-                problems.append((f"positions[{j}].{name}", f"has shape {a.shape} but token_ids has length {K}"))
-    return problems
-
-
-# ----------------------------------------------------------------------------- files
-def _fsync_dir(path: str) -> None:
-    """Make a rename durable (power loss); harmless no-op where directories cannot be opened."""
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
-def _write_all(fd: int, data: bytes) -> None:
-    view = memoryview(data)
-    while view:
-        n = os.write(fd, view)
-        view = view[n:]
-
-
-def _atomic_write(path: str, write) -> int:
-    """``write(fileobj)`` into a hidden temp file next to ``path``, fsync, rename; returns bytes."""
-    directory, name = os.path.split(path)
-    tmp = os.path.join(directory, TMP_PREFIX + name + TMP_SUFFIX)
-    try:
-        with open(tmp, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-            size = f.tell()
-    except BaseException:  # a full disk, an interrupt: leave no partial temp file behind
-        _remove_quietly(tmp)
-        raise
-    os.replace(tmp, path)
-    _fsync_dir(directory or ".")
-    return size
-
-
-def _remove_quietly(path: str) -> None:
-    try:
-        os.remove(path)
-    except OSError:
-        pass
-
-
-def _repair_tail(path: str) -> Optional[str]:
-    """Make ``path`` end at a line boundary; returns a note when something was repaired.
-
-    A torn last line (killed mid-write) that is not valid JSON is cut off; a complete JSON
-    object that only lacks its newline gets the newline.
-    """
-    if not os.path.exists(path):
-        return None
-    with open(path, "rb") as f:
-        data = f.read()
-    if not data or data.endswith(b"\n"):
-        return None
-    cut = data.rfind(b"\n") + 1
-    tail = data[cut:]
-    try:
-        ok = isinstance(json.loads(tail.decode("utf-8")), dict)
-    except (UnicodeDecodeError, ValueError):
-        ok = False
-    if ok:
-        with open(path, "ab") as f:
-            f.write(b"\n")
-            f.flush()
-            os.fsync(f.fileno())
-        return None
-    with open(path, "r+b") as f:
-        f.truncate(cut)
-        f.flush()
-        os.fsync(f.fileno())
-    return f"{path}: dropped a torn last line of {len(tail)} bytes (the writer was killed mid-write)"
-
-
+# ----------------------------------------------------------------------------- meta
 def _git_commit() -> Optional[str]:
     try:
         out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).resolve().parent,
@@ -366,10 +138,9 @@ class TraceWriter:
         else:
             os.makedirs(os.path.join(self.path, PAYLOAD_DIR), exist_ok=True)
             self.meta = meta
-            self.bytes_written += _atomic_write(os.path.join(self.path, META_FILE),
-                                                lambda f: f.write(json.dumps(meta_to_json(meta), indent=1,
-                                                                             ensure_ascii=False,
-                                                                             allow_nan=False).encode() + b"\n"))
+            text = json.dumps(meta_to_json(meta), indent=1, ensure_ascii=False, allow_nan=False) + "\n"
+            self.bytes_written += files.atomic_write(os.path.join(self.path, META_FILE),
+                                                     lambda f: f.write(text.encode()))
         for name in (ROLLOUTS_FILE, STEPS_FILE):
             self._open(name)
 
@@ -384,7 +155,7 @@ class TraceWriter:
             raise TraceError(f"{os.path.join(self.path, META_FILE)}: missing, so {self.path} is not a minigrpo "
                              f"trace; resume needs a trace directory (or pass an empty directory)")
         for name in (ROLLOUTS_FILE, STEPS_FILE):
-            note = _repair_tail(os.path.join(self.path, name))
+            note = files.repair_tail(os.path.join(self.path, name))
             if note:
                 warnings.warn(note, stacklevel=3)
         index = read_index(self.path)
@@ -399,7 +170,7 @@ class TraceWriter:
         payloads = os.path.join(self.path, PAYLOAD_DIR)
         os.makedirs(payloads, exist_ok=True)
         for name in os.listdir(payloads):
-            if name.startswith(TMP_PREFIX) and name.endswith(TMP_SUFFIX):
+            if is_temp(name):
                 os.remove(os.path.join(payloads, name))
 
     def _check_open(self) -> None:
@@ -414,19 +185,7 @@ class TraceWriter:
 
         full = os.path.join(self.path, rel)
         try:
-            if self.fsync:
-                self.bytes_written += _atomic_write(full, write)
-            else:
-                tmp = os.path.join(os.path.dirname(full), TMP_PREFIX + os.path.basename(full) + TMP_SUFFIX)
-                try:
-                    with open(tmp, "wb") as f:
-                        write(f)
-                        size = f.tell()
-                except BaseException:
-                    _remove_quietly(tmp)
-                    raise
-                os.replace(tmp, full)
-                self.bytes_written += size
+            self.bytes_written += files.atomic_write(full, write, durable=self.fsync)
         except OSError as e:
             raise OSError(e.errno, e.strerror, e.filename or full) from e
         faults.hit("trace-payload")
@@ -435,9 +194,9 @@ class TraceWriter:
         data = dumps_line(record)
         fd = self._fds[name]
         end = os.lseek(fd, 0, os.SEEK_END)
-        faults.hit("trace-line", lambda: _write_all(fd, data[:len(data) // 2]))
+        faults.hit("trace-line", lambda: files.write_all(fd, data[:len(data) // 2]))
         try:
-            _write_all(fd, data)  # one write(2) for any line a regular file accepts whole
+            files.write_all(fd, data)  # one write(2) for any line a regular file accepts whole
             if self.fsync:
                 os.fsync(fd)
         except OSError as e:  # e.g. a full disk after a short write: cut the torn line off again
@@ -528,7 +287,7 @@ class TraceWriter:
             if not isinstance(name, str):
                 raise ValueError(f"step {n}: metric name {name!r} is not a string")
             try:
-                metrics[name] = json_number(_to_numpy(value).item() if not isinstance(value, (int, float)) else value)
+                metrics[name] = json_number(to_numpy(value).item() if not isinstance(value, (int, float)) else value)
             except (TypeError, ValueError):
                 raise ValueError(f"step {n}: metric {name!r} = {value!r} is not a number") from None
         arrays: dict[str, np.ndarray] = {}
@@ -585,7 +344,7 @@ class TraceWriter:
         self._check_open()
         kept_steps, dropped = [], []
         last_kept_rollout = None
-        for line in _complete_lines(os.path.join(self.path, STEPS_FILE)):
+        for line in files.complete_lines(os.path.join(self.path, STEPS_FILE)):
             rec = json.loads(line)
             if rec["step"] <= step:
                 kept_steps.append(line)
@@ -597,7 +356,7 @@ class TraceWriter:
                              f"{last_kept_rollout}, which would be dropped")
         limit = rollout if rollout is not None else last_kept_rollout
         kept_rollouts = []
-        for line in _complete_lines(os.path.join(self.path, ROLLOUTS_FILE)):
+        for line in files.complete_lines(os.path.join(self.path, ROLLOUTS_FILE)):
             rec = json.loads(line)
             if limit is not None and rec["rollout"] <= limit:
                 kept_rollouts.append(line)
@@ -606,7 +365,7 @@ class TraceWriter:
                 self._group_sizes.pop(rec["rollout"], None)
         for name, lines in ((STEPS_FILE, kept_steps), (ROLLOUTS_FILE, kept_rollouts)):
             os.close(self._fds.pop(name))
-            _atomic_write(os.path.join(self.path, name), lambda f, lines=lines: f.write(b"".join(lines)))
+            files.atomic_write(os.path.join(self.path, name), lambda f, lines=lines: f.write(b"".join(lines)))
             self._open(name)
         for rel in dropped:
             try:
@@ -638,25 +397,15 @@ class TraceWriter:
         return f"TraceWriter({self.path!r}, last_step={self.last_step}, bytes_written={self.bytes_written})"
 
 
-def _complete_lines(path: str) -> Iterable[bytes]:
-    """The newline-terminated lines of a jsonl file (a torn tail is skipped)."""
-    if not os.path.exists(path):
-        return []
-    with open(path, "rb") as f:
-        data = f.read()
-    return [line + b"\n" for line in data.split(b"\n")[:-1] if line.strip()]
-
-
 def _effectively_empty(path: str) -> bool:
     """True for a directory holding nothing but what a writer killed before meta.json leaves."""
     for name in os.listdir(path):
         full = os.path.join(path, name)
-        if name.startswith(TMP_PREFIX) and name.endswith(TMP_SUFFIX):
+        if is_temp(name):
             continue
         if name in (ROLLOUTS_FILE, STEPS_FILE) and os.path.isfile(full) and os.path.getsize(full) == 0:
             continue
-        if name == PAYLOAD_DIR and os.path.isdir(full) and all(
-                n.startswith(TMP_PREFIX) and n.endswith(TMP_SUFFIX) for n in os.listdir(full)):
+        if name == PAYLOAD_DIR and os.path.isdir(full) and all(is_temp(n) for n in os.listdir(full)):
             continue
         return False
     return True
