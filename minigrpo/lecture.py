@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Optional
 
+from .files import write_via_path
 from .render import QUALITIES, REPO_ROOT, SCENES, for_algo, scene_name
 from .trace import trace_dir
 
@@ -93,30 +94,8 @@ def run_tool(cmd: list[str], what: str) -> str:
     return done.stdout
 
 
-def atomic_path(final: Path) -> Path:
-    """A hidden temp path next to ``final`` (same folder, so ``os.replace`` is atomic); same suffix for ffmpeg."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{final.stem}.", suffix=f".tmp{final.suffix}", dir=final.parent)
-    os.close(fd)
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o666 & ~umask)
-    return Path(tmp)
-
-
-def write_atomic(final: Path, make: Callable[[Path], None]) -> Path:
-    final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = atomic_path(final)
-    try:
-        make(tmp)
-        os.replace(tmp, final)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-    return final
-
-
 def write_text(final: Path, text: str) -> Path:
-    return write_atomic(final, lambda tmp: tmp.write_text(text, encoding="utf-8"))
+    return write_via_path(final, lambda tmp: tmp.write_text(text, encoding="utf-8"))
 
 
 def probe(video: Path) -> dict:
@@ -295,7 +274,7 @@ def scene_env(trace: Path, ppo_trace: Optional[Path], steps: Optional[str]) -> d
 # ----------------------------------------------------------------------------- assembling
 def grab_still(video: Path, at: float, target: Path) -> Path:
     ffmpeg = need_tool("ffmpeg")
-    return write_atomic(target, lambda tmp: run_tool(
+    return write_via_path(target, lambda tmp: run_tool(
         [ffmpeg, "-y", "-v", "error", "-ss", f"{max(0.0, at):.3f}", "-i", str(video), "-frames:v", "1",
          "-f", "image2", "-c:v", "png", str(tmp)], f"still of {video.name}"))
 
@@ -337,7 +316,7 @@ def concat(chapters: list[Chapter], target: Path, title: str) -> tuple[Path, boo
             codec = ["-vf", vf, "-c:v", "libx264", "-preset", "veryfast", "-crf", "18"]
         cmd = [ffmpeg, "-y", "-v", "error", "-f", "concat", "-safe", "0", "-i", str(listing), "-i", str(meta),
                "-map", "0:v:0", "-map_metadata", "1", "-map_chapters", "1", *codec, "-movflags", "+faststart", "-f", "mp4"]
-        write_atomic(target, lambda tmp: run_tool([*cmd, str(tmp)], "ffmpeg concat"))
+        write_via_path(target, lambda tmp: run_tool([*cmd, str(tmp)], "ffmpeg concat"))
     return target, not copy
 
 
@@ -357,7 +336,7 @@ def assemble(videos: list[tuple[str, str, Path]], out: Path, title: str, subtitl
     start = 0.0
     for i, (scene, ch_title, video) in enumerate(videos, 1):
         stem = f"{i:02d}-{scene}"
-        seg = write_atomic(out / "segments" / f"{stem}.mp4", lambda tmp, v=video: shutil.copyfile(v, tmp))
+        seg = write_via_path(out / "segments" / f"{stem}.mp4", lambda tmp, v=video: shutil.copyfile(v, tmp))
         info = probe(seg)
         c = Chapter(i, scene, ch_title, seg, out / "stills" / f"{stem}.png", start, info["duration"], info)
         grab_still(seg, c.duration - 0.5, c.still)

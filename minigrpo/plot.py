@@ -14,7 +14,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import tempfile
 from collections import defaultdict
 from pathlib import Path
 from typing import Callable, Optional
@@ -22,6 +21,7 @@ from typing import Callable, Optional
 import numpy as np
 
 from . import palette as C
+from .files import write_via_path
 
 
 class PlotError(ValueError):
@@ -409,21 +409,6 @@ DRAW = {"reward_accuracy": fig_reward_accuracy, "kl": fig_kl, "clip_fractions": 
 
 
 # ----------------------------------------------------------------------------- output
-def _atomic_write(path: Path, write: Callable[[str], None]) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        write(tmp)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; a figure is an ordinary file
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
 def _draw_all(trace, trace_dir, summary_path, base, out: Path) -> dict:
     from .trace.encode import jsonable
 
@@ -437,13 +422,14 @@ def _draw_all(trace, trace_dir, summary_path, base, out: Path) -> dict:
             try:
                 for fmt in FORMATS:
                     target = out / f"{name}.{fmt}"
-                    _atomic_write(target, lambda tmp, f=fmt: fig.savefig(tmp, format=f))
+                    write_via_path(target, lambda tmp, f=fmt: fig.savefig(tmp, format=f))
                     result["files"].append(str(target))
             finally:
                 plt.close(fig)
         result["figures"][name] = data
     result = jsonable(result, "plot data")
-    _atomic_write(out / "plot_data.json", lambda tmp: Path(tmp).write_text(json.dumps(result, indent=1, ensure_ascii=False)))
+    text = json.dumps(result, indent=1, ensure_ascii=False)
+    write_via_path(out / "plot_data.json", lambda tmp: tmp.write_text(text))
     return result
 
 

@@ -19,8 +19,8 @@ import torch
 
 from . import faults
 from .config import ConfigError
+from .files import fsync_dir
 from .optim import state_tensors
-from .trace.files import fsync_dir
 
 
 class TrainingError(RuntimeError):

@@ -11,9 +11,10 @@ from collections import Counter
 
 import numpy as np
 
+from ..files import is_temp
+from .layout import META_FILE, PAYLOAD_DIR, ROLLOUTS_FILE, STEPS_FILE
 from .reader import TraceWarning, load, probe_counts, trace_dir
 from .schema import Trace, TraceError
-from .layout import META_FILE, PAYLOAD_DIR, ROLLOUTS_FILE, STEPS_FILE, is_temp
 
 __all__ = ["summary", "export_csv", "metric_names", "payload_bytes", "cli_inspect", "cli_export"]
 

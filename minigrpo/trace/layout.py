@@ -14,19 +14,6 @@ META_FILE = "meta.json"
 ROLLOUTS_FILE = "rollouts.jsonl"
 STEPS_FILE = "steps.jsonl"
 PAYLOAD_DIR = "payloads"
-TMP_PREFIX = "."  # temp files are hidden: ".step_000012.npz.tmp"
-TMP_SUFFIX = ".tmp"
-
-
-def temp_name(name: str) -> str:
-    """The hidden name a file is written under before it is renamed into place."""
-    return TMP_PREFIX + name + TMP_SUFFIX
-
-
-def is_temp(name: str) -> bool:
-    """True for a file name a writer killed mid-write leaves behind (never part of a trace)."""
-    return name.startswith(TMP_PREFIX) and name.endswith(TMP_SUFFIX)
-
 
 # Array kinds: "i" -> int64 ids, "b" -> bool flags, "f" -> float (float32 or float64 as given).
 PROBE_ARRAYS: dict[str, str] = {

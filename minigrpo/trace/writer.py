@@ -31,8 +31,8 @@ from typing import Any, Optional
 
 import numpy as np
 
-from .. import faults
-from . import files
+from .. import faults, files
+from ..files import is_temp
 from .encode import as_array, dumps_line, json_number, jsonable, to_numpy
 from .layout import (
     META_FILE,
@@ -45,7 +45,6 @@ from .layout import (
     ROLLOUT_LENGTHS_KEY,
     ROLLOUTS_FILE,
     STEPS_FILE,
-    is_temp,
     position_key,
     probe_key,
     probe_shape_problems,

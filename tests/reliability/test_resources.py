@@ -72,7 +72,7 @@ def test_oom_in_update_names_the_batch_knobs_and_resume_works(sft_model, tmp_pat
 def _full_disk_after(n_ok: int, short: bool):
     """A replacement for the trace's files.write_all: the first n_ok calls write, then ENOSPC
     (after writing half of the bytes, if ``short``)."""
-    from minigrpo.trace import files
+    from minigrpo import files
 
     real, calls = files.write_all, []
 
@@ -89,7 +89,7 @@ def _full_disk_after(n_ok: int, short: bool):
 
 @pytest.mark.parametrize("short", [True, False])
 def test_full_disk_while_writing_the_trace_stops_cleanly(sft_model, tmp_path, monkeypatch, short):
-    from minigrpo.trace import files
+    from minigrpo import files
 
     # line appends: rollout 0, step 1, step 2 <- the disk fills up here
     monkeypatch.setattr(files, "write_all", _full_disk_after(2, short))

@@ -1,16 +1,29 @@
-"""Files that survive a crash: write to a hidden temp name and rename, and mend a torn last line.
+"""Files that survive a crash: write under a hidden temp name, then rename; mend a torn last line.
 
-The trace writer and the trainer's checkpoints both write through here, so a run killed
-at any instant leaves each file either as it was or complete, never half written.
+The trace writer, the checkpoints, the plots and the lecture all write through here, so a
+run killed at any instant leaves each file either as it was or complete, never half written.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import tempfile
+from pathlib import Path
 from typing import Callable, Optional
 
-from .layout import temp_name
+TMP_PREFIX = "."  # temp files are hidden: ".step_000012.npz.tmp"
+TMP_SUFFIX = ".tmp"
+
+
+def temp_name(name: str) -> str:
+    """The hidden name a file is written under before it is renamed into place."""
+    return TMP_PREFIX + name + TMP_SUFFIX
+
+
+def is_temp(name: str) -> bool:
+    """True for a file name a writer killed mid-write leaves behind (never a finished file)."""
+    return name.startswith(TMP_PREFIX) and name.endswith(TMP_SUFFIX)
 
 
 def fsync_dir(path: str) -> None:
@@ -65,6 +78,32 @@ def atomic_write(path: str, write: Callable, durable: bool = True) -> int:
     if durable:
         fsync_dir(directory or ".")
     return size
+
+
+def write_via_path(final: str | os.PathLike, make: Callable[[Path], None]) -> Path:
+    """``make(tmp)`` writes a file at the path it is given; it becomes ``final`` only once complete.
+
+    For writers that want a path, not a file object (matplotlib, ffmpeg). The temp path is
+    unique (two processes writing the same file do not collide), hidden, in ``final``'s
+    folder (so the rename is atomic) and ends in ``final``'s suffix (ffmpeg picks its
+    format from it); the file gets the permissions of an ordinary new file.
+    """
+    final = Path(final)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    fd, name = tempfile.mkstemp(prefix=f"{TMP_PREFIX}{final.stem}.", suffix=f"{TMP_SUFFIX}{final.suffix}",
+                                dir=final.parent)
+    os.close(fd)
+    tmp = Path(name)
+    try:
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600
+        make(tmp)
+        os.replace(tmp, final)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    return final
 
 
 def repair_tail(path: str) -> Optional[str]:
