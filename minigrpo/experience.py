@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from .losses import group_advantages, group_stats
+from .losses import constant_groups, group_advantages, group_stats
 from .rollout import (Rollout, concat_rollouts, generate, pad_token_id, score_logprobs,
                       score_logprobs_and_hidden)
 from .tasks import RewardConfig, TaskData, build_prompt, score_completion
@@ -85,7 +85,8 @@ def one_update_per_rollout(cfg, rows: int) -> bool:
 
 
 def collect(policy, ref, tokenizer, data: TaskData, cfg, rng: random.Random,
-            rank: int = 0, world_size: int = 1, old_pass: bool = False, while_decoding=None) -> Experience:
+            rank: int = 0, world_size: int = 1, old_pass: bool = False, while_decoding=None,
+            all_gather=None) -> Experience:
     """One rollout; with ``world_size`` > 1 every rank draws the same prompts and keeps its block of them.
 
     With ``cfg.dynamic_sampling`` (DAPO), groups whose rewards are all equal (zero advantage) are
@@ -97,13 +98,19 @@ def collect(policy, ref, tokenizer, data: TaskData, cfg, rng: random.Random,
     row is trained on more than once or after another step; otherwise zeros, with
     ``logp_old_from_update`` set, for the update to fill (``one_update_per_rollout``).
     ``while_decoding()``: host work to run once while the first completions are decoded (``generate``).
+    ``all_gather(list)``: every rank's list (``Dist.all_gather``); with ``scale_rewards="batch"`` the
+    advantages are divided by the std of every rank's rewards, not of this rank's share.
     """
     indices = draw_indices(len(data), cfg.prompts_per_rollout, rng)
     batch = _sample_and_score(policy, tokenizer, data, cfg, _share(indices, rank, world_size), while_decoding)
     generation_metrics = None
     if cfg.dynamic_sampling:
         batch, generation_metrics = _refill(batch, policy, tokenizer, data, cfg, rng, rank, world_size, indices)
-    advantages = group_advantages(batch.rewards, cfg.num_generations, cfg.scale_rewards, cfg.advantage_eps)
+    batch_rewards = None
+    if cfg.scale_rewards == "batch" and world_size > 1 and all_gather is not None:
+        batch_rewards = torch.tensor([r for part in all_gather(batch.rewards.tolist()) for r in part])
+    advantages = group_advantages(batch.rewards, cfg.num_generations, cfg.scale_rewards, cfg.advantage_eps,
+                                  batch_rewards)
     # scoring holds no (N, Lc, V) logits (completion_logprobs), so the fast backend scores a whole generation batch at once
     score_batch = cfg.generation_batch_size if cfg.rollout_backend == "fast" else cfg.per_device_train_batch_size * 2
     from_update = not old_pass and one_update_per_rollout(cfg, len(batch.rollout))
@@ -157,8 +164,7 @@ class _Scored:
 
     def informative(self, g: int) -> list[bool]:
         """Per group: do its rewards differ (a non-zero advantage somewhere)?"""
-        grouped = self.rewards.view(-1, g)
-        return (grouped != grouped[:, :1]).any(dim=1).tolist()
+        return (~constant_groups(self.rewards.view(-1, g))).tolist()
 
 
 def _sample_and_score(policy, tokenizer, data: TaskData, cfg, indices: list[int], while_decoding=None) -> _Scored:

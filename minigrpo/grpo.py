@@ -40,9 +40,18 @@ class GRPOTrainer(RLTrainer):
 
 
 def reduce(per_token: torch.Tensor, mask: torch.Tensor, cfg, normalizer: dict) -> torch.Tensor:
-    """Aggregate by loss_type; every type but dapo is averaged over the accumulated micro-batches."""
+    """Aggregate by loss_type. dapo divides by the tokens of the whole step already; every other type
+    is weighted by this micro-batch's share of the step's rows, so that the step's loss does not
+    depend on how its rows are split (grpo: the mean over the step's sequences; dr_grpo: sum over
+    (the step's rows × max_completion_length); bnpo: each micro-batch's token mean, weighted by rows).
+    With equal micro-batches the share is 1 / (number of micro-batches), TRL's accumulation."""
     loss = aggregate_loss(per_token, mask, cfg.loss_type, cfg.max_completion_length, normalizer["num_items_in_batch"])
-    return loss if cfg.loss_type == "dapo" else loss / normalizer["num_micro"]
+    return loss if cfg.loss_type == "dapo" else loss * micro_share(mask, normalizer)
+
+
+def micro_share(mask: torch.Tensor, normalizer: dict) -> float:
+    """This micro-batch's rows over the optimizer step's rows."""
+    return mask.shape[0] / normalizer["num_rows"]
 
 
 def token_stats(mask, loss, policy_loss, stats, entropy) -> dict:

@@ -58,17 +58,29 @@ def _as_float(x: Tensor) -> Tensor:
 
 
 def group_stats(rewards: Tensor, num_generations: int) -> tuple[Tensor, Tensor]:
-    """Per-prompt mean and UNBIASED std (ddof=1) of consecutive blocks of G rewards: (P,), (P,)."""
+    """Per-prompt mean and UNBIASED std (ddof=1) of consecutive blocks of G rewards: (P,), (P,).
+
+    A group whose rewards are all equal has std exactly 0 (float sums can leave a residue such
+    as 1.3e-7 for six rewards of 1.2, which would hide the group from ``std == 0`` counts).
+    """
     _check_groups(rewards, num_generations)
     grouped = _as_float(rewards).view(-1, num_generations)  # (P, G)
-    return grouped.mean(dim=1), grouped.std(dim=1)  # torch.std is unbiased by default
+    std = grouped.std(dim=1)  # torch.std is unbiased by default
+    return grouped.mean(dim=1), torch.where(constant_groups(grouped), torch.zeros_like(std), std)
 
 
-def group_advantages(rewards: Tensor, num_generations: int, scale_rewards: str = "group", eps: float = 1e-4) -> Tensor:
+def constant_groups(grouped: Tensor) -> Tensor:
+    """(P,) True where every reward of a (P, G) group equals its first."""
+    return (grouped == grouped[:, :1]).all(dim=1)
+
+
+def group_advantages(rewards: Tensor, num_generations: int, scale_rewards: str = "group", eps: float = 1e-4,
+                     batch_rewards: Tensor | None = None) -> Tensor:
     """A_i = r_i - mean_group(r), optionally divided by (std + eps).
 
-    scale_rewards: "group" -> std of the prompt's group, "batch" -> std of all N rewards,
-    "none" -> no division. std is unbiased (ddof=1) as in TRL's GRPOTrainer; eps is added
+    scale_rewards: "group" -> std of the prompt's group, "batch" -> std of all N rewards (of
+    ``batch_rewards`` when given: every rank's rewards in a data-parallel run, as TRL gathers
+    them), "none" -> no division. std is unbiased (ddof=1) as in TRL's GRPOTrainer; eps is added
     to the std (not the variance). A group whose rewards are all equal gets advantages of
     exactly 0 (no float residue from r - mean).
     """
@@ -80,9 +92,9 @@ def group_advantages(rewards: Tensor, num_generations: int, scale_rewards: str =
     if scale_rewards == "group":
         advantages = advantages / (std[:, None] + eps)
     elif scale_rewards == "batch":
-        advantages = advantages / (_as_float(rewards).std() + eps)
-    constant = (grouped == grouped[:, :1]).all(dim=1, keepdim=True)
-    advantages = torch.where(constant, torch.zeros_like(advantages), advantages)
+        batch = _as_float(rewards if batch_rewards is None else batch_rewards)
+        advantages = advantages / (batch.std() + eps)
+    advantages = torch.where(constant_groups(grouped)[:, None], torch.zeros_like(advantages), advantages)
     return advantages.reshape(-1)
 
 

@@ -15,7 +15,7 @@ import copy
 import torch
 from torch import nn
 
-from .grpo import reduce, token_stats
+from .grpo import micro_share, reduce, token_stats
 from .losses import (clipped_surrogate, explained_variance, gae, k3_kl, masked_mean, masked_whiten,
                      ppo_token_rewards, value_loss)
 from .rollout import Rollout, completion_hidden, completion_logprobs_entropy
@@ -85,7 +85,8 @@ class PPOTrainer(RLTrainer):
         policy_loss = reduce(per_token, mask, cfg, normalizer)
         values = self._values(batch, hidden if cfg.critic == "shared" else None)
         vf_loss, vf_clipfrac = value_loss(values, exp.values[rows], exp.returns[rows], mask, cfg.cliprange_value)
-        vf_loss = vf_loss / normalizer["num_micro"]
+        share = micro_share(mask, normalizer)
+        vf_loss = vf_loss * share
         loss = policy_loss + cfg.vf_coef * vf_loss
         logp_ref = exp.logp_ref[rows] if exp.logp_ref is not None else exp.logp_old[rows]
         kl = k3_kl(logp.detach(), logp_ref)
@@ -94,6 +95,6 @@ class PPOTrainer(RLTrainer):
                                  clipped_high=clipped_high, kl=kl, advantage=advantages,
                                  values=exp.values[rows], returns=exp.returns[rows])
         out = token_stats(mask, loss, policy_loss, stats, entropy)
-        out.update({"value_loss": vf_loss.detach(), "vf_clipfrac": vf_clipfrac.detach() / normalizer["num_micro"],
-                    "explained_variance": exp.explained_variance / normalizer["num_micro"]})
+        out.update({"value_loss": vf_loss.detach(), "vf_clipfrac": vf_clipfrac.detach() * share,
+                    "explained_variance": exp.explained_variance * share})
         return loss, out

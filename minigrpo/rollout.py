@@ -11,7 +11,8 @@ as it was sampled.
 
 The policy is π(·|s) = softmax(z / temperature), z the model's logits: the same
 tempered distribution that sampled the tokens is the one the loss scores (as TRL does),
-so at the first pass over a fresh rollout ρ = π_θ/π_old is exactly 1.
+so in the first optimizer step after sampling ρ = π_θ/π_old is 1 (the later steps, of the
+first pass too, train a policy that the steps before them moved).
 
 Two samplers fill the same layout: ``backend="hf"`` calls ``model.generate``;
 ``backend="fast"`` runs our own decode loop (minigrpo/decode.py: static KV cache, CUDA
@@ -220,16 +221,23 @@ def completion_logprobs_entropy(model, batch: Rollout, temperature: float, outpu
     the last hidden states, all (N, Lc), without holding the (N, Lc, V) logits (the output layer
     runs over chunks of at most ``budget`` logits, again in the backward pass:
     ``losses.ChunkedHeadLogprobs``). Same values as the log-probs and entropy of ``forward_completion``.
+
+    log π is 0 at padding, as in every stored log-prob (π_old, π_ref): a per-token term of two of
+    them is then finite there (the k3 KL of a padding position whose log π(pad) is below −88 would
+    overflow exp() to inf, and inf · mask 0 is NaN, in the loss and in its gradient).
     """
     head = _plain_head(model)
     if head is None:
         logits, hidden = forward_completion(model, batch, temperature, output_hidden)
-        return logprobs_from_logits(logits, batch.completion_ids), entropy_from_logits(logits.detach()), hidden
-    n, lc = batch.completion_ids.shape
-    hidden = completion_hidden(model, batch)
-    logp, entropy = ChunkedHeadLogprobs.apply(hidden.reshape(n * lc, -1), head.weight, head.bias,
-                                              batch.completion_ids.reshape(-1), temperature, _chunk_rows(head, budget))
-    return logp.view(n, lc), entropy.view(n, lc), (hidden if output_hidden else None)
+        logp, entropy = logprobs_from_logits(logits, batch.completion_ids), entropy_from_logits(logits.detach())
+    else:
+        n, lc = batch.completion_ids.shape
+        hidden = completion_hidden(model, batch)
+        logp, entropy = ChunkedHeadLogprobs.apply(hidden.reshape(n * lc, -1), head.weight, head.bias,
+                                                  batch.completion_ids.reshape(-1), temperature,
+                                                  _chunk_rows(head, budget))
+        logp, entropy, hidden = logp.view(n, lc), entropy.view(n, lc), (hidden if output_hidden else None)
+    return torch.where(batch.completion_mask.bool(), logp, 0.0), entropy, hidden
 
 
 def _plain_head(model):

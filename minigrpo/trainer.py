@@ -154,7 +154,8 @@ class RLTrainer:
             try:
                 exp = collect(self.policy, self.ref, self.tokenizer, self.train_data, cfg, self.rng,
                               self.dist.rank, self.dist.world_size, old_pass=self.needs_logp_old_before_update,
-                              while_decoding=self.flush_record if self._pending_record else None)
+                              while_decoding=self.flush_record if self._pending_record else None,
+                              all_gather=self.dist.all_gather)
             except RuntimeError as exc:  # torch.multinomial refuses NaN/inf probabilities
                 if "probability tensor" not in str(exc):
                     raise
@@ -280,7 +281,7 @@ class RLTrainer:
         micro = cfg.per_device_train_batch_size
         chunks = [rows[i:i + micro] for i in range(0, len(rows), micro)]
         local_tokens = exp.rollout.completion_mask[rows].sum().item()
-        normalizer = {"num_micro": len(chunks),  # dapo: tokens of the step over all ranks, / ranks (grads are averaged)
+        normalizer = {"num_rows": len(rows),  # dapo: tokens of the step over all ranks, / ranks (grads are averaged)
                       "num_items_in_batch": self.dist.mean({"tokens": local_tokens})["tokens"]}
         sums: dict[str, float | torch.Tensor] = defaultdict(float)
         self.optimizer.zero_grad(set_to_none=True)

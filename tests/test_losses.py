@@ -74,6 +74,32 @@ def test_zero_std_group_gives_exact_zeros(scale):
     assert torch.equal(all_same, torch.zeros(4)) and not torch.isnan(all_same).any()
 
 
+def test_a_group_of_equal_rewards_has_std_exactly_zero():
+    """Six float32 rewards of 1.2 have a torch.std of about 1.3e-7 (the mean is not exactly 1.2):
+    the group must still count as zero-std (frac_reward_zero_std, the trace's group std)."""
+    from minigrpo.experience import completion_stats
+
+    r = torch.full((6,), 1.2, dtype=torch.float32)
+    assert r.view(1, 6).std(dim=1).item() != 0.0  # the float residue this test is about
+    _, std = L.group_stats(r, 6)
+    assert std.tolist() == [0.0]
+    mixed = torch.tensor([1.2] * 6 + [0.0, 1.2, 0.2, 1.2, 1.2, 1.2])
+    _, std = L.group_stats(mixed, 6)
+    assert std[0].item() == 0.0 and std[1].item() > 0.4
+    flags = torch.zeros(12, dtype=torch.bool)
+    stats = completion_stats(6, mixed, flags, flags, flags, torch.ones(12))
+    assert stats["frac_reward_zero_std"] == 0.5
+
+
+def test_batch_scaling_with_every_ranks_rewards():
+    r = t([1.0, 0.0, 0.0, 1.0])
+    everyone = t([1.0, 0.0, 0.0, 1.0, 5.0, 5.0, 0.0, 3.0])  # this rank's rewards and another rank's
+    sb = float(np.std([1, 0, 0, 1, 5, 5, 0, 3], ddof=1)) + 1e-4
+    close(L.group_advantages(r, 2, "batch", eps=1e-4, batch_rewards=everyone), [0.5 / sb, -0.5 / sb, -0.5 / sb, 0.5 / sb])
+    close(L.group_advantages(r, 2, "group", eps=1e-4, batch_rewards=everyone),
+          L.group_advantages(r, 2, "group", eps=1e-4))  # only "batch" reads them
+
+
 @pytest.mark.parametrize("scale", ["group", "batch", "none"])
 def test_group_advantages_vs_numpy(scale):
     rng = np.random.default_rng(0)

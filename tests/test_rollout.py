@@ -102,3 +102,31 @@ def test_update_logprobs_without_full_logits_equal_forward_completion(grouped_ro
     assert len(got) == len(want)
     for g, w in zip(got, want):
         assert (g - w).norm() <= 1e-5 * w.norm() + 1e-8
+
+
+@pytest.mark.parametrize("path", ["chunked", "full logits"])
+def test_update_logprobs_are_zero_at_padding(grouped_rollout, path):
+    """log π of the update is 0 off the completion mask on both paths (the full-logits one is taken
+    when the output layer has a hook), as every stored log-prob is, with no gradient there."""
+    from minigrpo.rollout import completion_logprobs_entropy
+
+    model, rollout = grouped_rollout
+    batch = rollout.select(list(range(len(rollout))))  # a copy, ended early: EOS, then padding (the pad id is EOS)
+    for i in range(len(batch)):
+        batch.completion_ids[i, 2 + i % 6:] = model.config.eos_token_id
+        batch.completion_mask[i, 3 + i % 6:] = 0
+    mask = batch.completion_mask.bool()
+    head = model.get_output_embeddings()
+    hook = head.register_forward_hook(lambda *a: None) if path == "full logits" else None
+    try:
+        model.zero_grad(set_to_none=True)
+        logp, _, _ = completion_logprobs_entropy(model, batch, 0.05)
+        logp.sum().backward()
+    finally:
+        if hook is not None:
+            hook.remove()
+    logits, _ = forward_completion(model, batch, 0.05)
+    raw = logprobs_from_logits(logits, batch.completion_ids)
+    assert torch.equal(logp[~mask], torch.zeros_like(logp[~mask])) and (raw[~mask] < -1).all()
+    torch.testing.assert_close(logp[mask], raw[mask].detach(), rtol=0, atol=2e-5)
+    assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)

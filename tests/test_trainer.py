@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import subprocess
 import sys
@@ -373,3 +374,112 @@ def test_a_pending_record_is_written_before_evaluation_checkpoint_and_stop(sft_m
     with pytest.raises(RuntimeError, match="out of resources"):
         grpo.GRPOTrainer(cfg, tmp_path / "failed2", log=lambda *_: None).train()
     assert [s.step for s in load(tmp_path / "failed2" / "trace").steps] == [1]
+
+
+def _update_batch(sft_model, tmp_path, algo="grpo", end_early=False, **overrides):
+    """A trainer and one collected rollout, prepared as the trainer prepares it (π_old scored).
+
+    ``end_early``: every row's completion ends (EOS, then padding) after 3 to 10 tokens, and
+    π_old and π_ref are scored again, as if the model had sampled EOS there.
+    """
+    import random
+
+    from minigrpo.experience import collect
+    from minigrpo.grpo import GRPOTrainer
+    from minigrpo.ppo import PPOTrainer
+    from minigrpo.rollout import score_logprobs
+
+    cfg = fast_config(model=sft_model, algo=algo, trace=False, num_iterations=2, **overrides)
+    trainer = (PPOTrainer if algo == "ppo" else GRPOTrainer)(cfg, tmp_path, log=lambda *_: None)
+    torch.manual_seed(0)
+    exp = collect(trainer.policy, trainer.ref, trainer.tokenizer, trainer.train_data, cfg, random.Random(0),
+                  old_pass=True)
+    if end_early:
+        r, eos = exp.rollout, trainer.tokenizer.eos_token_id
+        for i in range(len(r)):
+            n = 3 + i % 8
+            r.completion_ids[i, n - 1:] = eos  # EOS, then padding (the pad id is EOS for this tokenizer)
+            r.completion_mask[i, n:] = 0
+        r.sampling_logprobs = None
+        exp.logp_old = score_logprobs(trainer.policy, r, cfg.temperature, 8)
+        exp.logp_ref = score_logprobs(trainer.ref, r, cfg.temperature, 8)
+    trainer.prepare(exp)
+    return trainer, exp
+
+
+def _step_gradient(trainer, exp, rows, micro):
+    """The gradient one optimizer step would apply, and its loss, with micro-batches of ``micro`` rows."""
+    trainer.policy.zero_grad(set_to_none=True)
+    normalizer = {"num_rows": len(rows), "num_items_in_batch": exp.rollout.completion_mask[rows].sum().item()}
+    total = 0.0
+    for start in range(0, len(rows), micro):
+        loss, _ = trainer.micro_loss(exp, rows[start:start + micro], normalizer)
+        loss.backward()
+        total += loss.item()
+    grads = torch.cat([p.grad.flatten() for p in trainer.policy.parameters() if p.grad is not None])
+    return grads, total
+
+
+@pytest.mark.parametrize("algo", ["grpo", "ppo"])
+def test_kl_at_padding_stays_finite_where_log_pi_of_the_pad_token_underflows(sft_model, tmp_path, algo):
+    """Stored log π_ref is 0 at padding; the update's log π(pad) at a low temperature is far below −88,
+    where exp(ref − logp) of the k3 KL overflowed to inf and inf · mask 0 made the loss and gradient NaN."""
+    from minigrpo.rollout import forward_completion, logprobs_from_logits
+
+    trainer, exp = _update_batch(sft_model, tmp_path, algo, end_early=True, temperature=0.02, beta=0.1)
+    mask = exp.rollout.completion_mask.bool()
+    with torch.no_grad():
+        logits, _ = forward_completion(trainer.policy, exp.rollout, 0.02)
+        raw = logprobs_from_logits(logits, exp.rollout.completion_ids)
+    assert (~mask).any() and (raw[~mask] < -88.8).any(), "no padding position that would overflow exp()"
+    rows = list(range(len(exp.rollout)))
+    grads, loss = _step_gradient(trainer, exp, rows, 4)
+    assert math.isfinite(loss) and torch.isfinite(grads).all()
+    _, stats = trainer.micro_loss(exp, rows, {"num_rows": len(rows), "num_items_in_batch": mask.sum().item()})
+    assert torch.isfinite(stats["sum:kl"]) and torch.isfinite(stats["policy_loss"])
+
+
+@pytest.mark.parametrize("loss_type", ["grpo", "dr_grpo", "dapo", "bnpo"])
+def test_a_step_loss_does_not_depend_on_its_micro_batches(sft_model, tmp_path, loss_type):
+    """12 rows as 3 × 4, as 5 + 5 + 2 and as one micro-batch: the same gradient (bnpo: the same
+    whenever the micro-batches are equal, its token mean is per micro-batch by definition)."""
+    trainer, exp = _update_batch(sft_model, tmp_path, loss_type=loss_type, beta=0.1)
+    exp.logp_old = exp.logp_old + 0.1 * torch.randn_like(exp.logp_old) * exp.rollout.completion_mask  # ρ ≠ 1
+    rows = list(range(12))
+    whole, loss = _step_gradient(trainer, exp, rows, 12)
+    for micro in (4, 5) if loss_type != "bnpo" else (4, 6):
+        grads, split_loss = _step_gradient(trainer, exp, rows, micro)
+        assert (grads - whole).norm() <= 1e-5 * whole.norm(), (loss_type, micro)
+        assert split_loss == pytest.approx(loss, rel=1e-4, abs=1e-8)
+
+
+
+def test_batch_scaled_advantages_divide_by_the_std_of_every_ranks_rewards(sft_model):
+    """scale_rewards="batch" in a data-parallel run: the std of the whole generation batch (every
+    rank's rewards, gathered), as TRL computes it, not of this rank's share."""
+    import random
+
+    from minigrpo.experience import collect
+    from minigrpo.models import load_model
+    from minigrpo.tasks import load_train_eval
+
+    model, tok = load_model(sft_model)
+    cfg = fast_config(model=sft_model, scale_rewards="batch")
+    data, _ = load_train_eval(cfg.task, 20, 1, cfg.seed)
+    other_rank = [0.0, 1.2, 1.2, 0.2, 5.0, 0.0, 0.0, 0.0]
+    gathered = []
+
+    def all_gather(items):
+        gathered.append(list(items))
+        return [list(items), other_rank]
+
+    torch.manual_seed(0)
+    exp = collect(model, None, tok, data, cfg, random.Random(0), rank=0, world_size=2, all_gather=all_gather)
+    rewards = exp.rewards.double()
+    assert gathered == [exp.rewards.tolist()]
+    both = torch.tensor(exp.rewards.tolist() + other_rank, dtype=torch.float64)
+    grouped = rewards.view(-1, cfg.num_generations)
+    expected = (grouped - grouped.mean(1, keepdim=True)) / (both.std() + cfg.advantage_eps)
+    expected[(grouped == grouped[:, :1]).all(1)] = 0.0
+    torch.testing.assert_close(exp.advantages.double(), expected.reshape(-1), rtol=1e-6, atol=1e-7)
+    assert both.std() != rewards.std()  # the test tells the two apart
