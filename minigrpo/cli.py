@@ -175,8 +175,12 @@ def _run(args: argparse.Namespace) -> int:
     hf_logging.disable_progress_bar()  # no "Loading weights" / "Writing model shards" bars between our lines
     if args.command == "eval" and args.n < 1:
         raise ConfigError(f"invalid --n: {args.n} must be >= 1 (the number of held-out items to evaluate)")
-    if args.command in ("sft", "train") and args.out and os.path.exists(args.out) and not os.path.isdir(args.out):
-        raise ConfigError(f"--out {args.out} is a file; pass a folder for the run (it is created if missing)")
+    if args.command == "eval" and args.out:
+        raise ConfigError("eval prints its result and writes no files: drop --out (use --json > FILE to keep it)")
+    if args.command == "eval" and args.eval_n is not None:
+        raise ConfigError("eval counts its items with --n; --eval-n is how many items training evaluates")
+    if args.command in ("sft", "train") and args.out:
+        _check_out(args.out, cfg.model)
     if args.command == "eval":
         from .evaluate import evaluate
         from .models import load_model
@@ -217,6 +221,25 @@ def _run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _check_out(out: str, model: str) -> None:
+    """Refuse an --out that cannot become the run's folder, or that is the model the run starts from."""
+    if os.path.exists(out) and not os.path.isdir(out):
+        raise ConfigError(f"--out {out} is a file; pass a folder for the run (it is created if missing)")
+    if os.path.isdir(model) and os.path.realpath(out) == os.path.realpath(model):
+        raise ConfigError(f"--out {out} is the --model folder; the run would overwrite the model it starts from "
+                          f"(and its reference): choose another --out")
+    if os.path.isdir(out):
+        return
+    parent = os.path.dirname(os.path.abspath(out))
+    while not os.path.exists(parent):
+        parent = os.path.dirname(parent)
+    if not os.path.isdir(parent):
+        raise ConfigError(f"--out {out} cannot be created: {parent} is a file; pass a folder path")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise ConfigError(f"--out {out} cannot be created: no permission to write in {parent}; pass a folder "
+                          f"you can write to")
+
+
 def _join_negative_numbers(argv: list[str]) -> list[str]:
     """``--learning-rate -1e-5`` -> ``--learning-rate=-1e-5`` (argparse would read -1e-5 as a flag)."""
     out: list[str] = []
@@ -248,6 +271,10 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("minigrpo: interrupted", file=sys.stderr)
         return 130
+    except OSError as exc:  # a folder that cannot be made, a file that cannot be written
+        where = f"{exc.filename}: " if exc.filename else ""
+        print(f"minigrpo: error: {where}{exc.strerror or exc}; check the path and its permissions", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -295,9 +295,16 @@ def _typed(name: str, value: Any, default: Any) -> Any:
 
 def load_config_file(path: str | Path) -> dict[str, Any]:
     path = Path(path)
+    if path.is_dir():
+        raise ConfigError(f"config file {str(path)!r} is a folder; pass a TOML or JSON file")
     if not path.is_file():
         raise ConfigError(f"config file {str(path)!r} not found")
-    text = path.read_text()
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"config file {str(path)!r} is not UTF-8 text (byte {exc.start}); save it as UTF-8") from None
+    except OSError as exc:
+        raise ConfigError(f"cannot read config file {str(path)!r} ({exc.strerror}); check its permissions") from None
     try:
         if path.suffix == ".json":
             data = json.loads(text)
@@ -314,13 +321,19 @@ def load_config_file(path: str | Path) -> dict[str, Any]:
 
 def build_config(preset: Optional[str] = None, file: Optional[str] = None,
                  overrides: Optional[dict[str, Any]] = None) -> TrainConfig:
-    """defaults < preset < file < overrides; validated."""
+    """defaults < preset < file < overrides; validated. A file may name a preset (``preset = "tiny"``):
+    it applies when no ``preset`` is passed (a ``--preset`` flag wins over the file's)."""
     values: dict[str, Any] = {}
+    data = load_config_file(file) if file else {}
+    if preset is None and "preset" in data:
+        preset = data["preset"]
+        if not isinstance(preset, str):
+            raise ConfigError(f"invalid preset {preset!r} in config file {file!r}: choose one of {', '.join(PRESETS)}")
     if preset is not None:
         if preset not in PRESETS:
             raise ConfigError(f"unknown preset {preset!r}: choose one of {', '.join(PRESETS)}")
         values.update(PRESETS[preset])
-    for source in (load_config_file(file) if file else {}, overrides or {}):
+    for source in (data, overrides or {}):
         for key, value in source.items():
             name = key.replace("-", "_")
             if name == "preset":

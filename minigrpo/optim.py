@@ -111,6 +111,18 @@ def make_optimizer(params, cfg, lr: float, total_steps: int, schedule: str | Non
     return optimizer, torch.optim.lr_scheduler.LambdaLR(inner, factor)
 
 
+def apply_config(scheduler, cfg, lr: float) -> None:
+    """Give a restored optimizer and schedule this config's knobs (a resumed run with another
+    ``--learning-rate``, ``--weight-decay``, betas, schedule or ``--max-steps``): the schedule's
+    base rate becomes ``lr`` and the rate now is what the schedule gives at the restored step,
+    the same float the saved schedule held when nothing changed. The moments are kept."""
+    scheduler.base_lrs = [lr for _ in scheduler.optimizer.param_groups]
+    rates = [lr * factor(scheduler.last_epoch) for factor in scheduler.lr_lambdas]
+    for group, rate in zip(scheduler.optimizer.param_groups, rates):
+        group.update(lr=rate, initial_lr=lr, weight_decay=cfg.weight_decay, betas=(cfg.adam_beta1, cfg.adam_beta2))
+    scheduler._last_lr = rates
+
+
 def optimized_params(optimizer) -> list[torch.Tensor]:
     """The model tensors whose gradients the optimiser consumes (for clipping and all-reduce)."""
     if isinstance(optimizer, MasterWeightAdamW):

@@ -19,7 +19,7 @@ import torch
 
 from . import faults
 from .config import ConfigError
-from .files import fsync_dir
+from .files import atomic_write, fsync_dir
 from .optim import state_tensors
 
 
@@ -70,13 +70,7 @@ def train_state_mb(modules, optimizer) -> float:
 
 def atomic_write_text(path: Path, text: str) -> None:
     """``path`` holds either its old content or all of ``text``, never a part (temp file + rename)."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "w") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    atomic_write(os.fspath(path), lambda f: f.write(text.encode("utf-8")))
 
 
 def _fsync_tree(folder: Path) -> None:
@@ -156,6 +150,29 @@ def save_checkpoint(out_dir: Path, model, tokenizer, optimizer, scheduler, state
     os.replace(tmp, ckpt)
     fsync_dir(out)
     shutil.rmtree(old, ignore_errors=True)
+
+
+def check_same_run(ckpt: Path, facts: dict) -> None:
+    """Refuse, in one line, to continue a checkpoint with another algo, task, model, critic or
+    trace setting: its optimizer state, reference model or trace would not fit this run."""
+    try:
+        saved = json.loads((Path(ckpt) / "state.json").read_text()).get("run", {})
+    except (OSError, ValueError, AttributeError):
+        return  # load_checkpoint_state reports a damaged checkpoint
+    for key, value in facts.items():
+        if key == "trace" and not value:
+            continue  # a traced run may go on untraced; an untraced one cannot start its trace midway
+        if key == "model" and Path(str(saved.get(key, ""))).is_absolute() and not Path(saved[key]).exists():
+            continue  # the starting model's folder has moved since: nothing to compare against
+        if key in saved and saved[key] != value:
+            flag = f"--{key.replace('_', '-')}"
+            raise TrainingError(f"cannot resume {Path(ckpt).parent}: its run has {flag} {_flag_value(saved[key])}, "
+                                f"this command {flag} {_flag_value(value)}; resume with {flag} "
+                                f"{_flag_value(saved[key])}, or start a new run in a new --out")
+
+
+def _flag_value(value) -> str:
+    return str(value).lower() if isinstance(value, bool) else str(value)
 
 
 def load_checkpoint_state(out_dir: Path, optimizer, scheduler, extra_modules=None) -> dict:

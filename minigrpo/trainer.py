@@ -34,6 +34,7 @@ from .experience import Experience, collect, sample_items, trace_groups
 from .models import load_model
 from .probes import ProbeRecorder
 from .tasks import build_prompt, load_train_eval
+from .trace.encode import jsonable
 from .trace.schema import Step
 
 
@@ -138,7 +139,8 @@ class RLTrainer:
                 writer.close()
         summary = self._summary(before, after, time.time() - started)
         if self.dist.is_main:
-            runtime.atomic_write_text(self.out / "summary.json", json.dumps(summary, indent=2))
+            text = json.dumps(jsonable(summary, "summary"), indent=2, allow_nan=False)  # NaN -> null (strict JSON)
+            runtime.atomic_write_text(self.out / "summary.json", text)
         self.dist.barrier()
         self.dist.close()
         return summary
@@ -397,7 +399,9 @@ class RLTrainer:
         if self._ckpt is None:
             self.log(f"no checkpoint in {self.out} yet: starting from the beginning")
             return
+        runtime.check_same_run(self._ckpt, self._run_facts())
         state = runtime.load_checkpoint_state(self.out, self.optimizer, self.scheduler, self.extra_modules)
+        optim.apply_config(self.scheduler, self.cfg, self.cfg.learning_rate)
         self.step, self.history = state["step"], state.get("history", [])
         self.skipped_updates = state.get("skipped_updates", 0)
         self.checkpoint_step = self.step
@@ -415,6 +419,9 @@ class RLTrainer:
         if self._resumed is None:
             self.log("the checkpointed rollout does not fit this config: a fresh rollout follows")
         self.log(f"resuming {self.out} at step {self.step}")
+        if self.step >= self.cfg.max_steps:
+            self.log(f"the run is already at step {self.step}, at or past --max-steps {self.cfg.max_steps}: nothing "
+                     f"left to train (raise --max-steps to train on)")
 
     def _checkpoint(self) -> None:
         self.flush_record()
@@ -423,7 +430,7 @@ class RLTrainer:
             self.checkpoint_step = self.step
             return
         state = {"step": self.step, "rollout_id": self.rollout_id - 1, "skipped_updates": self.skipped_updates,
-                 "history": self.history}
+                 "history": self.history, "run": self._run_facts()}
         exp = None
         if self._inflight is not None:
             exp, rollout_id, first_step = self._inflight
@@ -432,6 +439,15 @@ class RLTrainer:
         runtime.save_checkpoint(self.out, self.policy, self.tokenizer, self.optimizer, self.scheduler, state,
                                 self.extra_modules, experience=exp)
         self.checkpoint_step = self.step
+
+    def _run_facts(self) -> dict:
+        """What a resumed run must share with its checkpoint (else the checkpoint cannot continue it)."""
+        facts = {k: getattr(self.cfg, k) for k in ("algo", "task", "model", "trace")}
+        if Path(self.cfg.model).is_dir():  # the same folder however the command spells it
+            facts["model"] = str(Path(self.cfg.model).resolve())
+        if self.cfg.algo == "ppo":
+            facts["critic"] = self.cfg.critic
+        return facts
 
     def _experience_knobs(self) -> dict:
         """The config a checkpointed rollout depends on: resuming reuses it only if these match."""

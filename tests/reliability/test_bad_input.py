@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import shutil
+from pathlib import Path
 
 import harness  # noqa: F401 - paths
 import pytest
@@ -49,6 +51,8 @@ def one_error_line(capsys) -> str:
     (["train", "--preset", "tiny", "--epsilon-high", "wide"], "invalid --epsilon-high: 'wide' is not a number"),
     (["train", "--preset", "tiny", "--trace", "maybe"], "'maybe' is not a true/false value"),
     (["eval", "--model", "/no/model", "--n", "0"], "invalid --n: 0 must be >= 1"),
+    (["eval", "--model", "/no/model", "--out", "x"], "eval prints its result and writes no files"),
+    (["eval", "--model", "/no/model", "--eval-n", "5"], "eval counts its items with --n"),
 ])
 def test_bad_arguments_are_one_line(argv, needle, capsys, tmp_path):
     assert run_main([*argv, *(["--out", str(tmp_path / "o")] if argv[:1] == ["train"] else [])]) == 2
@@ -216,3 +220,49 @@ def test_scorer_errors_are_counted_in_the_trace(sft_model, tmp_path, monkeypatch
     t.train()
     m = load(tmp_path / "trace").steps[0].metrics
     assert m["scorer_errors"] >= 1 and math.isfinite(m["reward"]) and math.isfinite(m["loss"])
+
+
+def test_config_file_that_is_not_utf8_or_a_folder_is_one_line(tmp_path, capsys):
+    latin1 = tmp_path / "run.toml"
+    latin1.write_bytes('task = "caf\xe9"\n'.encode("latin-1"))
+    assert main(["train", "--preset", "tiny", "--config", str(latin1), "--out", str(tmp_path / "o")]) == 2
+    assert "is not UTF-8 text" in one_error_line(capsys)
+    assert main(["train", "--preset", "tiny", "--config", str(tmp_path), "--out", str(tmp_path / "o")]) == 2
+    assert "is a folder" in one_error_line(capsys)
+    assert not (tmp_path / "o").exists()
+
+
+def test_a_config_files_preset_applies_unless_a_flag_names_one(tmp_path):
+    from minigrpo.config import PRESETS, build_config
+
+    path = tmp_path / "run.toml"
+    path.write_text('preset = "smollm2-135m"\nlearning_rate = 2e-6\n')
+    cfg = build_config(None, str(path), {})
+    assert (cfg.num_generations, cfg.max_completion_length, cfg.learning_rate) == (6, 300, 2e-6)
+    cfg = build_config("tiny", str(path), {})  # --preset tiny on the command line wins
+    assert cfg.max_completion_length == PRESETS["tiny"]["max_completion_length"] and cfg.learning_rate == 2e-6
+    path.write_text('preset = "huge"\n')
+    with pytest.raises(ConfigError, match="unknown preset 'huge'"):
+        build_config(None, str(path), {})
+
+
+@pytest.mark.parametrize("command", ["sft", "train"])
+def test_out_that_cannot_be_created_is_refused_before_any_work(command, tmp_path, capsys):
+    (tmp_path / "notes.txt").write_text("keep me")
+    out = tmp_path / "notes.txt" / "run"
+    assert run_main([command, "--preset", "tiny", "--model", "/no/model", "--out", str(out)]) == 2
+    assert f"{tmp_path / 'notes.txt'} is a file" in one_error_line(capsys)
+    locked = tmp_path / "locked"
+    locked.mkdir(mode=0o555)
+    if os.access(locked, os.W_OK):  # root ignores the mode
+        return
+    assert run_main([command, "--preset", "tiny", "--model", "/no/model", "--out", str(locked / "run")]) == 2
+    assert "no permission to write" in one_error_line(capsys)
+
+
+def test_out_that_is_the_model_folder_is_refused_and_the_model_kept(sft_model, tmp_path, capsys):
+    before = sorted(p.name for p in Path(sft_model).iterdir())
+    spelled = os.path.join(sft_model, "..", os.path.basename(sft_model))
+    assert run_main(["train", "--preset", "tiny", "--model", sft_model, "--out", spelled]) == 2
+    assert "is the --model folder" in one_error_line(capsys)
+    assert sorted(p.name for p in Path(sft_model).iterdir()) == before

@@ -1,5 +1,6 @@
 """Ctrl-C (SIGINT) stops after the update in flight with a checkpoint; --resume then gives the run an
-uninterrupted one would have given -- here for PPO (critic, GAE, value head) in process."""
+uninterrupted one would have given -- here for PPO (critic, GAE, value head) in process. And what a
+resume with other settings does: new optimizer knobs apply, another kind of run is refused."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ import numpy as np
 import pytest
 import torch
 
+from minigrpo.grpo import GRPOTrainer
 from minigrpo.ppo import PPOTrainer
 from minigrpo.runtime import TrainingError
 from minigrpo.trace import load
@@ -49,3 +51,54 @@ def test_ctrl_c_stops_cleanly_and_resume_is_the_same_ppo_run(sft_model, tmp_path
         for key, value in sa.metrics.items():
             if key not in H.TIMING:
                 assert value == sb.metrics[key] or (np.isnan(value) and np.isnan(sb.metrics[key])), (sa.step, key)
+
+
+def _resumed(sft_model, out, algo="grpo", **kw):
+    cls = PPOTrainer if algo == "ppo" else GRPOTrainer
+    trainer, _ = H.trainer(sft_model, out, algo=algo, **kw)
+    return cls(trainer.cfg, out, resume=True, log=lambda *_: None)
+
+
+def test_resume_trains_with_the_learning_rate_and_schedule_it_is_given(sft_model, tmp_path):
+    """The error messages say "lower --learning-rate, then --resume": the resumed updates must use
+    the new rate (and a longer --max-steps stretches the schedule), not the checkpoint's."""
+    first, _ = H.trainer(sft_model, tmp_path, max_steps=2, save_steps=1, learning_rate=3e-4,
+                         lr_scheduler_type="cosine")
+    first.train()
+    resumed = _resumed(sft_model, tmp_path, max_steps=4, save_steps=1, learning_rate=1e-4, lr_scheduler_type="cosine")
+    resumed.train()
+    lrs = load(tmp_path / "trace").metric("learning_rate").tolist()
+    expected = [3e-4 * 0.5 * (1 + np.cos(np.pi * s / 2)) for s in (0, 1)] + \
+               [1e-4 * 0.5 * (1 + np.cos(np.pi * s / 4)) for s in (2, 3)]
+    np.testing.assert_allclose(lrs, expected, rtol=1e-6, atol=1e-12)
+    assert all(g["lr"] == pytest.approx(1e-4 * 0.5 * (1 + np.cos(np.pi * 4 / 4)), abs=1e-12)
+               for g in resumed.scheduler.optimizer.param_groups)
+
+
+@pytest.mark.parametrize("change, message", [
+    (dict(algo="ppo"), "its run has --algo grpo, this command --algo ppo; resume with --algo grpo"),
+    (dict(task="propositional_logic"), "its run has --task syllogism"),
+    (dict(trace=True), "its run has --trace false"),
+])
+def test_resume_refuses_a_run_of_another_kind_in_one_line(sft_model, tmp_path, change, message):
+    first, _ = H.trainer(sft_model, tmp_path, max_steps=1, save_steps=1, trace=False)
+    first.train()
+    before = sorted(p.name for p in tmp_path.iterdir())
+    with pytest.raises(TrainingError, match=re.escape(message)):
+        _resumed(sft_model, tmp_path, **{"max_steps": 2, "trace": False, **change}).train()
+    assert sorted(p.name for p in tmp_path.iterdir()) == before  # no trace/ started
+
+
+def test_summary_json_is_strict_json(sft_model, tmp_path, monkeypatch):
+    import json
+
+    from minigrpo import grpo
+
+    real = grpo.GRPOTrainer._summary
+    monkeypatch.setattr(grpo.GRPOTrainer, "_summary",
+                        lambda self, *a: {**real(self, *a), "majority_baseline": float("nan")})
+    trainer, _ = H.trainer(sft_model, tmp_path, max_steps=1)
+    trainer.train()
+    text = (tmp_path / "summary.json").read_text()
+    assert "NaN" not in text
+    assert json.loads(text, parse_constant=lambda c: pytest.fail(f"non-JSON constant {c}"))["majority_baseline"] is None
