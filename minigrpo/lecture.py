@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Callable, Optional
 
 from .files import write_via_path
-from .render import QUALITIES, REPO_ROOT, SCENES, for_algo, scene_name
+from .render import QUALITIES, REPO_ROOT, SCENES, find_trace, for_algo, scene_name
 from .trace import trace_dir
 
 DEFAULT_TRACE = REPO_ROOT / "traces" / "demo-grpo-syllogism"
@@ -143,7 +143,7 @@ def choose_scenes(scenes: Optional[str], algo: str, have_ppo: bool, log: Callabl
 
 
 def _trace_dir(path, flag: str) -> Path:
-    p = Path(trace_dir(Path(path).expanduser()))  # a run folder holds its trace in trace/
+    p = Path(trace_dir(find_trace(path) or Path(path).expanduser()))  # a run folder holds its trace in trace/
     if not (p / "meta.json").is_file():
         raise LectureError(f"no trace at {p} (no meta.json); pass {flag} a trace folder written by `minigrpo train`")
     return p.resolve()
@@ -433,6 +433,9 @@ def build_lecture(trace: Optional[str] = None, ppo_trace: Optional[str] = None, 
     quality = str(quality).lstrip("-q") or "l"
     if quality not in QUALITIES:
         raise LectureError(f"quality {quality!r} is not one of l, m, h, k (480p15, 720p30, 1080p60, 2160p60)")
+    if jobs < 0:
+        raise LectureError(f"-j/--jobs {jobs} is negative; pass the number of scenes to render at once, "
+                           f"or 0 for the CPU count")
     for tool in ("ffmpeg", "ffprobe"):
         need_tool(tool)
     trace_dir = _trace_dir(trace or DEFAULT_TRACE, "--trace")
@@ -446,7 +449,7 @@ def build_lecture(trace: Optional[str] = None, ppo_trace: Optional[str] = None, 
             raise LectureError(f"--steps {steps!r} is not a step range; use a:b (a <= step < b), a: or a single step")
     meta = read_meta(str(trace_dir))
     names = choose_scenes(scenes, meta.algo, ppo_dir is not None, log)
-    jobs = jobs if jobs and jobs > 0 else (os.cpu_count() or 1)
+    jobs = jobs or os.cpu_count() or 1
     out_dir = Path(out).expanduser().resolve() if out else DEFAULT_OUT
     try:
         out_dir.mkdir(parents=True, exist_ok=True)

@@ -434,9 +434,14 @@ def _draw_all(trace, trace_dir, summary_path, base, out: Path) -> dict:
 
 
 def default_out(path: str | os.PathLike) -> Path:
-    trace_dir, _ = find_run(path)
+    """``renders/plots/<run name>`` under the current directory; ``.`` is named as its absolute path would be."""
+    trace_dir, _ = find_run(Path(path).expanduser().resolve())
     name = trace_dir.parent.name if trace_dir.name == "trace" else trace_dir.name
-    return Path("renders") / "plots" / name
+    out = Path("renders") / "plots" / name
+    if out.resolve().is_relative_to(trace_dir):
+        raise PlotError(f"the default output {out} would be inside the trace folder {trace_dir}; "
+                        f"run from outside it or pass -o DIR")
+    return out
 
 
 def plot(path: str | os.PathLike, out: str | os.PathLike | None = None, recompute_baseline: bool = True,

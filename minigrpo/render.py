@@ -76,6 +76,16 @@ def _steps_text(steps) -> Optional[str]:
     return str(steps)
 
 
+def find_trace(path: str | os.PathLike) -> Optional[Path]:
+    """``path`` resolved: as given (the current directory for a relative path), else under the
+    repository root; None when neither exists."""
+    p = Path(path).expanduser()
+    for candidate in (p, REPO_ROOT / p):
+        if candidate.exists():
+            return candidate.resolve()
+    return None
+
+
 def video_path(scene: str, quality: str = "l") -> Path:
     """Where Manim writes the video of ``scene`` at ``quality`` (with manim.cfg's media_dir)."""
     return REPO_ROOT / "renders" / "videos" / scene / QUALITIES[quality] / f"{SCENES[scene]}.mp4"
@@ -143,11 +153,12 @@ def render(
     env["PYTHONPATH"] = os.pathsep.join([str(REPO_ROOT)] + ([env["PYTHONPATH"]] if env["PYTHONPATH"] else []))
     for var, path in (("MINIGRPO_TRACE", trace), ("MINIGRPO_PPO_TRACE", ppo_trace)):
         if path:
-            p = Path(path).expanduser()
-            if not p.exists():
+            found = find_trace(path)
+            if found is None:
                 flag = "--trace" if var == "MINIGRPO_TRACE" else "--ppo-trace"
-                return _err(f"no trace at {p}; pass {flag} a trace directory written by `minigrpo train`")
-            env[var] = str(p.resolve())
+                return _err(f"no trace at {path} (looked in the current directory and in {REPO_ROOT}); "
+                            f"pass {flag} a trace directory written by `minigrpo train`")
+            env[var] = str(found)
     st = _steps_text(steps)
     if st is not None:
         if not _STEPS.match(st):

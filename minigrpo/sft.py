@@ -21,21 +21,37 @@ import torch
 import torch.nn.functional as F
 
 from . import optim, runtime
+from .config import ConfigError
 from .evaluate import evaluate
 from .models import build_tiny, load_model
-from .tasks import RewardConfig, build_prompt, load_train_eval, score_completion, sft_target, task_corpus
+from .trace.encode import jsonable
+from .tasks import (RewardConfig, TaskError, build_prompt, load_train_eval, score_completion, sft_target,
+                    task_corpus)
 
 
-def sft_examples(data, tokenizer, cfg) -> list[tuple[list[int], list[int]]]:
-    """(prompt ids, target ids + EOS) for the first items whose target the verifier accepts."""
+def sft_items(data, cfg) -> list[tuple[dict, str]]:
+    """(item, target) of the first items whose target the verifier accepts; needs no model."""
     reward_cfg = RewardConfig(penalize_premise_copy=cfg.penalize_premise_copy)
-    examples = []
+    chosen = []
     for item in data.items:
-        if len(examples) >= cfg.sft_size:
+        if len(chosen) >= cfg.sft_size:
             break
-        target = sft_target(item, data.name, cfg.sft_style)
-        if not score_completion(target, item, data, reward_cfg).correct:
-            continue  # e.g. propositional_logic example answers that only restate a premise
+        try:
+            target = sft_target(item, data.name, cfg.sft_style)
+        except TaskError as e:
+            raise TaskError(f"{e}; `minigrpo sft` needs a task with text answers, e.g. --task syllogism") from None
+        # the verifier rejects e.g. propositional_logic example answers that only restate a premise
+        if score_completion(target, item, data, reward_cfg).correct:
+            chosen.append((item, target))
+    if not chosen:
+        raise runtime.TrainingError(f"no usable SFT targets for task {cfg.task!r}; try a larger --sft-size")
+    return chosen
+
+
+def sft_examples(items, tokenizer, cfg) -> list[tuple[list[int], list[int]]]:
+    """(prompt ids, target ids + EOS) of every (item, target) of :func:`sft_items`."""
+    examples = []
+    for item, target in items:
         prompt_ids = tokenizer(build_prompt(item, tokenizer), add_special_tokens=False)["input_ids"]
         target_ids = tokenizer(target, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
         examples.append((prompt_ids[-cfg.max_prompt_length:], target_ids[:cfg.max_completion_length]))
@@ -68,13 +84,38 @@ def sft_batches(num_examples: int, cfg, rng: random.Random) -> list[list[int]]:
     return batches
 
 
+def check_sft_out(out: Path) -> None:
+    """Refuse an ``--out`` that holds an RL run: SFT would replace its model but keep its trace and checkpoint."""
+    rl = [name for name in ("trace", "checkpoint") if (out / name).exists()]
+    if rl:
+        raise ConfigError(f"--out {out} holds an RL run ({' and '.join(rl)}/); "
+                          f"choose a new --out for the SFT model")
+
+
 def run_sft(cfg, out_dir: str | Path, log=print) -> dict:
+    """SFT into ``out_dir``; bad input fails before anything is written, and a failure removes what this run wrote."""
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    check_sft_out(out)
     runtime.seed_everything(cfg.seed)
     device = runtime.pick_device(cfg.device)
     dtype = runtime.pick_dtype(cfg.dtype, device)
     train, eval_data = load_train_eval(cfg.task, cfg.train_size, cfg.eval_size, cfg.seed, **cfg.task_kwargs)
+    items = sft_items(train, cfg)
+    first_new = None  # the outermost folder this run creates, removed again if it fails
+    for folder in (out, *out.parents):
+        if folder.exists():
+            break
+        first_new = folder
+    out.mkdir(parents=True, exist_ok=True)
+    try:
+        return _train_sft(cfg, out, device, dtype, eval_data, items, log)
+    except BaseException:
+        shutil.rmtree(first_new or out / ".tiny-base", ignore_errors=True)
+        shutil.rmtree(out / ".final.tmp", ignore_errors=True)
+        raise
+
+
+def _train_sft(cfg, out: Path, device, dtype, eval_data, items, log) -> dict:
     model_spec = cfg.model
     if cfg.model == "tiny":
         base = out / ".tiny-base"
@@ -83,9 +124,7 @@ def run_sft(cfg, out_dir: str | Path, log=print) -> dict:
         model_spec = build_tiny(str(base), corpus, seed=cfg.seed)
         log(f"built the tiny model (BPE tokenizer + random Llama) from {len(corpus)} task texts")
     model, tokenizer = load_model(model_spec, device=device, dtype=dtype)
-    examples = sft_examples(train, tokenizer, cfg)
-    if not examples:
-        raise runtime.TrainingError(f"no usable SFT targets for task {cfg.task!r}; try a larger --sft-size")
+    examples = sft_examples(items, tokenizer, cfg)
     before = evaluate(model, tokenizer, eval_data, cfg, n=cfg.eval_n)
     log(f"eval before SFT: accuracy {before['accuracy']:.3f} (majority {before['majority_baseline']:.3f}), "
         f"format {before['format_rate']:.3f}")
@@ -118,6 +157,7 @@ def run_sft(cfg, out_dir: str | Path, log=print) -> dict:
     summary = {"algo": "sft", "task": cfg.task, "model": cfg.model, "steps": total, "epochs": cfg.sft_epochs, "examples": len(examples),
                "before": before, "after": after, "train_seconds": time.time() - started,
                "peak_memory_mb": runtime.peak_memory_mb(device)}
-    (out / "summary.json").write_text(json.dumps(summary, indent=2))
-    (out / "train_config.json").write_text(json.dumps(cfg.to_dict(), indent=2))
+    # strict JSON: a task with no majority baseline has NaN there, written as null
+    runtime.atomic_write_text(out / "summary.json", json.dumps(jsonable(summary, "summary"), indent=2, allow_nan=False))
+    runtime.atomic_write_text(out / "train_config.json", json.dumps(cfg.to_dict(), indent=2))
     return summary

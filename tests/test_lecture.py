@@ -196,6 +196,32 @@ def test_lecture_bad_input_is_one_line(tmp_path, capsys):
         assert len(err) == 1 and err[0].startswith("minigrpo: error:") and words in err[0], err
 
 
+def test_lecture_negative_jobs_is_one_line(capsys, monkeypatch):
+    from minigrpo.cli import main
+
+    monkeypatch.setattr(L, "render_scenes", lambda *a, **k: pytest.fail("rendered with -j -1"))
+    assert main(["lecture", "-j", "-1", "--scenes", "training_overview"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("minigrpo: error: -j/--jobs -1 is negative") and "0 for" in err[0], err
+
+
+def test_relative_trace_is_tried_in_the_current_directory_then_the_repo(tmp_path, monkeypatch, capsys):
+    from minigrpo.render import find_trace, render
+
+    demo = REPO / "traces" / "demo-grpo-syllogism"
+    monkeypatch.chdir(tmp_path)
+    assert find_trace("traces/demo-grpo-syllogism") == demo
+    assert L._trace_dir("traces/demo-grpo-syllogism", "--trace") == demo
+    local = tmp_path / "traces" / "demo-grpo-syllogism"
+    shutil.copytree(demo, local)
+    assert find_trace("traces/demo-grpo-syllogism") == local.resolve()  # the current directory comes first
+    assert L._trace_dir("traces/demo-grpo-syllogism", "--trace") == local.resolve()
+    assert find_trace("traces/nope") is None
+    assert render("ppo_logits", "traces/nope") == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "no trace at traces/nope" in err[0] and "current directory" in err[0], err
+
+
 @pytest.mark.timeout(300)
 def test_lecture_real_build_of_one_scene_from_the_shipped_trace(tmp_path, capsys):
     """The whole command on the shipped trace: one short scene at -ql, then a failing scene

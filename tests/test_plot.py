@@ -205,3 +205,20 @@ def test_plot_errors(tmp_path, capsys):
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and err[0].startswith("minigrpo: error: cannot write the figures to"), err
     assert blocker.read_text() == "keep"
+
+
+def test_default_out_is_named_after_the_run_from_any_folder(tmp_path, monkeypatch):
+    """`plot .` inside a run folder is `plot /abs/run`; inside a trace folder it refuses to write there."""
+    from minigrpo.plot import default_out
+
+    trace = tmp_path / "my-run" / "trace"
+    trace.mkdir(parents=True)
+    (trace / "meta.json").write_text("{}")
+    for cwd, path in [(tmp_path, "my-run"), (tmp_path, "my-run/trace"), (tmp_path / "my-run", "."),
+                      (tmp_path / "my-run", "trace"), (tmp_path / "my-run", str(tmp_path / "my-run"))]:
+        monkeypatch.chdir(cwd)
+        assert default_out(path) == Path("renders/plots/my-run"), (cwd, path)
+    monkeypatch.chdir(trace)
+    for path in (".", "..", str(trace)):
+        with pytest.raises(PlotError, match="inside the trace folder.*pass -o"):
+            default_out(path)
