@@ -189,6 +189,9 @@ class TrainConfig:
             bad("buffer_size", f"{self.buffer_size} is smaller than one group (num_generations={self.num_generations})")
         if not isinstance(self.task_kwargs, dict):
             bad("task_kwargs", "must be a table/dict of the task's config knobs")
+        for knob, flag in (("seed", "--seed"), ("size", "--train-size / --eval-size")):
+            if knob in self.task_kwargs:
+                bad("task_kwargs", f"{knob!r} is set by {flag}, not a task knob")
         return self
 
     def to_dict(self) -> dict:

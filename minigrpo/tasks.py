@@ -14,7 +14,9 @@ closing punctuation or quotes (``yes.``, ``"NO"``), becomes ``Yes``/``No``.
 Without this, rg would score ``Yes.`` 0.75 and ``yes`` 0.0. For
 propositional_logic one trailing full stop is dropped. The ``correctness``
 part is the rg score itself, partial credit included (propositional_logic:
-valid non-trivial 1.0, trivial 0.25, non-entailed 0.05, unparseable 0.0).
+valid non-trivial 1.0, trivial 0.25, non-entailed 0.05; rg's parser reads almost any text
+without capitals as a formula, so junk such as ``hello`` scores 0.05 too, and 0.25 on items
+whose premises contradict each other; only text it cannot read at all scores 0.0).
 ``correct`` means that score == 1.0. Correctness does not depend on format,
 and a scorer that raises or returns NaN/inf counts as 0.0 (``scorer_error``).
 
@@ -125,8 +127,20 @@ def _create_dataset(name: str, size: int, seed: int, task_kwargs: dict[str, Any]
     _check_task(name, task_kwargs)
     try:
         return reasoning_gym.create_dataset(name, size=size, seed=seed, **task_kwargs)
-    except (AssertionError, TypeError, ValueError) as err:
+    except _CONFIG_ERRORS as err:
         raise TaskError(f"invalid config for task {name!r} {task_kwargs}: {err}") from None
+
+
+# what reasoning-gym raises for a config it cannot use, at creation or only when it generates an item
+_CONFIG_ERRORS = (AssertionError, TypeError, ValueError, AttributeError, KeyError, IndexError)
+
+
+def _generate(dataset, index: int, name: str, task_kwargs: dict[str, Any]) -> dict[str, Any]:
+    try:
+        return dataset[index]
+    except _CONFIG_ERRORS as err:
+        raise TaskError(f"task {name!r} cannot generate its items with {task_kwargs or 'its defaults'} "
+                        f"({type(err).__name__}: {err}); change --task-kwargs") from None
 
 
 def load_split(
@@ -158,7 +172,7 @@ def load_split(
     for index in range(stream_len):
         if len(items) == size:
             break
-        item = dataset[index]
+        item = _generate(dataset, index, name, task_kwargs)
         if item["question"] not in excluded:
             items.append(item)
     if len(items) < size:
@@ -194,14 +208,20 @@ def build_prompt(item: dict[str, Any], tokenizer: Any = None) -> str:
 
 
 def extract_answer(completion: str) -> str | None:
-    """Stripped text of the last ``<answer>...</answer>`` block, or None when there is no closed block."""
-    end = completion.rfind("</answer>")
-    if end < 0:
+    """Stripped text of the last ``<answer>...</answer>`` block, or None when there is no closed block.
+
+    The block is the last ``<answer>`` that a ``</answer>`` follows, up to the first ``</answer>``
+    after it: a stray closing tag after the block is not part of the answer (as reasoning-gym's
+    ``extract_answer``), and an opening tag left unclosed at the end does not hide the block before it.
+    """
+    last_end = completion.rfind("</answer>")
+    if last_end < 0:
         return None
-    start = completion.rfind("<answer>", 0, end)
+    start = completion.rfind("<answer>", 0, last_end)
     if start < 0:
         return None
-    return completion[start + len("<answer>") : end].strip()
+    body = start + len("<answer>")
+    return completion[body : completion.find("</answer>", body)].strip()
 
 
 def format_reward(completion: str) -> float:
@@ -296,7 +316,8 @@ def _checked_score(dataset: Any, answer: str | None, item: dict[str, Any]) -> tu
 def score_completion(completion: str, item: dict[str, Any], task: TaskData, cfg: RewardConfig) -> RewardResult:
     formatted = format_reward(completion)
     answer = extract_answer(completion)
-    normalized = normalize_answer(answer, task.name)
+    # a composite task's item is tidied as the task it comes from (its verifier is that task's)
+    normalized = normalize_answer(answer, (item.get("metadata") or {}).get("source_dataset", task.name))
     correctness, scorer_error = (_checked_score(task.dataset, normalized, item) if normalized is not None
                                  else (0.0, False))
     premise_copy = is_premise_copy(answer, item)

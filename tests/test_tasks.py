@@ -48,6 +48,9 @@ def logic():
         ("<think>no answer</think>", None),
         ("<answer>unterminated", None),
         ("stray </answer> only", None),
+        ("<answer>Yes</answer></answer>", "Yes"),  # a stray closing tag is not part of the answer
+        ("<answer>Yes</answer> done.</answer>", "Yes"),
+        ("<answer>Yes</answer><answer>No", "Yes"),  # an unclosed last block does not hide the closed one
         ("", None),
     ],
 )
@@ -234,6 +237,36 @@ def test_unknown_task_and_knob_errors():
     with pytest.raises(TaskError, match="unknown split"):
         load_split("syllogism", "test", 5, seed=0)
     assert issubclass(TaskError, ValueError)
+
+
+@pytest.mark.parametrize("name, knobs", [
+    ("letter_jumble", {"min_word_len": 40, "max_word_len": 50}),  # reasoning-gym fails only when it generates
+    ("propositional_logic", {"min_vars": 2.5, "max_vars": 3.5}),
+])
+def test_knobs_that_fail_at_generation_are_task_errors(name, knobs):
+    with pytest.raises(TaskError) as err:
+        load_split(name, "train", 3, seed=0, **knobs)
+    assert "\n" not in str(err.value) and "--task-kwargs" in str(err.value)
+
+
+def test_seed_and_size_are_not_task_knobs():
+    from minigrpo.config import ConfigError, build_config
+
+    for knob in ("seed", "size"):
+        with pytest.raises(ConfigError, match=f"'{knob}' is set by --"):
+            build_config("tiny", None, {"task_kwargs": {knob: 3}})
+
+
+def test_a_composite_item_is_tidied_as_the_task_it_comes_from(syllogism):
+    """'yes' is tidied to 'Yes' for a syllogism item also when the task is a composite of tasks."""
+    from dataclasses import replace
+
+    item = next(i for i in syllogism.items if i["answer"] == "Yes")
+    composite = replace(syllogism, name="composite")
+    item = {**item, "metadata": {**item["metadata"], "source_dataset": "syllogism"}}
+    cfg = RewardConfig()
+    for task in (syllogism, composite):
+        assert score_completion("<think>t</think><answer>yes</answer>", item, task, cfg).parts["correctness"] == 1.0
 
 
 # ----------------------------------------------------------------------------- prompts / SFT
