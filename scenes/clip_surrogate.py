@@ -152,7 +152,7 @@ class ClipSurrogate(Scene):
     def _ticks(ax, y0, lo, hi, eps, eps_high):
         """Tick labels under the ρ axis: band edges, 1, the range ends — none overlapping."""
         def txt(v):
-            return "1" if v == 1 else f"{v:.2f}".rstrip("0").rstrip(".")
+            return "1" if v == 1 else f"{v:.3f}".rstrip("0").rstrip(".")
 
         cands = [(1 - eps, 0), (1 + eps_high, 0), (1.0, 1), (lo, 2), (hi, 2)]  # (value, priority)
         placed, out = [], VGroup()

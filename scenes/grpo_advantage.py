@@ -36,18 +36,6 @@ from scenes.components.title import formula, heading, play_title  # noqa: E402
 from scenes.components.tokens import wrapped_text  # noqa: E402
 
 
-def advantage_rule(group, config) -> str:
-    """Which formula the recorded advantages follow: "z" ((R−μ)/(σ+eps)), "center" (R−μ), "other"."""
-    r = np.asarray(group.rewards, float)
-    a = np.asarray(group.advantages, float)
-    eps = float(config.get("advantage_eps", 1e-4) or 0.0)
-    if np.isfinite(group.std) and np.allclose(a, (r - group.mean) / (group.std + eps), atol=1e-3):
-        return "z"
-    if np.allclose(a, r - group.mean, atol=1e-3):
-        return "center"
-    return "other"
-
-
 class GRPOAdvantage(Scene):
     shown: dict  # what the table displayed (tests compare it with the trace)
 
@@ -85,7 +73,7 @@ class GRPOAdvantage(Scene):
         self.wait(0.6)
 
         # -- mean / std --------------------------------------------------------------------
-        rule = advantage_rule(group, trace.meta.config or {})
+        rule = D.advantage_rule(group, trace.meta.config or {})
         bottom_y = table.get_bottom()[1] - 0.35
         line = RewardLine(group.rewards, group.mean, group.std, width=5.2)
         line.move_to([3.6, 0, 0]).align_to([0, bottom_y, 0], UP)

@@ -29,7 +29,7 @@ from manim import DOWN, LEFT, RIGHT, UP, FadeIn, GrowFromEdge, LaggedStart, Line
 
 from scenes.components import data as D  # noqa: E402
 from scenes.components import palette as P  # noqa: E402
-from scenes.components.curves import MetricCurve, fmt_value  # noqa: E402
+from scenes.components.curves import METRIC_BOUNDS, MetricCurve, fmt_kl  # noqa: E402
 from scenes.components.layout import label, setup  # noqa: E402
 from scenes.components.readout import Readout  # noqa: E402
 from scenes.components.title import formula, heading, play_title  # noqa: E402
@@ -102,12 +102,12 @@ class KLPenalty(Scene):
             if len(labelled) == 3 or any(abs(b.get_x() - x) < 1.0 for x in labelled):
                 continue
             labelled.append(b.get_x())
-            vals.add(Readout(float(kl[i]), fmt=fmt_value, font_size=P.TINY,
+            vals.add(Readout(float(kl[i]), fmt=fmt_kl, font_size=P.TINY,
                              color=P.CLIP if i == top else P.FG).place_at(b.get_top() + UP * 0.08))
         baseline = Line([strip.get_left()[0], base_y, 0], [strip.get_right()[0], base_y, 0], color=P.MUTED,
                         stroke_width=2)
         cap = label(f"step {st.step}, probe {pi}: completion {pr.index} of group {pr.group}"
-                    f" · mean KL {fmt_value(float(np.nanmean(kl)))}", P.SMALL, P.MUTED, max_width=13)
+                    f" · mean KL {fmt_kl(float(np.nanmean(kl)))}", P.SMALL, P.MUTED, max_width=13)
         cap.next_to(strip, DOWN, buff=0.2)
         self.play(FadeIn(strip), FadeIn(baseline), FadeIn(cap), run_time=0.8)
         self.play(LaggedStart(*[GrowFromEdge(b, DOWN) for b in bars], lag_ratio=0.08), run_time=1.6)
@@ -117,7 +117,7 @@ class KLPenalty(Scene):
 
         # -- over training + the objective ---------------------------------------------------
         curve = MetricCurve(trace.step_numbers, trace.metric("kl"), "kl (mean over tokens, per step)", color=P.REF,
-                            width=5.3, height=1.3, font_size=P.TINY)
+                            width=5.3, height=1.3, font_size=P.TINY, bounds=METRIC_BOUNDS["kl"], fmt=fmt_kl)
         curve.shift(np.array([-5.7, -3.65, 0]) - curve.box_origin.get_center())
         curve.k.set_value(float(trace.step_numbers[0]))
         self.play(FadeIn(curve), run_time=0.6)

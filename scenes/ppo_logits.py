@@ -46,6 +46,13 @@ from scenes.components.title import heading, play_title  # noqa: E402
 from scenes.components.tokens import TokenStrip, display_token, wrapped_text  # noqa: E402
 
 
+def before_title(shot) -> str:
+    """The "before" bars are π_θ at this step (``probs_before``); they are π_old only when this
+    step's ratio at the token is 1 (the first update on a rollout)."""
+    same = float(shot.probe.ratio[shot.position.pos]) == 1.0
+    return "before the update (π_θ = π_old)" if same else "before this update (π_θ)"
+
+
 class PPOLogits(Scene):
     record: list  # one dict per replayed update (tests compare it with the trace)
 
@@ -77,7 +84,7 @@ class PPOLogits(Scene):
         self.chart = LogitBarChart(n_bars=5, width=7.6, bar_height=2.2, font_size=P.SMALL, label_chars=6)
         self.chart.shift(np.array([-5.75, -2.5, 0]) - self.chart.origin)
         self.chart.seat(shot.position, "before", run_time=0)
-        self.chart_title = label("before the update (π_old)", P.LABEL, P.OLD).move_to([-2.05, 0.4, 0])
+        self.chart_title = label(before_title(shot), P.LABEL, P.OLD).move_to([-2.05, 0.4, 0])
         self.play(FadeIn(self.chart), FadeIn(self.chart_title), run_time=1.0)
 
         # -- right panel: sampled token, advantage, ratio band, reward curve ----------------
@@ -147,7 +154,7 @@ class PPOLogits(Scene):
                 lines.append(("against its A: other tokens won", P.FG))
         else:
             lines = [("ρ = π_θ / π_old as in this step's loss;", P.FG),
-                     ("clipped: this token gets no gradient" if clipped else "not clipped: its gradient flows",
+                     ("clipped: no surrogate gradient here" if clipped else "not clipped: its gradient flows",
                       P.CLIP if clipped else P.MUTED)]
         g = VGroup(*[label(t, P.TINY, c, max_width=4.7) for t, c in lines]).arrange(DOWN, buff=0.06)
         return g.next_to(self.band, DOWN, buff=0.12).set_x(4.55)

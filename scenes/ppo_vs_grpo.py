@@ -142,10 +142,14 @@ class PPOvsGRPO(Scene):
         axg = right[0]
         g_bars = self._bars(axg, ga)
         grp = grpo.steps[gsi].groups[gp.group] if gp.group < len(grpo.steps[gsi].groups) else None
-        if grp is not None:
+        rule = D.advantage_rule(grp, grpo.meta.config or {}) if grp is not None else "other"
+        if rule == "z":
             ri = float(grp.rewards[gp.index])
-            z = [f"A = (R − μ) / σ  for all tokens",
+            z = ["A = (R − μ) / (σ + ε)  for all tokens",
                  f"= ({fmt_num(ri)} − {fmt_num(grp.mean)}) / {fmt_num(grp.std)} = {fmt_num(float(ga[0]), True)}"]
+        elif rule == "center":
+            ri = float(grp.rewards[gp.index])
+            z = ["A = R − μ  for all tokens", f"= {fmt_num(ri)} − {fmt_num(grp.mean)} = {fmt_num(float(ga[0]), True)}"]
         else:
             z = [f"A = {fmt_num(float(ga[0]), True)} for every token"]
         gnote = VGroup(*[label(t, P.SMALL, P.GRPO_C, mono=True, max_width=5.6) for t in z]).arrange(

@@ -26,7 +26,7 @@ from manim import FadeIn, LaggedStart, Scene, VGroup, linear  # noqa: E402
 
 from scenes.components import data as D  # noqa: E402
 from scenes.components import palette as P  # noqa: E402
-from scenes.components.curves import MetricCurve  # noqa: E402
+from scenes.components.curves import METRIC_BOUNDS, MetricCurve, fmt_kl, fmt_value  # noqa: E402
 from scenes.components.layout import setup  # noqa: E402
 from scenes.components.title import heading, play_title  # noqa: E402
 
@@ -53,7 +53,8 @@ class TrainingOverview(Scene):
         grid = VGroup()
         origins = [(-5.7, 0.6), (1.35, 0.6), (-5.7, -3.0), (1.35, -3.0)]
         for (name, title, color), (x0, y0) in zip(METRICS, origins):
-            c = MetricCurve(xs, trace.metric(name), title, color=color, width=5.2, height=1.9, font_size=P.SMALL)
+            c = MetricCurve(xs, trace.metric(name), title, color=color, width=5.2, height=1.9, font_size=P.SMALL,
+                            bounds=METRIC_BOUNDS.get(name, (None, None)), fmt=fmt_kl if name == "kl" else fmt_value)
             c.shift([x0, y0, 0] - c.box_origin.get_center())
             c.k.set_value(float(xs[0]))
             self.curves[name] = c

@@ -332,6 +332,50 @@ def test_metric_curve_axis_labels(ys, labels):
     assert tuple(t.text for t in c.y_labels) == labels
 
 
+def test_metric_curve_of_a_flat_bounded_metric_and_of_one_step():
+    from scenes.components.curves import METRIC_BOUNDS, MetricCurve, fmt_kl
+
+    flat = MetricCurve([1, 2, 3], [0.0, 0.0, 0.0], "clip", show_marker=False,
+                       bounds=METRIC_BOUNDS["clip_ratio/region_mean"])
+    assert flat.y0 == 0.0 and flat.y1 > 0  # not -0.5..0.5: a clip fraction is never negative
+    full = MetricCurve([1, 2], [1.0, 1.0], "accuracy", show_marker=False, bounds=METRIC_BOUNDS["accuracy"])
+    assert full.y1 == 1.0 and full.y0 < 1.0
+    one = MetricCurve([5], [0.3], "reward", show_marker=False)
+    assert one.x_labels[1].text.replace(" ", "") == "step5"  # the recorded step, not a step 6 that does not exist
+    assert fmt_kl(-6.2e-09) == "0" and fmt_kl(0.042) == "0.042" and fmt_kl(float("nan")) == "n/a"
+
+
+def test_clip_band_edges_keep_the_configs_digits():
+    from scenes.components.clip_band import band_edge
+
+    assert (band_edge(1 - 0.125), band_edge(1 + 0.28), band_edge(0.8)) == ("0.875", "1.28", "0.8")
+
+
+def test_ppo_logits_names_the_before_bars_by_the_ratio():
+    from types import SimpleNamespace
+
+    from scenes.ppo_logits import before_title
+
+    def shot(rho):
+        return SimpleNamespace(probe=SimpleNamespace(ratio=np.array([rho, 1.0])), position=SimpleNamespace(pos=0))
+
+    assert before_title(shot(1.0)) == "before the update (π_θ = π_old)"
+    assert before_title(shot(1.727)) == "before this update (π_θ)"
+
+
+def test_the_same_completion_in_another_rollout_is_another_context(traces):
+    import dataclasses
+
+    trace = load(traces["grpo"], lazy=False)
+    i = next(k for k in range(1, len(trace.steps)) if trace.steps[k].rollout == trace.steps[k - 1].rollout)
+    probe = trace.steps[i - 1].probes[0]
+    a = D.Shot(i - 1, 0, probe, probe.positions[0])
+    b = dataclasses.replace(a, step_index=i)  # the same completion and position, one update later
+    assert D.same_context(a, b, trace)
+    trace.steps[i].rollout += 1  # ... but sampled again in a later rollout: its own reward and advantage
+    assert not D.same_context(a, b, trace)
+
+
 # ----------------------------------------------------------------------------- bad input
 def test_data_helpers_reject_bad_input(tmp_path, traces, scene_env):
     with pytest.raises(D.SceneInputError, match="no trace at"):

@@ -23,6 +23,11 @@ from .fasttext import Text
 from .readout import Readout
 
 
+def band_edge(v: float) -> str:
+    """A clip-band edge as the config has it, to 3 decimals (ε = 0.125: 0.875, not 0.88)."""
+    return f"{v:.3f}".rstrip("0").rstrip(".")
+
+
 class RatioBand(VGroup):
     """A number line around 1 with the trust region shaded and a dot at ρ.
 
@@ -60,7 +65,7 @@ class RatioBand(VGroup):
         self.band.set_fill(P.CLIP, 0.16).move_to([(x_lo + x_hi) / 2, 0, 0])
         ticks = VGroup()
         labels = VGroup()
-        for v, txt in ((1 - self.eps, f"{1 - self.eps:.2f}"), (1.0, "1"), (1 + self.eps_high, f"{1 + self.eps_high:.2f}")):
+        for v, txt in ((1 - self.eps, band_edge(1 - self.eps)), (1.0, "1"), (1 + self.eps_high, band_edge(1 + self.eps_high))):
             x = self.x_of(v)
             ticks.add(Line([x, -0.14, 0], [x, 0.14, 0], color=P.FG, stroke_width=3))
             labels.add(Text(txt, font=P.MONO, font_size=font_size, color=P.MUTED).move_to([x, -0.42, 0]))

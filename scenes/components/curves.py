@@ -22,6 +22,19 @@ from .fasttext import Text
 from .readout import Readout
 
 
+# metrics that cannot leave these bounds (None: unbounded): a flat curve's padded axis stays
+# inside them, and a KL within KL_ZERO of 0 is float rounding of 0 (k3 >= 0), shown as 0
+METRIC_BOUNDS = {"kl": (0.0, None), "accuracy": (0.0, 1.0), "format_rate": (0.0, 1.0),
+                 "clip_ratio/region_mean": (0.0, 1.0), "clip_ratio/low_mean": (0.0, 1.0),
+                 "clip_ratio/high_mean": (0.0, 1.0), "frac_reward_zero_std": (0.0, 1.0)}
+KL_ZERO = 1e-6
+
+
+def fmt_kl(v: float) -> str:
+    """A KL value: within KL_ZERO of 0 it is 0 (a k3 mean of -6e-09 is rounding, not a negative KL)."""
+    return fmt_value(0.0 if np.isfinite(v) and abs(v) < KL_ZERO else v)
+
+
 def fmt_value(v: float) -> str:
     """Compact number for axis labels and readouts (at most ~6 characters)."""
     if not np.isfinite(v):
@@ -61,6 +74,8 @@ class MetricCurve(VGroup):
         font_size: float = P.SMALL,
         y_range: Optional[tuple[float, float]] = None,
         show_marker: bool = True,
+        bounds: tuple[Optional[float], Optional[float]] = (None, None),
+        fmt=fmt_value,
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -77,10 +92,16 @@ class MetricCurve(VGroup):
             if hi - lo < 1e-9:
                 pad = abs(hi) * 0.1 or 0.5
                 lo, hi = lo - pad, hi + pad
+                floor, ceiling = bounds  # a flat clip fraction of 0 gets 0..0.5, not -0.5..0.5
+                if floor is not None and lo < floor <= hi - pad:
+                    lo = floor
+                if ceiling is not None and hi > ceiling >= lo + pad:
+                    hi = ceiling
             y_range = (lo, hi)
         self.y0, self.y1 = y_range
         self.x0 = float(self.xs.min()) if len(self.xs) else 0.0
         self.x1 = float(self.xs.max()) if len(self.xs) else 1.0
+        last_step = self.x1  # the x label names a recorded step, also when the axis is widened
         if self.x1 <= self.x0:
             self.x1 = self.x0 + 1
 
@@ -95,7 +116,7 @@ class MetricCurve(VGroup):
         span = self.y1 - self.y0
 
         def tick(v: float) -> str:
-            return "0" if abs(v) <= 1e-6 * span else fmt_value(v)
+            return "0" if abs(v) <= 1e-6 * span else fmt(v)
 
         ylab = VGroup(
             Text(tick(self.y1), font=P.MONO, font_size=font_size - 2, color=P.MUTED).next_to(
@@ -110,10 +131,11 @@ class MetricCurve(VGroup):
             Text(f"{self.x0:.0f}", font=P.MONO, font_size=font_size - 2, color=P.MUTED).next_to(
                 [0, 0, 0], DOWN, buff=0.1
             ),
-            Text(f"step {self.x1:.0f}", font=P.MONO, font_size=font_size - 2, color=P.MUTED).next_to(
+            Text(f"step {last_step:.0f}", font=P.MONO, font_size=font_size - 2, color=P.MUTED).next_to(
                 [width, 0, 0], DOWN, buff=0.1, aligned_edge=RIGHT
             ),
         )
+        self.x_labels = xlab
         self.line = VMobject(stroke_color=color, stroke_width=4)
         pts = [self._local(x, y) for x, y in zip(self.xs, self.ys) if np.isfinite(y)]
         if len(pts) >= 2:
@@ -131,7 +153,7 @@ class MetricCurve(VGroup):
         self.marker = None
         if show_marker and self.has_data:
             self.marker = Dot(radius=0.1, color=P.CLIP).set_z_index(4)
-            self.readout = Readout(np.nan, fmt=fmt_value, font_size=font_size, color=P.CLIP, align="left")
+            self.readout = Readout(np.nan, fmt=fmt, font_size=font_size, color=P.CLIP, align="left")
             self.add(self.marker, self.readout)
             self.add_updater(lambda m: m._sync())
             self._sync()

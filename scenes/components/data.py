@@ -321,12 +321,26 @@ def follow(trace, shot: Shot, max_updates: int = DEFAULT_FOLLOW) -> list[Shot]:
 
 
 def same_context(a: Shot, b: Shot, trace) -> bool:
-    """True when two shots are the same prompt and completion (the bars continue)."""
+    """True when two shots are the same completion of the same rollout (the bars and the
+    advantage continue); the same text sampled again in a later rollout has its own reward."""
     return (
-        prompt_of(trace.steps[a.step_index], a.probe) == prompt_of(trace.steps[b.step_index], b.probe)
+        trace.steps[a.step_index].rollout == trace.steps[b.step_index].rollout
+        and prompt_of(trace.steps[a.step_index], a.probe) == prompt_of(trace.steps[b.step_index], b.probe)
         and a.probe.text == b.probe.text
         and a.position.pos == b.position.pos
     )
+
+
+def advantage_rule(group, config) -> str:
+    """Which formula the recorded advantages follow: "z" ((R−μ)/(σ+eps)), "center" (R−μ), "other"."""
+    r = np.asarray(group.rewards, float)
+    a = np.asarray(group.advantages, float)
+    eps = float(config.get("advantage_eps", 1e-4) or 0.0)
+    if np.isfinite(group.std) and np.allclose(a, (r - group.mean) / (group.std + eps), atol=1e-3):
+        return "z"
+    if np.allclose(a, r - group.mean, atol=1e-3):
+        return "center"
+    return "other"
 
 
 def pick_group(trace):
