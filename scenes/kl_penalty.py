@@ -25,7 +25,7 @@ if os.path.join(_ROOT, "scenes", "components") not in sys.path:
     sys.path.append(os.path.join(_ROOT, "scenes", "components"))
 
 import numpy as np  # noqa: E402
-from manim import DOWN, LEFT, RIGHT, UP, FadeIn, GrowFromEdge, LaggedStart, Line, Rectangle, Scene, VGroup  # noqa: E402
+from manim import DOWN, UP, FadeIn, GrowFromEdge, LaggedStart, Line, Rectangle, Scene, VGroup  # noqa: E402
 
 from scenes.components import data as D  # noqa: E402
 from scenes.components import palette as P  # noqa: E402

@@ -32,7 +32,7 @@ if os.path.join(_ROOT, "scenes", "components") not in sys.path:
 
 import numpy as np  # noqa: E402
 from manim import (  # noqa: E402
-    DOWN, LEFT, RIGHT, UP, UR, FadeIn, FadeOut, FadeTransform, Indicate, Scene, Text, VGroup,
+    DOWN, LEFT, RIGHT, FadeIn, FadeTransform, Scene, VGroup,
 )
 
 from scenes.components import data as D  # noqa: E402

@@ -29,7 +29,7 @@ if os.path.join(_ROOT, "scenes", "components") not in sys.path:
 
 import numpy as np  # noqa: E402
 from manim import (  # noqa: E402
-    DOWN, LEFT, RIGHT, UP, Axes, DashedLine, FadeIn, GrowFromEdge, LaggedStart, Line, Rectangle, Scene, VGroup,
+    DOWN, LEFT, RIGHT, UP, Axes, FadeIn, GrowFromEdge, LaggedStart, Line, Rectangle, Scene, VGroup,
     VMobject, Create,
 )
 
@@ -37,7 +37,7 @@ from scenes.components import data as D  # noqa: E402
 from scenes.components import palette as P  # noqa: E402
 from scenes.components.layout import label, setup  # noqa: E402
 from scenes.components.reward_group import fmt_num  # noqa: E402
-from scenes.components.title import heading, play_title, trace_caption  # noqa: E402
+from scenes.components.title import heading, trace_caption  # noqa: E402
 from scenes.components.title import TitleCard  # noqa: E402
 
 MAX_T = 48

@@ -21,7 +21,6 @@ if _ROOT not in sys.path:
 if os.path.join(_ROOT, "scenes", "components") not in sys.path:
     sys.path.append(os.path.join(_ROOT, "scenes", "components"))
 
-import numpy as np  # noqa: E402
 from manim import FadeIn, LaggedStart, Scene, VGroup, linear  # noqa: E402
 
 from scenes.components import data as D  # noqa: E402

@@ -15,11 +15,8 @@ from typing import Optional, Sequence
 
 import numpy as np
 from manim import (
-    DOWN,
     LEFT,
     RIGHT,
-    UP,
-    AnimationGroup,
     FadeIn,
     FadeOut,
     Line,

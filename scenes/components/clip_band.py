@@ -5,17 +5,14 @@ from __future__ import annotations
 import numpy as np
 from manim import (
     Circle,
-    DOWN,
     LEFT,
     RIGHT,
-    UP,
     Dot,
     Line,
     Rectangle,
     Triangle,
     ValueTracker,
     VGroup,
-    interpolate_color,
 )
 
 from . import palette as P

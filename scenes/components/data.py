@@ -18,7 +18,6 @@ so Manim prints one line and exits non-zero instead of a traceback.
 from __future__ import annotations
 
 import functools
-import math
 import os
 import sys
 from dataclasses import dataclass

@@ -12,9 +12,7 @@ from manim import (
     UP,
     DashedLine,
     Dot,
-    FadeIn,
     Line,
-    Rectangle,
     RoundedRectangle,
     VGroup,
 )

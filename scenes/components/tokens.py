@@ -11,8 +11,6 @@ import numpy as np
 from manim import (
     DOWN,
     LEFT,
-    RIGHT,
-    UP,
     RoundedRectangle,
     SurroundingRectangle,
     VGroup,
