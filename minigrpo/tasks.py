@@ -125,10 +125,24 @@ def _check_task(name: str, task_kwargs: dict[str, Any]) -> None:
 
 def _create_dataset(name: str, size: int, seed: int, task_kwargs: dict[str, Any]):
     _check_task(name, task_kwargs)
+    if name == "composite" and isinstance(task_kwargs.get("datasets"), list):
+        task_kwargs = {**task_kwargs, "datasets": [_dataset_spec(d) for d in task_kwargs["datasets"]]}
     try:
         return reasoning_gym.create_dataset(name, size=size, seed=seed, **task_kwargs)
     except _CONFIG_ERRORS as err:
         raise TaskError(f"invalid config for task {name!r} {task_kwargs}: {err}") from None
+
+
+def _dataset_spec(entry):
+    """A composite task's sub-task from a config file or --task-kwargs (a table ``{name, weight, config}``)."""
+    from reasoning_gym.composite import DatasetSpec
+
+    if not isinstance(entry, dict):
+        return entry
+    unknown = set(entry) - {"name", "weight", "config"}
+    if unknown or "name" not in entry:
+        raise TaskError(f"a composite sub-task is a table with name, weight and config; got {entry}")
+    return DatasetSpec(name=entry["name"], weight=entry.get("weight", 1.0), config=entry.get("config", {}))
 
 
 # what reasoning-gym raises for a config it cannot use, at creation or only when it generates an item

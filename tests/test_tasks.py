@@ -325,3 +325,15 @@ def test_task_corpus():
     assert set(TAGS) <= set(texts)
     assert sum(t.startswith("<think>") and t.endswith("</answer>") for t in texts) == 5
     assert task_corpus("syllogism", 5, seed=0) == texts
+
+
+def test_composite_task_from_plain_tables():
+    """--task-kwargs / a config file can only hold tables: each sub-task {name, weight, config}."""
+    specs = [{"name": "syllogism", "weight": 1.0, "config": {}}, {"name": "basic_arithmetic"}]
+    train, evaluation = load_train_eval("composite", 8, 4, 0, datasets=specs)
+    sources = {item["metadata"]["source_dataset"] for item in train.items}
+    assert sources == {"syllogism", "basic_arithmetic"}
+    for item in train.items:
+        assert score_completion(wrap(str(item["answer"])), item, train, RewardConfig()).parts["correctness"] == 1.0
+    with pytest.raises(TaskError, match="name, weight and config"):
+        load_split("composite", "train", 2, seed=0, datasets=[{"task": "syllogism"}])
