@@ -18,7 +18,8 @@ valid non-trivial 1.0, trivial 0.25, non-entailed 0.05; rg's parser reads almost
 without capitals as a formula, so junk such as ``hello`` scores 0.05 too, and 0.25 on items
 whose premises contradict each other; only text it cannot read at all scores 0.0).
 ``correct`` means that score == 1.0. Correctness does not depend on format,
-and a scorer that raises or returns NaN/inf counts as 0.0 (``scorer_error``).
+and a scorer that raises, returns NaN/inf or runs past ``scoring.SCORE_TIMEOUT_S`` counts
+as 0.0 (``scorer_error``).
 
 Premise copying. The propositional_logic scorer pays 1.0 for a conclusion
 that just restates a premise. ``is_premise_copy`` detects this, comparing
@@ -43,8 +44,10 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import json
 import math
 import re
+import weakref
 from collections import Counter
 from dataclasses import dataclass
 from typing import Any, Iterable
@@ -52,6 +55,8 @@ from typing import Any, Iterable
 import reasoning_gym
 from reasoning_gym.factory import DATASETS
 from reasoning_gym.logic.propositional_logic import parse_expr
+
+from . import scoring
 
 EVAL_SEED_OFFSET = 1_000_003
 FIRST_CLASS_TASKS = ("syllogism", "propositional_logic")
@@ -128,9 +133,14 @@ def _create_dataset(name: str, size: int, seed: int, task_kwargs: dict[str, Any]
     if name == "composite" and isinstance(task_kwargs.get("datasets"), list):
         task_kwargs = {**task_kwargs, "datasets": [_dataset_spec(d) for d in task_kwargs["datasets"]]}
     try:
-        return reasoning_gym.create_dataset(name, size=size, seed=seed, **task_kwargs)
+        dataset = reasoning_gym.create_dataset(name, size=size, seed=seed, **task_kwargs)
     except _CONFIG_ERRORS as err:
         raise TaskError(f"invalid config for task {name!r} {task_kwargs}: {err}") from None
+    try:  # how the scoring worker builds the same verifier (the task's config is plain JSON from a config)
+        _DATASET_SPECS[dataset] = (name, seed, json.dumps(task_kwargs, sort_keys=True))
+    except (TypeError, ValueError):
+        pass  # a config of Python objects (a caller's DatasetSpec): scored in this process
+    return dataset
 
 
 def _dataset_spec(entry):
@@ -310,7 +320,7 @@ class RewardResult:
     formatted: bool
     premise_copy: bool
     answer: str | None  # the extracted answer before normalisation
-    scorer_error: bool = False  # the task's scorer raised or returned NaN/inf: scored 0.0
+    scorer_error: bool = False  # the task's scorer raised, returned NaN/inf or timed out: scored 0.0
 
 
 def _rg_score(dataset: Any, answer: str | None, item: dict[str, Any]) -> float:
@@ -318,13 +328,39 @@ def _rg_score(dataset: Any, answer: str | None, item: dict[str, Any]) -> float:
 
 
 def _checked_score(dataset: Any, answer: str | None, item: dict[str, Any]) -> tuple[float, bool]:
-    """(score, failed): a scorer that raises or returns something other than a finite number scores 0.0,
-    and ``failed`` says so (counted as ``scorer_errors`` in the trace's step metrics)."""
+    """(score, failed): a scorer that raises, returns something other than a finite number, or takes
+    longer than scoring.SCORE_TIMEOUT_S scores 0.0, and ``failed`` says so (counted as
+    ``scorer_errors`` in the trace's step metrics). Datasets this module created are scored in the scoring worker
+    (``minigrpo/scoring.py``), which a verifier that never returns cannot stall."""
+    spec = _DATASET_SPECS.get(dataset) if _weakrefable(dataset) and scoring.AVAILABLE else None
+    score = scoring.SCORER.score(spec, answer, item) if spec is not None else scoring.NOT_SENT
+    if score is scoring.NOT_SENT:
+        score = score_here(dataset, answer, item)
+    return (score, False) if score is not None and math.isfinite(score) else (0.0, True)
+
+
+def score_here(dataset: Any, answer: str | None, item: dict[str, Any]) -> float | None:
     try:
-        score = float(dataset.score_answer(answer, item))
+        return float(dataset.score_answer(answer, item))
     except Exception:  # noqa: BLE001 - model output must never crash training; it just scores 0
-        return 0.0, True
-    return (score, False) if math.isfinite(score) else (0.0, True)
+        return None
+
+
+_DATASET_SPECS: "weakref.WeakKeyDictionary[Any, tuple]" = weakref.WeakKeyDictionary()
+
+
+def _weakrefable(obj: Any) -> bool:
+    try:
+        weakref.ref(obj)
+    except TypeError:
+        return False
+    return True
+
+
+def rebuild_verifier(spec: tuple):
+    """The dataset that scores a task's answers, from the (name, seed, config) it was created with."""
+    name, seed, config = spec
+    return _create_dataset(name, 1, seed, json.loads(config))
 
 
 def score_completion(completion: str, item: dict[str, Any], task: TaskData, cfg: RewardConfig) -> RewardResult:

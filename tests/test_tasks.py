@@ -337,3 +337,23 @@ def test_composite_task_from_plain_tables():
         assert score_completion(wrap(str(item["answer"])), item, train, RewardConfig()).parts["correctness"] == 1.0
     with pytest.raises(TaskError, match="name, weight and config"):
         load_split("composite", "train", 2, seed=0, datasets=[{"task": "syllogism"}])
+
+
+def test_a_verifier_that_never_returns_is_stopped(monkeypatch):
+    """countdown's verifier evaluates 9**9**9**9 for good (holding the GIL): the scoring worker is
+    killed after SCORE_TIMEOUT_S, the answer scores 0 as a scorer error, and scoring goes on."""
+    import time
+
+    from minigrpo import scoring
+
+    monkeypatch.setattr(scoring, "SCORE_TIMEOUT_S", 2.0)
+    task = load_split("countdown", "train", 2, seed=0)
+    item = task.items[0]
+    right = score_completion(wrap(str(item["answer"])), item, task, RewardConfig())
+    assert right.parts["correctness"] == 1.0 and not right.scorer_error
+    started = time.monotonic()
+    hang = score_completion(wrap("9**9**9**9"), item, task, RewardConfig())
+    assert hang.parts["correctness"] == 0.0 and hang.scorer_error
+    assert time.monotonic() - started < 30
+    again = score_completion(wrap(str(item["answer"])), item, task, RewardConfig())
+    assert again.parts["correctness"] == 1.0 and not again.scorer_error
