@@ -357,3 +357,16 @@ def test_a_verifier_that_never_returns_is_stopped(monkeypatch):
     assert time.monotonic() - started < 30
     again = score_completion(wrap(str(item["answer"])), item, task, RewardConfig())
     assert again.parts["correctness"] == 1.0 and not again.scorer_error
+
+
+def test_scoring_worker_bench_agrees_at_a_small_size(capsys):
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "bench" / "scoring_worker.py"
+    spec = importlib.util.spec_from_file_location("scoring_worker_bench", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    assert bench.main(["--tasks", "4", "--items", "1"]) == 0
+    out = capsys.readouterr().out
+    assert "mismatches                           0" in out and "items scored by the worker" in out
