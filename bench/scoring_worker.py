@@ -22,7 +22,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from reasoning_gym.factory import DATASETS  # noqa: E402
 
 from minigrpo import scoring  # noqa: E402
-from minigrpo.tasks import _DATASET_SPECS, TaskError, load_split, score_here  # noqa: E402
+from minigrpo.tasks import TaskError, load_split, score_here, verifier_spec  # noqa: E402
 
 
 def run(n_tasks: int, n_items: int) -> dict:
@@ -34,7 +34,7 @@ def run(n_tasks: int, n_items: int) -> dict:
         except TaskError:
             continue  # a task that needs knobs (composite)
         out["tasks"] += 1
-        spec = _DATASET_SPECS[task.dataset]
+        spec = verifier_spec(task.dataset)
         for item in task.items:
             answer = None if item.get("answer") is None else str(item["answer"])
             scoring.SCORER.score(spec, answer, item)  # the worker builds the task's verifier on first use: not timed

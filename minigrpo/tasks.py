@@ -330,9 +330,9 @@ def _rg_score(dataset: Any, answer: str | None, item: dict[str, Any]) -> float:
 def _checked_score(dataset: Any, answer: str | None, item: dict[str, Any]) -> tuple[float, bool]:
     """(score, failed): a scorer that raises, returns something other than a finite number, or takes
     longer than scoring.SCORE_TIMEOUT_S scores 0.0, and ``failed`` says so (counted as
-    ``scorer_errors`` in the trace's step metrics). Datasets this module created are scored in the scoring worker
-    (``minigrpo/scoring.py``), which a verifier that never returns cannot stall."""
-    spec = _DATASET_SPECS.get(dataset) if _weakrefable(dataset) and scoring.AVAILABLE else None
+    ``scorer_errors`` in the trace's step metrics). Datasets this module created are scored in the
+    scoring worker (``minigrpo/scoring.py``), which a verifier that never returns cannot stall."""
+    spec = verifier_spec(dataset) if scoring.AVAILABLE else None
     score = scoring.SCORER.score(spec, answer, item) if spec is not None else scoring.NOT_SENT
     if score is scoring.NOT_SENT:
         score = score_here(dataset, answer, item)
@@ -349,12 +349,12 @@ def score_here(dataset: Any, answer: str | None, item: dict[str, Any]) -> float 
 _DATASET_SPECS: "weakref.WeakKeyDictionary[Any, tuple]" = weakref.WeakKeyDictionary()
 
 
-def _weakrefable(obj: Any) -> bool:
+def verifier_spec(dataset: Any) -> tuple | None:
+    """(name, seed, config) a dataset this module created was built from; None for any other object."""
     try:
-        weakref.ref(obj)
-    except TypeError:
-        return False
-    return True
+        return _DATASET_SPECS.get(dataset)
+    except TypeError:  # not weak-referenceable (None, a test's stand-in): not ours
+        return None
 
 
 def rebuild_verifier(spec: tuple):
