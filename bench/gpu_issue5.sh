@@ -22,8 +22,8 @@
 #     micro-batch of 48 with fused decode, then with the passes' norms, MLPs and RoPE compiled (gpu_profile.py)
 #   BUDGET_S=430 bash bench/gpu_issue5.sh overlap  (not run yet: the next call)
 #     the step of the code as it stands, next to TRL at one micro-batch of 48 (compiled; compiled + fused; trace
-#     off with both), the trace's record on a side stream beside OVERLAP_STEPS queued decode steps; an update's
-#     profile; the decode loop alone (its time against the step's generation: what of the record still shows),
+#     off with both), the trace's record on a side stream beside OVERLAP_STEPS queued decode steps; a profile of
+#     the π_ref pass and the update; the decode loop alone (its time against the step's generation: what of the record still shows),
 #     fused compiled over our attention and over torch's fused one (sdpa_decode_attention); Qwen3 if time is left;
 #     the update's output layer, chunked against full logits (bench/chunked_head.py, in pytest_gpu.log)
 #   bash bench/gpu_issue5.sh profile  (not run yet)

@@ -73,8 +73,8 @@ def main() -> None:
                              "(and RoPE) through torch.compile (regional, dynamic shapes)")
     parser.add_argument("--rows", type=int, default=15, help="operator rows per table")
     parser.add_argument("--update-only", action="store_true",
-                        help="profile only the measured step's update (its forward, backward and optimizer step), "
-                             "not the generation, whose graph replays make a large profile")
+                        help="profile the measured step from its π_ref pass to the end of its update (forward, "
+                             "backward, optimizer step), not the generation, whose graph replays make a large profile")
     parser.add_argument("--timers", action="store_true",
                         help="no profiler: wall seconds per part, the GPU synchronised around each (cheap)")
     args = parser.parse_args()
@@ -135,19 +135,32 @@ def main() -> None:
             seen["wall"] = time.perf_counter() - seen["wall"]
 
     if args.update_only and not args.timers:
-        update = trainer.RLTrainer._update
+        # one profiler window, from the measured rollout's scoring passes to the end of its update
+        # (a torch profiler restarted after stop() keeps only its last window)
+        update, score = trainer.RLTrainer._update, experience.score_logprobs_and_hidden
+        window = {"open": False}
+
+        def open_window():
+            if MEASURING["on"] and not window["open"]:
+                gpu_step.sync()
+                prof.start()
+                window["open"] = True
+
+        def profiled_score(*a, **k):
+            open_window()
+            return score(*a, **k)
 
         def profiled_update(self, *a, **k):
-            if not MEASURING["on"]:
-                return update(self, *a, **k)
-            gpu_step.sync()
-            prof.start()
+            open_window()
             try:
                 return update(self, *a, **k)
             finally:
-                gpu_step.sync()
-                prof.stop()
+                if window["open"] and MEASURING["on"]:
+                    gpu_step.sync()
+                    prof.stop()
+                    window["open"] = MEASURING["on"] = False
 
+        experience.score_logprobs_and_hidden = profiled_score
         trainer.RLTrainer._update = profiled_update
 
     from minigrpo.grpo import GRPOTrainer
@@ -186,9 +199,9 @@ def main() -> None:
         if e is not None:
             lines.append(f"{tag:<24}{e.count:>6}{e.cpu_time_total / 1e6:>9.3f}{e.device_time_total / 1e6:>9.3f}")
     total_gpu = sum(getattr(e, gpu_attr) for e in ops)
-    what = "update" if args.update_only else "step"
+    what = "π_ref pass and update" if args.update_only else "step"
     lines.append(f"the profiled {what}: GPU busy (sum of kernel time) {total_gpu / 1e6:.3f} s; the step: "
-                 f"{seen['wall']:.3f} s wall (profiler on{' during the update' if args.update_only else ''})")
+                 f"{seen['wall']:.3f} s wall (profiler on{' from the π_ref pass to the update' if args.update_only else ''})")
     report(lines)
 
 
@@ -242,6 +255,7 @@ def report(lines: list[str]) -> None:
     print(text)
     out = os.environ.get("OUT")
     if out:
+        Path(out).mkdir(parents=True, exist_ok=True)
         (Path(out) / "gpu_profile.txt").write_text(text + "\n")
 
 

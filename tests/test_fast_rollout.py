@@ -754,7 +754,7 @@ def test_gpu_decode_bench_runs_at_cpu_size(tmp_path):
 
 @pytest.mark.parametrize("flags,expect", [
     (["--timers", "--micro-batch", "0"], "the timed step"),
-    (["--update-only", "--fused-decode"], "the profiled update"),
+    (["--update-only", "--fused-decode"], "the profiled π_ref pass and update"),
     (["--timers", "--compile-blocks", "norm-mlp-rope"], "dynamo: "),
 ], ids=["timers", "update-only", "compile-blocks"])
 def test_gpu_profile_bench_runs_at_cpu_size(tmp_path, flags, expect):
@@ -778,7 +778,8 @@ def test_gpu_profile_bench_runs_at_cpu_size(tmp_path, flags, expect):
         graphs = int(re.search(r"dynamo: (\d+) graphs", table).group(1))
         assert graphs > 0  # the passes' blocks went through torch.compile
     if "--update-only" in flags:
-        assert "generation" not in table  # the profiler saw the update alone
+        assert "generation" not in table  # the profiler saw the π_ref pass and the update, not the decode
+        assert re.search(r"logp old/ref passes\s+1\s", table)
 
 
 @pytest.mark.gpu
