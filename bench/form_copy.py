@@ -14,7 +14,8 @@ import collections
 
 from minigrpo.models import load_model
 from minigrpo.rollout import generate
-from minigrpo.tasks import RewardConfig, build_prompt, load_train_eval, score_completion, sft_target
+from minigrpo.sft_targets import sft_target
+from minigrpo.tasks import RewardConfig, build_prompt, load_train_eval, score_completion
 
 
 def main() -> None:

@@ -93,7 +93,7 @@ class TrainConfig:
     sft_lr_scheduler_type: str = "constant"  # constant | linear | cosine
     sft_batch_size: int = 16
     sft_size: int = 2000  # items used for SFT (from the training split)
-    sft_style: str = "form"  # syllogism SFT target: form (abstract form, then the answer) | rules (see tasks.py)
+    sft_style: str = "form"  # syllogism SFT target: form (abstract form, then the answer) | rules (see sft_targets.py)
 
     # --- recording / bookkeeping ---------------------------------------------------
     trace: bool = True  # record every update to OUT/trace

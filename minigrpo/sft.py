@@ -25,8 +25,8 @@ from .config import ConfigError
 from .evaluate import evaluate
 from .models import build_tiny, load_model
 from .trace.encode import jsonable
-from .tasks import (RewardConfig, TaskError, build_prompt, load_train_eval, score_completion, sft_target,
-                    task_corpus)
+from .sft_targets import sft_target, task_corpus
+from .tasks import RewardConfig, TaskError, build_prompt, load_train_eval, score_completion
 
 
 def sft_items(data, cfg) -> list[tuple[dict, str]]:

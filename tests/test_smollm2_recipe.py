@@ -15,9 +15,8 @@ import pytest
 from minigrpo.cli import _config_from_args, _parser
 from minigrpo.config import ConfigError, build_config
 from minigrpo.sft import sft_batches
-from minigrpo.tasks import (
-    RewardConfig, TaskError, _CONVERTS_TO, _broken_rule, _parse_statement, load_split, score_completion, sft_target,
-)
+from minigrpo.sft_targets import _CONVERTS_TO, _broken_rule, _parse_statement, sft_target
+from minigrpo.tasks import RewardConfig, TaskError, load_split, score_completion
 
 from conftest import fast_config
 

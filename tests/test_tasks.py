@@ -15,9 +15,8 @@ from minigrpo.tasks import (
     load_split,
     load_train_eval,
     score_completion,
-    sft_target,
-    task_corpus,
 )
+from minigrpo.sft_targets import sft_target, task_corpus
 
 
 def wrap(answer: str, think: str = "ok") -> str:
