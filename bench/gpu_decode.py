@@ -8,10 +8,10 @@ Random-weight model of the architecture (bf16 on CUDA), 48 left-padded prompts o
 tokens, 300 new tokens at temperature 0.7 with an EOS id outside the vocabulary, so every
 row runs to the full length. For each attention of the decode steps (``model``: the
 model's own sdpa, which copies the KV cache per query head with repeat_kv; ``gqa``:
-minigrpo.decode.gqa_decode_attention; with ``--compile`` also ``compiled``: gqa through
+minigrpo.decode_attention.gqa_decode_attention; with ``--compile`` also ``compiled``: gqa through
 torch.compile; with ``--fused`` also ``fused``, the step of minigrpo.fused_step with the q/k/v
 and gate/up projections fused, and with both ``fused-compiled``; with ``--sdpa`` the fused ones
-also over minigrpo.decode.sdpa_decode_attention, torch's fused attention kernel) the first call
+also over minigrpo.decode_attention.sdpa_decode_attention, torch's fused attention kernel) the first call
 (it captures the CUDA graph, and compiles) is reported apart from the median of ``--repeats`` more. An eager run (no graph) gives the
 launch-bound cost per step, and a profile of eager steps counts the kernels each decode
 step launches and the GPU time they take (no launch gaps: what a perfect graph replay would

@@ -10,7 +10,8 @@ per-token costs of ``generate``:
               gives the logits of token i
     sample    z = logits / τ;  p = softmax(z) cut to its top-p nucleus;
               token = argmax_v p_v / E_v with E_v ~ Exp(1) i.i.d. (the exponential race:
-              P(token = v) = p_v / Σ p, exactly; no host round trip, unlike multinomial)
+              P(token = v) = p_v / Σ p, exactly; no host round trip, unlike multinomial;
+              ``sampling.py``)
     log-prob  log softmax(z)[token]: the policy's log-prob, as ``score_logprobs`` computes it
               (over the whole vocabulary, also when top_p < 1, like TRL)
     EOS       once a row has emitted an EOS id it gets pad tokens (log-prob 0)
@@ -23,12 +24,12 @@ prompt length rounded up to buckets) into a CUDA graph and replayed; elsewhere i
 eagerly. Capture takes about two forward passes, not a compilation; ``compile=True``
 (config ``compile_decode``) also passes the step through torch.compile, which fuses its
 small kernels at the cost of compiling once per process and shape. The steps' attention
-is ``gqa_decode_attention``: each KV head serves its query heads without copying the cache.
+is ``decode_attention.gqa_decode_attention``: each KV head serves its query heads without
+copying the cache.
 """
 
 from __future__ import annotations
 
-import contextlib
 import inspect
 import os
 import time
@@ -38,7 +39,8 @@ from collections import OrderedDict
 import torch
 import torch.nn.functional as F
 
-from .losses import logprobs_from_logits
+from .decode_attention import STEP_ATTENTIONS, register_step_attentions, attention_implementation
+from .sampling import sample
 
 # CUDA: rows rounded up to a multiple of BATCH_BUCKET, prompts left-padded to a multiple of
 # PROMPT_BUCKET, so that a handful of captured graphs serve every rollout of a run.
@@ -60,120 +62,6 @@ def reset_stats() -> None:
 
 
 reset_stats()
-
-
-# ----------------------------------------------------------------------------- sampling
-def nucleus_mask(probs: torch.Tensor, top_p: float) -> torch.Tensor:
-    """True on the smallest set of most probable tokens whose mass reaches ``top_p``.
-
-    A token is kept iff the tokens ranked above it hold less than top_p of the mass, so the
-    most probable token is always kept (ties ranked by token id). (B, V) -> (B, V) bool.
-    """
-    sorted_p, order = probs.sort(dim=-1, descending=True, stable=True)
-    mass_above = sorted_p.cumsum(dim=-1) - sorted_p
-    return torch.zeros_like(sorted_p, dtype=torch.bool).scatter(-1, order, mass_above < top_p)
-
-
-def sampling_probs(logits: torch.Tensor, temperature: float, top_p: float = 1.0) -> torch.Tensor:
-    """The distribution a token is drawn from: softmax(logits / τ) cut to the top-p nucleus, renormalised."""
-    probs = torch.softmax(logits.float() / temperature, dim=-1)
-    if top_p < 1.0:
-        probs = probs * nucleus_mask(probs, top_p)
-        probs = probs / probs.sum(dim=-1, keepdim=True)
-    return probs
-
-
-def draw(probs: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
-    """One token per row, P(v) = probs[v] / Σ probs: the exponential race argmax_v probs_v / E_v.
-
-    E is clamped away from 0 so that a zero-probability token scores 0, never 0/0.
-    """
-    race = torch.empty_like(probs).exponential_(generator=generator).clamp_(min=torch.finfo(probs.dtype).tiny)
-    return (probs / race).argmax(dim=-1)
-
-
-def sample(logits: torch.Tensor, temperature: float, top_p: float = 1.0, greedy: bool = False,
-           generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """(token, log π(token)) per row of (B, V) logits, π = softmax(logits / τ) over the whole vocabulary."""
-    logits = logits.float()
-    token = logits.argmax(dim=-1) if greedy else draw(sampling_probs(logits, temperature, top_p), generator)
-    return token, logprobs_from_logits(logits / temperature, token)
-
-
-# ----------------------------------------------------------------------------- attention of one new token
-# the names they are registered under in transformers' AttentionInterface
-GQA_ATTENTION, SDPA_ATTENTION = "minigrpo_gqa_decode", "minigrpo_sdpa_decode"
-
-
-def gqa_decode_attention(module, query, key, value, attention_mask, scaling, dropout=0.0, softcap=None, **kwargs):
-    """softmax(q·kᵀ·scaling + mask)·v for one query token per row, each KV head shared by its query heads.
-
-    transformers' eager formula (``eager_attention_forward``: bf16 products, float32 softmax;
-    with ``softcap`` (Gemma 2) the scores are first capped to softcap·tanh(scores / softcap))
-    without ``repeat_kv``, which copies the whole KV cache Hq/Hkv times per layer and step:
-    query head h = kv·g + r uses KV head kv (g = Hq/Hkv), so a reshape of the query to
-    (B, Hkv, g, D) lines each group up with its head. ``attention_mask`` is additive, (B, 1, 1, L).
-    Returns (B, 1, Hq, D), as the attention modules expect.
-    """
-    b, heads, q, d = query.shape
-    if q != 1:
-        raise ValueError(f"gqa_decode_attention takes one query token per row, got {q}")
-    grouped = query.reshape(b, key.shape[1], heads // key.shape[1], d)
-    scores = torch.matmul(grouped, key.transpose(-1, -2)) * scaling
-    if softcap is not None:
-        scores = torch.tanh(scores / softcap) * softcap
-    scores = scores + attention_mask
-    weights = torch.softmax(scores, dim=-1, dtype=torch.float32).to(query.dtype)
-    return torch.matmul(weights, value).reshape(b, 1, heads, d), None
-
-
-def sdpa_decode_attention(module, query, key, value, attention_mask, scaling, dropout=0.0, softcap=None, **kwargs):
-    """``gqa_decode_attention`` through torch's fused attention, ``F.scaled_dot_product_attention``:
-    the g query heads of a KV head are g queries of that head, so the cache is not copied either,
-    and where the backend has one kernel for an additive mask (on CUDA the memory-efficient one is
-    expected to take it: not yet measured) it replaces two matmuls and a softmax. Its rounding is
-    the backend's, as in the model's own sdpa forward, not the eager formula's (bf16 scores).
-    Same arguments and result.
-    """
-    b, heads, q, d = query.shape
-    if q != 1:
-        raise ValueError(f"sdpa_decode_attention takes one query token per row, got {q}")
-    if softcap is not None:
-        raise ValueError("the 'sdpa' decode attention cannot cap attention scores (this model has softcap "
-                         f"{softcap}); use attention 'gqa'")
-    grouped = query.reshape(b, key.shape[1], heads // key.shape[1], d)
-    out = F.scaled_dot_product_attention(grouped, key, value, attn_mask=attention_mask, scale=scaling)
-    return out.reshape(b, 1, heads, d), None
-
-
-# decode() attention name -> (registered name, function) of the decode steps' own attentions
-STEP_ATTENTIONS = {"gqa": (GQA_ATTENTION, gqa_decode_attention), "sdpa": (SDPA_ATTENTION, sdpa_decode_attention)}
-
-
-def _register_step_attentions() -> bool:
-    """Make ``STEP_ATTENTIONS``' names ones the attention modules can look up (False on a transformers without the
-    registry)."""
-    try:
-        from transformers import AttentionInterface
-    except ImportError:
-        return False
-    for name, function in STEP_ATTENTIONS.values():
-        AttentionInterface.register(name, function)
-    return True
-
-
-@contextlib.contextmanager
-def attention_implementation(model, name: str | None):
-    """The model's layers look up ``name`` as their attention function inside the block (None: unchanged)."""
-    if name is None:
-        yield
-        return
-    before = model.config._attn_implementation
-    model.config._attn_implementation = name
-    try:
-        yield
-    finally:
-        model.config._attn_implementation = before
 
 
 # ----------------------------------------------------------------------------- KV cache
@@ -241,7 +129,7 @@ class Decoder:
         self.cache_arg = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
         self.float_mask = model.dtype if attn == "eager" else None
         # decode steps: our grouped attention over an additive mask, or the model's own implementation
-        ours = attention in STEP_ATTENTIONS and _register_step_attentions()
+        ours = attention in STEP_ATTENTIONS and register_step_attentions()
         self.step_attention = STEP_ATTENTIONS[attention][0] if ours else None
         self.attend = STEP_ATTENTIONS.get(attention, STEP_ATTENTIONS["gqa"])[1]  # the fused step's attention
         self.step_mask = model.dtype if self.step_attention else self.float_mask

@@ -11,7 +11,7 @@ the order of its decoder layer (transformers' ``LlamaDecoderLayer`` / ``Qwen3Dec
     h ← h + down_proj(act(g) · u)                                     g, u = split(y · [Wg; Wu]ᵀ),     y = norm₂(h)
     logits = lm_head(norm(h))
 
-with the decode loop's attention (``decode.gqa_decode_attention`` or ``sdpa_decode_attention``)
+with the decode loop's attention (``decode_attention.gqa_decode_attention`` or ``sdpa_decode_attention``)
 over its KV cache. The values are the model's up to the rounding of the fused matmuls (a wider
 matrix, the same sums). The fused weights are copies, written in place by ``refresh`` before each rollout (the
 optimizer changes the model's weights between rollouts), so a captured CUDA graph reads them
@@ -95,9 +95,9 @@ class FusedStep:
             _concat(self._mlp_linears(layer), out=gate_up)
 
     def __call__(self, input_ids, position_ids, mask, cache, attend=None) -> torch.Tensor:
-        """``attend``: the attention (``decode.gqa_decode_attention``, the default, or ``sdpa_decode_attention``)."""
+        """``attend``: the attention (``decode_attention.gqa_decode_attention``, the default, or ``sdpa_decode_attention``)."""
         if attend is None:
-            from .decode import gqa_decode_attention as attend
+            from .decode_attention import gqa_decode_attention as attend
 
         model = self._model()
         inner = model.model

@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from minigrpo import decode as fast
+from minigrpo import decode_attention, sampling
 from minigrpo.config import ConfigError
 from minigrpo.losses import logprobs_from_logits
 from minigrpo.rollout import (Rollout, completion_logprobs, completion_mask_from_ids, eos_token_ids, forward_completion,
@@ -139,7 +140,7 @@ P = torch.tensor([0.4, 0.3, 0.2, 0.1], dtype=torch.float64)
 ])
 def test_sampling_probs_match_hand_computed(temperature, top_p, expected):
     logits = torch.log(P).float().roll(1)[None]  # token order shuffled: [0.1, 0.4, 0.3, 0.2]
-    got = fast.sampling_probs(logits, temperature, top_p)[0].double()
+    got = sampling.sampling_probs(logits, temperature, top_p)[0].double()
     torch.testing.assert_close(got, torch.tensor(expected, dtype=torch.float64).roll(1), rtol=0, atol=1e-6)
 
 
@@ -154,16 +155,16 @@ def _chi_square(counts: torch.Tensor, probs: torch.Tensor) -> float:
 def test_draws_follow_the_distribution(device):
     """200k draws at τ = 0.5, top_p = 0.95 over 5 tokens: 3 kept, counts pass a χ² test."""
     logits = torch.log(torch.tensor([0.05, 0.35, 0.03, 0.25, 0.32]))
-    probs = fast.sampling_probs(logits[None], 0.5, 0.95)[0].double()
+    probs = sampling.sampling_probs(logits[None], 0.5, 0.95)[0].double()
     assert (probs > 0).tolist() == [False, True, False, True, True]
     n = 200_000
     gen = torch.Generator(device).manual_seed(0)
-    tokens, logp = fast.sample(logits.to(device).expand(n, -1), 0.5, 0.95, generator=gen)
+    tokens, logp = sampling.sample(logits.to(device).expand(n, -1), 0.5, 0.95, generator=gen)
     counts = torch.bincount(tokens.cpu(), minlength=5).double()
     assert counts[probs == 0].sum() == 0  # nothing outside the nucleus
     # χ² with 2 degrees of freedom: P(χ² > x) = exp(-x/2), so x = 27.6 is a 1e-6 false alarm
     assert _chi_square(counts, probs) < 27.6
-    untempered = fast.sampling_probs(logits[None], 1.0, 0.95)[0].double()  # the test can tell τ apart
+    untempered = sampling.sampling_probs(logits[None], 1.0, 0.95)[0].double()  # the test can tell τ apart
     assert _chi_square(counts, untempered / untempered.sum()) > 1000
     # the recorded log-prob is the full tempered softmax, top-p or not
     full = torch.log_softmax(logits / 0.5, dim=-1)
@@ -172,7 +173,7 @@ def test_draws_follow_the_distribution(device):
 
 def test_greedy_sample_is_argmax():
     logits = torch.randn(6, 50, generator=torch.Generator().manual_seed(0))
-    tokens, logp = fast.sample(logits, 0.7, 0.5, greedy=True)
+    tokens, logp = sampling.sample(logits, 0.7, 0.5, greedy=True)
     assert torch.equal(tokens, logits.argmax(-1))
     torch.testing.assert_close(logp, torch.log_softmax(logits / 0.7, -1).max(-1).values)
 
@@ -224,7 +225,8 @@ def _attention_inputs(batch, heads, kv_heads, length, dim, seed):
     return q, k, v, allowed, mask
 
 
-@pytest.mark.parametrize("attend", [fast.gqa_decode_attention, fast.sdpa_decode_attention], ids=["gqa", "sdpa"])
+@pytest.mark.parametrize("attend", [decode_attention.gqa_decode_attention, decode_attention.sdpa_decode_attention],
+                         ids=["gqa", "sdpa"])
 @pytest.mark.parametrize("heads,kv_heads", [(6, 2), (4, 4), (8, 1)])
 def test_gqa_attention_equals_the_eager_formula(heads, kv_heads, attend):
     """Against transformers' eager_attention_forward (repeat_kv) and a float64 loop over heads."""
@@ -250,7 +252,7 @@ def test_gqa_attention_equals_the_eager_formula(heads, kv_heads, attend):
 
 def test_gqa_attention_refuses_more_than_one_query():
     q, k, v, _, mask = _attention_inputs(2, 4, 2, 5, 8, seed=0)
-    for attend in (fast.gqa_decode_attention, fast.sdpa_decode_attention):
+    for attend in (decode_attention.gqa_decode_attention, decode_attention.sdpa_decode_attention):
         with pytest.raises(ValueError, match="one query token"):
             attend(None, q.expand(-1, -1, 3, -1), k, v, mask, scaling=1.0)
     with pytest.raises(ValueError, match="attention must be"):
@@ -378,8 +380,8 @@ def test_a_sliding_window_shorter_than_the_context_is_refused(gqa_model):
 def test_attention_switch_is_undone_on_error(gqa_model):
     model, _ = gqa_model
     with pytest.raises(RuntimeError, match="boom"):
-        with fast.attention_implementation(model, fast.GQA_ATTENTION):
-            assert model.config._attn_implementation == fast.GQA_ATTENTION
+        with decode_attention.attention_implementation(model, decode_attention.GQA_ATTENTION):
+            assert model.config._attn_implementation == decode_attention.GQA_ATTENTION
             raise RuntimeError("boom")
     assert model.config._attn_implementation == "sdpa"
 
@@ -531,7 +533,7 @@ def test_while_decoding_runs_once_between_the_steps_outside_the_decode_attention
                       overlap_steps=overlap_steps)
     # the prefill makes token 1; steps make tokens 2.. up to the first look at the finished rows
     assert seen == [(model.config._attn_implementation, steps_before)]
-    assert model.config._attn_implementation != fast.GQA_ATTENTION and len(steps) >= steps_before
+    assert model.config._attn_implementation != decode_attention.GQA_ATTENTION and len(steps) >= steps_before
     assert torch.equal(plain[0], got[0]) and torch.equal(plain[1], got[1])
     calls = []
     generate(model, tok, PROMPTS, 2, 6, 1.0, backend="hf", while_decoding=lambda: calls.append("hf"))
