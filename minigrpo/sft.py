@@ -48,14 +48,23 @@ def sft_items(data, cfg) -> list[tuple[dict, str]]:
     return chosen
 
 
-def sft_examples(items, tokenizer, cfg) -> list[tuple[list[int], list[int]]]:
-    """(prompt ids, target ids + EOS) of every (item, target) of :func:`sft_items`."""
-    examples = []
+def sft_examples(items, tokenizer, cfg) -> tuple[list[tuple[list[int], list[int]]], int]:
+    """(prompt ids, target ids + EOS) of every (item, target) of :func:`sft_items` whose target and
+    EOS fit ``max_completion_length``, and how many did not fit (they are left out: cut, they would
+    teach the model to stop writing before ``</answer>`` and never to end). Prompts are cut from
+    the left to ``max_prompt_length``, as in RL."""
+    examples, too_long = [], 0
     for item, target in items:
-        prompt_ids = tokenizer(build_prompt(item, tokenizer), add_special_tokens=False)["input_ids"]
         target_ids = tokenizer(target, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
-        examples.append((prompt_ids[-cfg.max_prompt_length:], target_ids[:cfg.max_completion_length]))
-    return examples
+        if len(target_ids) > cfg.max_completion_length:
+            too_long += 1
+            continue
+        prompt_ids = tokenizer(build_prompt(item, tokenizer), add_special_tokens=False)["input_ids"]
+        examples.append((prompt_ids[-cfg.max_prompt_length:], target_ids))
+    if not examples:
+        raise runtime.TrainingError(f"no SFT target of task {cfg.task!r} fits --max-completion-length "
+                                    f"{cfg.max_completion_length} (with its EOS); raise it")
+    return examples, too_long
 
 
 def collate(examples, pad_id: int, device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -124,7 +133,10 @@ def _train_sft(cfg, out: Path, device, dtype, eval_data, items, log) -> dict:
         model_spec = build_tiny(str(base), corpus, seed=cfg.seed)
         log(f"built the tiny model (BPE tokenizer + random Llama) from {len(corpus)} task texts")
     model, tokenizer = load_model(model_spec, device=device, dtype=dtype)
-    examples = sft_examples(items, tokenizer, cfg)
+    examples, too_long = sft_examples(items, tokenizer, cfg)
+    if too_long:
+        log(f"left out {too_long} of {len(items)} SFT targets longer than max_completion_length "
+            f"{cfg.max_completion_length} (with EOS); {len(examples)} remain")
     before = evaluate(model, tokenizer, eval_data, cfg, n=cfg.eval_n)
     log(f"eval before SFT: accuracy {before['accuracy']:.3f} (majority {before['majority_baseline']:.3f}), "
         f"format {before['format_rate']:.3f}")
@@ -154,7 +166,8 @@ def _train_sft(cfg, out: Path, device, dtype, eval_data, items, log) -> dict:
         f"format {after['format_rate']:.3f}")
     runtime.save_final_model(model, tokenizer, out)
     shutil.rmtree(out / ".tiny-base", ignore_errors=True)
-    summary = {"algo": "sft", "task": cfg.task, "model": cfg.model, "steps": total, "epochs": cfg.sft_epochs, "examples": len(examples),
+    summary = {"algo": "sft", "task": cfg.task, "model": cfg.model, "steps": total, "epochs": cfg.sft_epochs,
+               "examples": len(examples), "targets_too_long": too_long,
                "before": before, "after": after, "train_seconds": time.time() - started,
                "peak_memory_mb": runtime.peak_memory_mb(device)}
     # strict JSON: a task with no majority baseline has NaN there, written as null

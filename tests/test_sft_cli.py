@@ -63,3 +63,55 @@ def test_failure_after_building_the_model_cleans_up(tmp_path, capsys, monkeypatc
         assert sorted(p.name for p in out.iterdir()) == ["notes.txt"]
     else:
         assert not (tmp_path / "new").exists()
+
+
+class CharTokenizer:
+    """One id per character (ord), EOS 0: lengths and labels are countable by hand."""
+    eos_token_id = 0
+    chat_template = None
+
+    def __call__(self, text, add_special_tokens=False):
+        return {"input_ids": [ord(c) for c in text]}
+
+
+def test_sft_examples_leave_out_targets_that_do_not_fit():
+    """A target cut at max_completion_length would lose its </answer> and EOS: such items are left out."""
+    from types import SimpleNamespace
+
+    from minigrpo.sft import sft_examples
+
+    item = {"question": "q?", "answer": "a", "metadata": {}}
+    cfg = SimpleNamespace(max_completion_length=6, max_prompt_length=4, task="t")
+    examples, too_long = sft_examples([(item, "abcde"), (item, "abcdef"), (item, "xy")], CharTokenizer(), cfg)
+    assert too_long == 1  # "abcdef" + EOS is 7 tokens
+    assert [t for _, t in examples] == [[97, 98, 99, 100, 101, 0], [120, 121, 0]]  # whole, EOS last
+    assert all(len(p) == 4 for p, _ in examples)  # prompts cut from the left
+    cfg.max_completion_length = 2
+    with pytest.raises(TrainingError, match="fits --max-completion-length 2"):
+        sft_examples([(item, "abcde")], CharTokenizer(), cfg)
+
+
+def test_collate_labels_only_the_target_and_its_eos():
+    import torch
+
+    from minigrpo.sft import collate
+
+    ids, attention, labels = collate([([5, 6, 7], [8, 0]), ([9], [10, 11, 0])], pad_id=3, device="cpu")
+    assert ids.tolist() == [[5, 6, 7, 8, 0], [9, 10, 11, 0, 3]]
+    assert attention.tolist() == [[1, 1, 1, 1, 1], [1, 1, 1, 1, 0]]
+    assert labels.tolist() == [[-100, -100, -100, 8, 0], [-100, 10, 11, 0, -100]]
+    # run_sft's shift: the logits at t predict labels[t + 1]; a model that puts all mass on the right
+    # next token has loss 0 exactly on these labels, and the prompt's and pad's predictions do not count
+    logits = torch.full((2, 5, 12), -1e4)
+    for b in range(2):
+        for t in range(4):
+            logits[b, t, ids[b, t + 1]] = 0.0
+
+    def loss():
+        return torch.nn.functional.cross_entropy(logits[:, :-1].reshape(-1, 12), labels[:, 1:].reshape(-1)).item()
+
+    logits[0, :2] = 0.0  # uniform where row 0 predicts its prompt's tokens 6 and 7: not in the loss
+    logits[1, 3] = 0.0  # uniform where row 1's EOS predicts the padding after it: not in the loss
+    assert loss() == 0.0
+    logits[1, 0] = 0.0  # uniform where row 1's last prompt token predicts its first target token
+    assert loss() == pytest.approx(torch.log(torch.tensor(12.0)).item() / 5)  # 5 labelled tokens
