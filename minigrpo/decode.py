@@ -101,6 +101,21 @@ def shorter_sliding_window(config, length: int) -> int | None:
     return window if window and windowed and window < length else None
 
 
+def unsupported(model, context: int) -> str | None:
+    """Why our decode loop cannot sample from ``model`` with prompts and completions of ``context``
+    tokens in all (None if it can): it builds its own mask over the whole context, for sdpa or
+    eager attention."""
+    attn = getattr(model.config, "_attn_implementation", "sdpa") or "sdpa"
+    if attn not in ("sdpa", "eager"):
+        return (f"rollout_backend 'fast' needs attn_implementation sdpa or eager, the model uses {attn!r}; "
+                f"load it with attn_implementation='sdpa' or use rollout_backend 'hf'")
+    window = shorter_sliding_window(model.config, context)
+    if window:
+        return (f"rollout_backend 'fast' attends to the whole context, but this model uses a sliding window of "
+                f"{window} tokens, shorter than prompt + completion ({context}); use rollout_backend 'hf'")
+    return None
+
+
 class Decoder:
     """Static buffers (and on CUDA the captured step) for one model, batch size and cache length.
 
@@ -115,15 +130,7 @@ class Decoder:
     def __init__(self, model, batch: int, prompt_len: int, max_new: int, temperature: float, top_p: float,
                  greedy: bool, eos_ids, pad_id: int, use_graph: bool, attention: str = "gqa", compile: bool = False,
                  fused=None):
-        attn = getattr(model.config, "_attn_implementation", "sdpa") or "sdpa"
-        if attn not in ("sdpa", "eager"):
-            raise ValueError(f"rollout_backend 'fast' needs attn_implementation sdpa or eager, the model uses {attn!r}; "
-                             f"load it with attn_implementation='sdpa' or use rollout_backend 'hf'")
-        window = shorter_sliding_window(model.config, prompt_len + max_new)
-        if window:
-            raise ValueError(f"rollout_backend 'fast' attends to the whole context, but this model uses a sliding "
-                             f"window of {window} tokens, shorter than prompt + completion ({prompt_len + max_new}); "
-                             f"use rollout_backend 'hf'")
+        attn = getattr(model.config, "_attn_implementation", "sdpa") or "sdpa"  # decode() checked it (unsupported)
         device = next(model.parameters()).device
         self._model = weakref.ref(model)
         self.cache_arg = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
@@ -400,6 +407,9 @@ def decode(model, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, max_new_t
     check_every = check_every if check_every is not None else (CHECK_EVERY if on_cuda else 1)
     overlap_steps = overlap_steps if overlap_steps is not None else (OVERLAP_STEPS if on_cuda else 0)
     b, lp = prompt_ids.shape
+    reason = unsupported(model, lp + max_new_tokens)  # the real context: bucketing adds masked columns only
+    if reason:
+        raise ValueError(reason)
     rows, cols = _round_up(b, batch_bucket), _round_up(lp, prompt_bucket)
     ids = F.pad(prompt_ids, (cols - lp, 0), value=pad_id)
     mask = F.pad(prompt_mask, (cols - lp, 0), value=0)

@@ -21,8 +21,10 @@ graphs on a GPU), which also returns the log-probs of the tokens it sampled.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import inspect
+import weakref
 from dataclasses import dataclass
 
 import torch
@@ -145,8 +147,10 @@ def generate(model, tokenizer, prompts: list[str], num_generations: int, max_com
                 while_decoding()
                 while_decoding = None
             sampling = dict(do_sample=False) if greedy else dict(do_sample=True, temperature=temperature, top_p=top_p, top_k=0)
-            out = model.generate(input_ids=prompt_ids, attention_mask=prompt_mask, max_new_tokens=max_completion_length,
-                                 pad_token_id=pad_id, eos_token_id=sorted(eos_ids), **sampling)
+            with _plain_generation_config(model):
+                out = model.generate(input_ids=prompt_ids, attention_mask=prompt_mask,
+                                     max_new_tokens=max_completion_length, pad_token_id=pad_id,
+                                     eos_token_id=sorted(eos_ids), **sampling)
             completion, logps = out[:, prompt_ids.shape[1]:], None
         chunks.append((prompt_ids, prompt_mask, completion, logps))
     model.train(was_training)
@@ -160,9 +164,29 @@ def generate(model, tokenizer, prompts: list[str], num_generations: int, max_com
     sampling_logprobs = None
     if backend == "fast":
         sampling_logprobs = torch.cat([F.pad(c[3], (0, lc - c[3].shape[1])) for c in chunks]) * completion_mask
-    texts = tokenizer.batch_decode(completion_ids * completion_mask.long() + pad_id * (1 - completion_mask.long()),
+    # the text of each completion's own tokens (up to and including EOS): a pad id that is an
+    # ordinary token would otherwise reach the text the reward reads
+    lengths = completion_mask.sum(dim=1).long().tolist()
+    texts = tokenizer.batch_decode([row[:n] for row, n in zip(completion_ids.tolist(), lengths)],
                                    skip_special_tokens=True)
     return Rollout(prompt_ids, prompt_mask, completion_ids, completion_mask, texts, sampling_logprobs)
+
+
+@contextlib.contextmanager
+def _plain_generation_config(model):
+    """While it runs, ``model.generate`` samples from π = softmax(z / τ) cut to top-p and nothing else:
+    a fresh generation config stands in for the model's, whose other fields (repetition_penalty,
+    no_repeat_ngram_size, min_new_tokens, suppress_tokens, ...) would otherwise apply (transformers
+    fills every field the call leaves unset from the model's config) and sample off the policy the
+    loss scores."""
+    from transformers import GenerationConfig
+
+    saved = model.generation_config
+    model.generation_config = GenerationConfig()
+    try:
+        yield
+    finally:
+        model.generation_config = saved
 
 
 def forward_completion(model, batch: Rollout, temperature: float, output_hidden: bool = False):
@@ -170,7 +194,7 @@ def forward_completion(model, batch: Rollout, temperature: float, output_hidden:
 
     Returns ``logits`` (N, Lc, V) in float32 and ``hidden`` (N, Lc, H) or None.
     """
-    if _softcapped(model):
+    if not hidden_gives_logits(model):
         return _forward_full(model, batch, temperature, output_hidden)
     hidden = completion_hidden(model, batch)
     return logits_from_hidden(model, hidden, temperature), (hidden if output_hidden else None)
@@ -178,14 +202,47 @@ def forward_completion(model, batch: Rollout, temperature: float, output_hidden:
 
 def logits_from_hidden(model, hidden: torch.Tensor, temperature: float) -> torch.Tensor:
     """``forward_completion``'s tempered float32 logits from last hidden states it (or the update,
-    or a scoring pass) computed: the model's output layer, then / temperature. Not for models with
-    logit soft-capping (``hidden_gives_logits``)."""
+    or a scoring pass) computed: the model's output layer, then / temperature. Only for models
+    whose logits are nothing more (``hidden_gives_logits``)."""
     return model.get_output_embeddings()(hidden).float() / temperature
 
 
+# config fields with which transformers' models change the logits after the output layer, and the
+# value that leaves them unchanged: soft-capping (Gemma 2/3), scaling (Granite, Cohere)
+_LOGIT_TRANSFORMS = {"final_logit_softcapping": None, "logits_scaling": 1.0, "logit_scale": 1.0}
+_HEAD_GIVES_LOGITS: "weakref.WeakKeyDictionary[torch.nn.Module, bool]" = weakref.WeakKeyDictionary()
+
+
 def hidden_gives_logits(model) -> bool:
-    """Whether the logits are the output layer of the last hidden states (``logits_from_hidden``)."""
-    return not _softcapped(model)
+    """Whether the model's logits are its output layer applied to the decoder's last hidden states,
+    so that log-probs may come from hidden states (``logits_from_hidden``, the chunked passes).
+    Not with a config field of ``_LOGIT_TRANSFORMS``; any other change of the logits (a model
+    that scales them under another name) is caught by comparing the two on a two-token input,
+    once per model. Elsewhere the model's own forward computes the logits (``_forward_full``)."""
+    known = _HEAD_GIVES_LOGITS.get(model)
+    if known is None:
+        config = model.config
+        plain_config = all(getattr(config, name, None) in (None, 0, neutral)
+                           for name, neutral in _LOGIT_TRANSFORMS.items())
+        known = _HEAD_GIVES_LOGITS[model] = plain_config and _head_matches_forward(model)
+    return known
+
+
+@torch.no_grad()
+def _head_matches_forward(model) -> bool:
+    was_training = model.training
+    model.eval()  # dropout would make the two forwards differ
+    try:
+        ids = torch.tensor([[0, 1]], device=next(model.parameters()).device)
+        logits = model(input_ids=ids, use_cache=False).logits.float()
+        hidden = model.get_decoder()(input_ids=ids, use_cache=False).last_hidden_state
+        from_head = model.get_output_embeddings()(hidden).float()
+    except Exception:  # a model that cannot be run this way: its own forward is always right
+        return False
+    finally:
+        model.train(was_training)
+    return from_head.shape == logits.shape and \
+        bool((from_head - logits).abs().max() <= 1e-3 * logits.abs().max().clamp(min=1e-3))
 
 
 # logits held at once by completion_logprobs and the update's log-probs: 2**27 fp32 values = 512 MiB
@@ -203,7 +260,8 @@ def completion_logprobs(model, batch: Rollout, temperature: float, budget: int =
 
 
 def _logprobs_and_hidden(model, batch: Rollout, temperature: float, budget: int = LOGITS_BUDGET):
-    """``completion_logprobs`` and the last hidden states it scored (None for soft-capped logits)."""
+    """``completion_logprobs`` and the last hidden states it scored (None where the logits are not a
+    plain output layer: ``hidden_gives_logits``)."""
     head = _plain_head(model)
     if head is None:
         logits, hidden = forward_completion(model, batch, temperature, output_hidden=hidden_gives_logits(model))
@@ -242,11 +300,11 @@ def completion_logprobs_entropy(model, batch: Rollout, temperature: float, outpu
 
 def _plain_head(model):
     """The output layer when the logits are nothing but its weight (and bias) applied to the last
-    hidden states, else None: logit soft-capping, a wrapped layer (adapters) or forward hooks on it
+    hidden states, else None: logit soft-capping or scaling, a wrapped layer (adapters) or forward hooks on it
     (which the chunked path would bypass) send the caller to the model's own logits."""
     head = model.get_output_embeddings()
     plain = type(head) is torch.nn.Linear and not head._forward_hooks and not head._forward_pre_hooks
-    return head if plain and not _softcapped(model) else None
+    return head if plain and hidden_gives_logits(model) else None
 
 
 def _chunk_rows(head, budget: int) -> int:
@@ -284,7 +342,7 @@ def completion_hidden(model, batch: Rollout) -> torch.Tensor:
 
 def _forward_full(model, batch: Rollout, temperature: float, output_hidden: bool):
     """The model's own forward over prompt + completion for every row (models whose logits are
-    not a plain output layer, e.g. with logit soft-capping; and the tests' reference)."""
+    not a plain output layer, e.g. with logit soft-capping or scaling; and the tests' reference)."""
     input_ids = torch.cat([batch.prompt_ids, batch.completion_ids], dim=1)
     attention_mask = torch.cat([batch.prompt_mask, batch.completion_mask.to(batch.prompt_mask.dtype)], dim=1)
     out = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=_positions(attention_mask),
@@ -293,10 +351,6 @@ def _forward_full(model, batch: Rollout, temperature: float, output_hidden: bool
     logits = out.logits[:, lp - 1: lp - 1 + lc, :].float() / temperature
     hidden = out.hidden_states[-1][:, lp - 1: lp - 1 + lc, :] if output_hidden else None
     return logits, hidden
-
-
-def _softcapped(model) -> bool:
-    return bool(getattr(model.config, "final_logit_softcapping", None))
 
 
 def _positions(attention_mask: torch.Tensor) -> torch.Tensor:
@@ -329,7 +383,7 @@ def score_logprobs(model, batch: Rollout, temperature: float, batch_size: int) -
 def score_logprobs_and_hidden(model, batch: Rollout, temperature: float, batch_size: int, keep_hidden: bool = True):
     """``score_logprobs`` and, with ``keep_hidden``, the last hidden states it scored (N, Lc, H), from
     which ``logits_from_hidden`` gives the full logits of any row without another forward pass
-    (None for soft-capped logits)."""
+    (None where the logits are not a plain output layer)."""
     was_training = model.training
     model.eval()
     parts, hidden = [], []

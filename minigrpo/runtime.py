@@ -91,14 +91,33 @@ def save_final_model(model, tokenizer, out_dir: Path) -> None:
     out_dir = Path(out_dir)
     tmp = out_dir / ".final.tmp"
     shutil.rmtree(tmp, ignore_errors=True)
-    model.save_pretrained(tmp)
-    tokenizer.save_pretrained(tmp)
-    _fsync_tree(tmp)
+    try:
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        _fsync_tree(tmp)
+    except BaseException as exc:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if _write_failure(exc):
+            raise TrainingError(f"could not write the final model into {out_dir} ({_one_line(exc)}): free disk "
+                                f"space (or fix the folder) and run the command again (`train`: with --resume)") \
+                from None
+        raise
     for i, item in enumerate(sorted(tmp.iterdir())):
         if i == 1:
             faults.hit("final")
         os.replace(item, out_dir / item.name)
     tmp.rmdir()
+
+
+def _write_failure(exc: BaseException) -> bool:
+    """A failed write of model or state files (a full disk, a folder gone): OSError, and what the
+    writers raise instead of one (safetensors' SafetensorError; torch.save's "file write failed")."""
+    return isinstance(exc, OSError) or type(exc).__name__ == "SafetensorError" or \
+        (isinstance(exc, RuntimeError) and "write" in str(exc).lower())
+
+
+def _one_line(exc: BaseException) -> str:
+    return " ".join(f"{type(exc).__name__}: {exc}".split())[:300]
 
 
 # --- checkpoints -----------------------------------------------------------------------------
@@ -140,8 +159,11 @@ def save_checkpoint(out_dir: Path, model, tokenizer, optimizer, scheduler, state
             save_experience(tmp, experience)
         (tmp / "state.json").write_text(json.dumps(state, indent=2))  # written last: marks it complete
         _fsync_tree(tmp)
-    except BaseException:
+    except BaseException as exc:
         shutil.rmtree(tmp, ignore_errors=True)
+        if _write_failure(exc):
+            raise TrainingError(f"could not write the checkpoint ({_one_line(exc)}); the previous checkpoint in "
+                                f"{ckpt} is kept: free disk space (or fix {out}), then continue with --resume") from None
         raise
     if ckpt.exists():
         shutil.rmtree(old, ignore_errors=True)
@@ -353,7 +375,16 @@ def nonfinite_weight(model) -> str | None:
 
 
 def check_context(model, cfg) -> None:
-    """A prompt plus its completion must fit the model's positions; fused_decode needs a model it can fuse."""
+    """A prompt plus its completion must fit the model's positions; the fast backend needs a model
+    whose attention it can run over that whole context (at start, not at the first rollout whose
+    prompts are long enough to find out); fused_decode needs a model it can fuse."""
+    if getattr(cfg, "rollout_backend", "hf") == "fast":
+        from .decode import unsupported
+
+        reason = unsupported(model, cfg.max_prompt_length + cfg.max_completion_length)
+        if reason:
+            raise ConfigError(f"invalid --rollout-backend fast: {reason} (prompt + completion = --max-prompt-length "
+                              f"+ --max-completion-length)")
     if getattr(cfg, "fused_decode", False):
         from .fused_step import unsupported
 

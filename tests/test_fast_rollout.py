@@ -15,8 +15,9 @@ from minigrpo import decode as fast
 from minigrpo import decode_attention, sampling
 from minigrpo.config import ConfigError
 from minigrpo.losses import logprobs_from_logits
-from minigrpo.rollout import (Rollout, completion_logprobs, completion_mask_from_ids, eos_token_ids, forward_completion,
-                              generate, score_logprobs, tokenize_prompts)
+from minigrpo.rollout import (Rollout, completion_hidden, completion_logprobs, completion_logprobs_entropy,
+                              completion_mask_from_ids, eos_token_ids, forward_completion, generate, hidden_gives_logits,
+                              score_logprobs, tokenize_prompts)
 
 from conftest import fast_config
 
@@ -335,6 +336,142 @@ def test_fast_decode_on_other_architectures_equals_generate_and_a_forward_pass(t
     logits, _ = forward_completion(model, rollout, 0.7)
     plain = logprobs_from_logits(logits, rollout.completion_ids) * rollout.completion_mask
     torch.testing.assert_close(rollout.sampling_logprobs, plain, rtol=0, atol=2e-5)
+
+
+def _own_logprobs(model, rollout, temperature):
+    """log π(token) from the model's own logits (its forward, whatever it does after the output layer)."""
+    ids = torch.cat([rollout.prompt_ids, rollout.completion_ids], 1)
+    attention = torch.cat([rollout.prompt_mask, rollout.completion_mask.long()], 1)
+    lp, lc = rollout.prompt_ids.shape[1], rollout.completion_ids.shape[1]
+    with torch.no_grad():
+        logits = model(input_ids=ids, attention_mask=attention,
+                       position_ids=(attention.cumsum(1) - 1).clamp(min=0)).logits[:, lp - 1: lp - 1 + lc]
+    logp = torch.log_softmax(logits.float() / temperature, -1).gather(-1, rollout.completion_ids[..., None])[..., 0]
+    return logp * rollout.completion_mask
+
+
+class _HalvedLogits(torch.nn.Module):
+    """A model that scales its logits under a name no config field gives away."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.inner, self.config, self.generation_config = model, model.config, model.generation_config
+
+    def forward(self, *args, **kwargs):
+        out = self.inner(*args, **kwargs)
+        out.logits = out.logits * 0.5
+        return out
+
+    def get_decoder(self):
+        return self.inner.get_decoder()
+
+    def get_output_embeddings(self):
+        return self.inner.get_output_embeddings()
+
+
+@pytest.mark.parametrize("arch,extra", [("granite", dict(logits_scaling=8.0)), ("cohere", {})],
+                         ids=["granite-logits-scaling", "cohere-logit-scale"])
+def test_scaled_logits_are_scored_as_the_model_computes_them(tiny, arch, extra):
+    """Granite divides its logits by ``logits_scaling``, Cohere multiplies them by ``logit_scale``
+    (0.0625 by default): the scoring passes (π_old, π_ref), the update's log-probs and the fast
+    backend's sampling log-probs all equal log softmax(the model's own logits / τ)."""
+    _, tok = tiny
+    model = _random_gqa_model(arch, tok, **extra)
+    with torch.no_grad():
+        model.get_output_embeddings().weight.mul_(20.0)  # logits of tens: the scale matters
+    assert not hidden_gives_logits(model)
+    torch.manual_seed(3)
+    rollout = generate(model, tok, PROMPTS, 2, 10, 0.7, backend="fast")
+    own = _own_logprobs(model, rollout, 0.7)
+    head_only = logprobs_from_logits(model.get_output_embeddings()(completion_hidden(model, rollout)).float() / 0.7,
+                                     rollout.completion_ids) * rollout.completion_mask
+    assert (head_only - own).abs().max() > 0.1  # the output layer alone would score another policy
+    torch.testing.assert_close(rollout.sampling_logprobs, own, rtol=0, atol=2e-5)
+    torch.testing.assert_close(score_logprobs(model, rollout, 0.7, 3), own, rtol=0, atol=2e-5)
+    logp, entropy, _ = completion_logprobs_entropy(model, rollout, 0.7)
+    torch.testing.assert_close(logp, own, rtol=0, atol=2e-5)
+    assert torch.isfinite(entropy).all()
+
+
+def test_a_logit_transform_no_config_field_names_is_found(tiny):
+    model, tok = tiny
+    halved = _HalvedLogits(model)
+    assert hidden_gives_logits(model) and not hidden_gives_logits(halved)
+    torch.manual_seed(4)
+    rollout = generate(model, tok, PROMPTS, 1, 8, 1.0, backend="fast")
+    torch.testing.assert_close(score_logprobs(halved, rollout, 1.0, 4), _own_logprobs(halved, rollout, 1.0),
+                               rtol=0, atol=2e-5)
+
+
+def test_hf_backend_ignores_the_models_other_generation_settings(tiny):
+    """Fields of the model's generation_config that π = softmax(z / τ) has not (repetition_penalty,
+    no_repeat_ngram_size, min_new_tokens, top_k) do not reach ``model.generate``: hf and fast give
+    the same greedy and the same seeded sampled tokens, and the model keeps its config."""
+    import copy
+
+    model, tok = tiny
+    saved = model.generation_config
+    odd = copy.deepcopy(saved)
+    odd.repetition_penalty, odd.no_repeat_ngram_size, odd.min_new_tokens, odd.top_k = 1.3, 2, 5, 3
+    model.generation_config = odd
+    try:
+        for greedy in (True, False):
+            torch.manual_seed(5)
+            hf = generate(model, tok, PROMPTS, 2, 16, 1.0, greedy=greedy, backend="hf")
+            torch.manual_seed(5)
+            ours = generate(model, tok, PROMPTS, 2, 16, 1.0, greedy=greedy, backend="fast")
+            assert torch.equal(hf.completion_ids, ours.completion_ids), greedy
+        assert model.generation_config is odd
+    finally:
+        model.generation_config = saved
+
+
+def test_completion_text_holds_only_its_own_tokens(tiny):
+    """A pad id that is an ordinary token (here the text "'") fills the rows that ended early; the
+    completions' text, which the reward reads, is their tokens up to EOS, for both backends."""
+    model, tok = tiny
+    saved_pad, saved_eos = tok.pad_token, model.generation_config.eos_token_id
+    tok.pad_token = "'"
+    assert tok.decode([tok.pad_token_id], skip_special_tokens=True) == "'"  # skipping special tokens keeps it
+    try:
+        plain = generate(model, tok, PROMPTS, 1, 8, 1.0, greedy=True, backend="hf")
+        rows = [row[:n] for row, n in zip(plain.completion_ids.tolist(), plain.completion_mask.sum(1).long().tolist())]
+
+        def lengths(eos=None):  # greedy rows are the same up to an extra EOS, which ends them there
+            return {row.index(eos) + 1 if eos in row else len(row) for row in rows}
+
+        if len(lengths()) == 1:  # no row ended before another: an extra EOS that makes one do so
+            _with_eos(model, eos_token_ids(model, tok) | {next(t for row in rows for t in row if len(lengths(t)) > 1)})
+        for backend in ("hf", "fast"):
+            rollout = generate(model, tok, PROMPTS, 1, 8, 1.0, greedy=True, backend=backend)
+            mask = rollout.completion_mask.bool()
+            assert not mask.all() and (rollout.completion_ids[~mask] == tok.pad_token_id).all()
+            for row, text in enumerate(rollout.completions):
+                assert text == tok.decode(rollout.completion_ids[row][mask[row]], skip_special_tokens=True)
+    finally:
+        tok.pad_token = saved_pad
+        model.generation_config.eos_token_id = saved_eos
+
+
+def test_the_fast_backend_refuses_a_short_sliding_window_at_start(gqa_model):
+    """A window shorter than max_prompt_length + max_completion_length is refused before any work,
+    not at the first rollout whose prompts happen to be long enough."""
+    from minigrpo.runtime import check_context
+
+    model, _ = gqa_model
+    saved = getattr(model.config, "sliding_window", None), getattr(model.config, "layer_types", None)
+    model.config.sliding_window = 64
+    if saved[1]:
+        model.config.layer_types = ["sliding_attention"] * len(saved[1])
+    try:
+        check_context(model, fast_config(rollout_backend="hf", max_prompt_length=160, max_completion_length=24))
+        with pytest.raises(ConfigError, match="invalid --rollout-backend fast:.*sliding window of 64 tokens"):
+            check_context(model, fast_config(rollout_backend="fast", max_prompt_length=160, max_completion_length=24))
+        check_context(model, fast_config(rollout_backend="fast", max_prompt_length=32, max_completion_length=24))
+    finally:
+        model.config.sliding_window = saved[0]
+        if saved[1]:
+            model.config.layer_types = saved[1]
 
 
 def test_gqa_sampled_logprobs_equal_a_plain_forward_pass(gqa_model):
