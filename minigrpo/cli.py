@@ -260,11 +260,13 @@ def main(argv: list[str] | None = None) -> int:
     from .models import ModelLoadError
     from .runtime import TrainingError
     from .tasks import TaskError
+    from .trace.reader import trace_warnings_as_lines
     from .trace.schema import TraceError
 
     args = _parser().parse_args(_join_negative_numbers(sys.argv[1:] if argv is None else argv))
     try:
-        return _run(args)
+        with trace_warnings_as_lines():
+            return _run(args)
     except (ConfigError, TaskError, ModelLoadError, TrainingError, TraceError) as exc:
         print(f"minigrpo: error: {exc}", file=sys.stderr)
         return 2

@@ -379,12 +379,16 @@ class RLTrainer:
                         getattr(self.tokenizer, "name_or_path", "") or self.cfg.model,
                         extra={**runtime.run_facts(self.device, self.dtype),
                                **({"world_size": self.dist.world_size} if self.dist.active else {})})
+        if self.resume and self.step > 0 and not (path / "meta.json").exists():
+            raise runtime.TrainingError(f"{path} is missing, but the checkpoint at update {self.step} was traced: "
+                                        f"restore the trace from a copy, or continue without one: --trace false")
         try:
             with warnings.catch_warnings(record=True) as notes:  # e.g. a torn last line repaired
                 warnings.simplefilter("always")
                 writer = TraceWriter(path, meta, resume=self.resume, compress=True)
             if self.resume:  # drop what was recorded after the checkpoint: those updates are redone
                 writer.rewind(self.step, self._kept_rollout)
+                self._check_trace_reaches_checkpoint(writer)
         except FileExistsError:
             raise runtime.TrainingError(f"{path} already holds a trace; choose a new --out, or add --resume "
                                         f"to continue that run") from None
@@ -393,6 +397,20 @@ class RLTrainer:
         for note in notes:
             self.log(f"trace: {note.message}")
         return writer
+
+    def _check_trace_reaches_checkpoint(self, writer) -> None:
+        """A resumed trace must hold every update up to the checkpoint's (and the rollout in flight):
+        appending after a trace cut shorter would leave a gap no later record can fill."""
+        if self.step == 0:  # no checkpoint: the run starts over, and so does its trace
+            return
+        short = writer.last_step < self.step
+        lost_rollout = writer.last_rollout != self._kept_rollout
+        if short or lost_rollout:
+            writer.close()
+            held = f"ends at update {writer.last_step}" if short else \
+                f"does not hold rollout {self._kept_rollout}, which the checkpoint's next updates train on"
+            raise runtime.TrainingError(f"{writer.path} {held}, but the checkpoint is at update {self.step}: "
+                                        f"restore the trace from a copy, or continue without one: --trace false")
 
     def _restore(self) -> None:
         """Continue from OUT/checkpoint: optimizer, RNGs, step, and the rollout in flight when it was saved."""

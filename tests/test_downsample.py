@@ -130,3 +130,45 @@ def test_cli(tmp_path, capsys):
     assert main(["trace", "downsample", str(PPO), str(dst), "--probe-every", "20"]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("minigrpo: error:") and "already exists" in err and "\n" not in err
+
+
+def test_fields_this_version_does_not_know_survive_the_copy(tmp_path):
+    """docs/trace-format.md §8: later writers may add fields without a version bump; a copy keeps
+    them (meta, rollout lines and payloads, step lines, step payload keys)."""
+    import json
+    import shutil
+
+    src = tmp_path / "src"
+    shutil.copytree(PPO, src)
+    meta = json.loads((src / "meta.json").read_text())
+    meta["zz_meta"] = {"new": 1}
+    (src / "meta.json").write_text(json.dumps(meta))
+    for name in ("rollouts.jsonl", "steps.jsonl"):
+        lines = (src / name).read_text().splitlines()
+        (src / name).write_text("".join(json.dumps({**json.loads(line), "zz_line": i}) + "\n"
+                                        for i, line in enumerate(lines)))
+    last = load(src).steps[-1]
+    step_payload = src / json.loads((src / "steps.jsonl").read_text().splitlines()[-1])["payload"]
+    arrays = dict(np.load(step_payload))
+    np.savez(step_payload, **arrays, zz_array=np.arange(3))
+    dst = tmp_path / "dst"
+    downsample(src, dst, probe_every=1000)
+    out_meta = json.loads((dst / "meta.json").read_text())
+    assert out_meta["zz_meta"] == {"new": 1} and out_meta["extra"]["downsampled"]["probe_every"] == 1000
+    for name in ("rollouts.jsonl", "steps.jsonl"):
+        got = [json.loads(line)["zz_line"] for line in (dst / name).read_text().splitlines()]
+        assert got == list(range(len(got))) and got
+    assert (dst / "rollouts.jsonl").read_bytes() == (src / "rollouts.jsonl").read_bytes()
+    assert "zz_array" in np.load(dst / step_payload.relative_to(src)).files  # the last step keeps its probes
+    assert len(load(dst).steps[-1].probes) == len(last.probes)
+    assert validate(dst) == validate(src)
+
+
+def test_a_temp_folder_left_by_a_killed_downsample_is_removed(tmp_path):
+    stale = tmp_path / ".copy.tmp-999999999"  # no such process
+    stale.mkdir()
+    (stale / "meta.json").write_text("{}")
+    live = tmp_path / ".copy.tmp-1"  # process 1 is alive: a copy that may still be running
+    live.mkdir()
+    downsample(GRPO, tmp_path / "copy", probe_every=50)
+    assert not stale.exists() and live.exists() and (tmp_path / "copy").is_dir()

@@ -222,3 +222,19 @@ def test_default_out_is_named_after_the_run_from_any_folder(tmp_path, monkeypatc
     for path in (".", "..", str(trace)):
         with pytest.raises(PlotError, match="inside the trace folder.*pass -o"):
             default_out(path)
+
+
+def test_a_torn_last_line_is_one_warning_line(tmp_path, capsys):
+    """A trace whose run was killed mid-line: `minigrpo plot` says so in one line of its own, not
+    Python's two-line warning pointing into the reader."""
+    from minigrpo.cli import main
+
+    trace = tmp_path / "trace"
+    shutil.copytree(Path(__file__).resolve().parents[1] / "traces" / "demo-grpo-syllogism", trace)
+    with open(trace / "steps.jsonl", "a") as f:
+        f.write('{"step": 999, "rollo')
+    assert main(["plot", str(trace), "-o", str(tmp_path / "plots")]) == 0
+    err = capsys.readouterr().err.splitlines()
+    torn = [line for line in err if "torn last line" in line]
+    assert len(torn) == 1 and torn[0].startswith("minigrpo: warning: ") and "TraceWarning" not in torn[0]
+    assert not any("warnings.warn" in line or "return _load" in line for line in err)

@@ -79,7 +79,7 @@ def test_run_sft_counts_epochs(tmp_path, sft_model):
     from minigrpo.sft import run_sft
 
     # from the session's SFT'd tiny model (a folder), so the tiny model is not built again
-    cfg = fast_config(model=sft_model, sft_size=40, sft_epochs=2, sft_batch_size=16, eval_n=4)
+    cfg = fast_config(model=sft_model, sft_size=40, sft_epochs=2, sft_batch_size=16, eval_n=4, max_completion_length=48)
     summary = run_sft(cfg, tmp_path, log=lambda *_: None)
     assert (summary["steps"], summary["epochs"], summary["examples"]) == (2 * 3, 2, 40)
 

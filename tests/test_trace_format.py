@@ -693,3 +693,101 @@ def test_new_meta_fills_provenance():
     meta = new_meta("grpo", "tiny", "syllogism", {"epsilon": 0.2}, "tiny-tok", git_commit=None)
     assert meta.format == "minigrpo-trace" and meta.version == FORMAT_VERSION
     assert meta.created.endswith("+00:00") and meta.git_commit is None
+
+
+# ----------------------------------------------------------------------------- stop 19: reader edge cases
+def test_reading_while_a_run_appends_a_rollout_and_its_step(tmp_path, monkeypatch):
+    """The writer appends a rollout's line, then its steps' lines. The reader reads steps.jsonl
+    first, so a rollout line and its first step line appended between its two reads cannot make
+    a step name a rollout it has not read."""
+    from minigrpo.trace import reader
+
+    path = tmp_path / "t"
+    make_synthetic_trace(path, n_steps=2)
+    lines = {name: (path / name).read_text().splitlines(keepends=True) for name in ("rollouts.jsonl", "steps.jsonl")}
+    last_rollout = json.loads(lines["rollouts.jsonl"][-1])["rollout"]
+    first_of_last = next(i for i, l in enumerate(lines["steps.jsonl"]) if json.loads(l)["rollout"] == last_rollout)
+    # on disk: the run before it wrote the last rollout; it writes that rollout and its first step
+    # while the reader is between its two files
+    (path / "rollouts.jsonl").write_text("".join(lines["rollouts.jsonl"][:-1]))
+    (path / "steps.jsonl").write_text("".join(lines["steps.jsonl"][:first_of_last]))
+    read_jsonl = reader._read_jsonl
+    calls = []
+
+    def racing(file, notes):
+        out = read_jsonl(file, notes)
+        if not calls:
+            with open(path / "rollouts.jsonl", "a") as f:
+                f.write(lines["rollouts.jsonl"][-1])
+            with open(path / "steps.jsonl", "a") as f:
+                f.write(lines["steps.jsonl"][first_of_last])
+        calls.append(file)
+        return out
+
+    monkeypatch.setattr(reader, "_read_jsonl", racing)
+    index = read_index(path)
+    assert [r.step for r in index.steps] == [json.loads(l)["step"] for l in lines["steps.jsonl"][:first_of_last]]
+    assert last_rollout in index.rollouts  # read after the steps, it is there; its step comes on the next read
+
+
+@pytest.mark.parametrize("mutation,message", [
+    (lambda d: {**d, "metrics": {**d["metrics"], "lo\ud800ss": 1.0}}, r"lone UTF-16 surrogate escape \(\\ud800\)"),
+    (lambda d: {**d, "step": 2 ** 63}, "does not fit a 64-bit integer"),
+], ids=["lone-surrogate", "step-past-int64"])
+def test_json_the_tools_could_not_use_is_refused_in_one_line(tmp_path, mutation, message):
+    path = tmp_path / "t"
+    make_synthetic_trace(path, n_steps=2)
+    lines = (path / "steps.jsonl").read_text().splitlines()
+    lines[-1] = json.dumps(mutation(json.loads(lines[-1])))  # ensure_ascii: the surrogate as a \ud800 escape
+    (path / "steps.jsonl").write_text("\n".join(lines) + "\n")
+    with pytest.raises(TraceError, match=message) as err:
+        load(path)
+    assert "\n" not in str(err.value) and f"line {len(lines)}" in str(err.value)
+
+
+def test_an_escaped_surrogate_pair_is_text(tmp_path):
+    path = tmp_path / "t"
+    make_synthetic_trace(path, n_steps=2)
+    lines = (path / "steps.jsonl").read_text().splitlines()
+    d = json.loads(lines[-1])
+    d["metrics"]["\U0001F600"] = 1.0  # written by json.dumps as the pair \ud83d\ude00
+    lines[-1] = json.dumps(d)
+    assert "\\ud83d\\ude00" in lines[-1]
+    (path / "steps.jsonl").write_text("\n".join(lines) + "\n")
+    assert load(path).steps[-1].metrics["\U0001F600"] == 1.0
+
+
+def test_an_empty_meta_or_a_folder_for_a_payload_says_so(tmp_path):
+    path = tmp_path / "t"
+    make_synthetic_trace(path, n_steps=2)
+    payload = json.loads((path / "steps.jsonl").read_text().splitlines()[0])["payload"]
+    os.remove(path / payload)
+    os.mkdir(path / payload)
+    with pytest.raises(TraceError, match="is not a file"):
+        load(path)
+    (path / "meta.json").write_text("")
+    with pytest.raises(TraceError, match=r"meta.json: is empty; the file is damaged") as err:
+        load(path)
+    assert "cut the file" not in str(err.value)
+
+
+def test_validate_reports_updates_missing_between_steps(tmp_path):
+    path = tmp_path / "t"
+    make_synthetic_trace(path, n_steps=5)
+    lines = (path / "steps.jsonl").read_text().splitlines()
+    del lines[1:3]  # steps 2 and 3
+    (path / "steps.jsonl").write_text("\n".join(lines) + "\n")
+    problems = validate(path)
+    assert any("follows step 1, so updates 2-3 of the run are not in the trace" in p for p in problems), problems
+
+
+def test_export_csv_failing_midway_keeps_the_old_file(tmp_path):
+    path = tmp_path / "t"
+    make_synthetic_trace(path, n_steps=3)
+    trace = load(path)
+    out = tmp_path / "m.csv"
+    out.write_text("old\n")
+    trace.steps[-1].metrics["loss"] = "not a number"  # fails on the last row
+    with pytest.raises(TypeError):
+        export_csv(trace, out)
+    assert out.read_text() == "old\n" and [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []

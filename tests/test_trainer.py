@@ -7,6 +7,7 @@ import math
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -483,3 +484,116 @@ def test_batch_scaled_advantages_divide_by_the_std_of_every_ranks_rewards(sft_mo
     expected[(grouped == grouped[:, :1]).all(1)] = 0.0
     torch.testing.assert_close(exp.advantages.double(), expected.reshape(-1), rtol=1e-6, atol=1e-7)
     assert both.std() != rewards.std()  # the test tells the two apart
+
+
+@pytest.mark.parametrize("critic", ["separate", "shared"])
+def test_ppo_experience_rederived_with_plain_loops(sft_model, tmp_path, critic):
+    """PPO's prepared rollout against an independent derivation: V(s_t) from a full forward of the
+    critic at the positions that predict each completion token; KL-shaped token rewards, GAE(γ, λ)
+    with V = 0 after the last token, returns A + V, and advantages whitened over the whole rollout
+    (population variance), each by a plain Python loop."""
+    import math
+    import random
+
+    from minigrpo.experience import collect
+    from minigrpo.ppo import PPOTrainer
+
+    cfg = fast_config(model=sft_model, algo="ppo", trace=False, critic=critic, gamma=0.97, lam=0.9, kl_coef=0.3)
+    trainer = PPOTrainer(cfg, tmp_path, log=lambda *_: None)
+    exp = collect(trainer.policy, trainer.ref, trainer.tokenizer, trainer.train_data, cfg, random.Random(0),
+                  old_pass=True)
+    trainer.prepare(exp)
+    ro, mask = exp.rollout, exp.rollout.completion_mask
+    n, t_len = mask.shape
+    lp = ro.prompt_ids.shape[1]
+    lm = trainer.value_model.lm if critic == "separate" else trainer.policy
+    with torch.no_grad():
+        ids = torch.cat([ro.prompt_ids, ro.completion_ids], 1)
+        attention = torch.cat([ro.prompt_mask, mask.long()], 1)
+        out = lm(input_ids=ids, attention_mask=attention, position_ids=(attention.cumsum(1) - 1).clamp(min=0),
+                 output_hidden_states=True)
+        hidden = out.hidden_states[-1][:, lp - 1: lp - 1 + t_len]
+        head = trainer.value_model.head
+        values = (hidden @ head.weight.T + head.bias).squeeze(-1) * mask
+    assert torch.allclose(values, exp.values * mask, atol=1e-5)
+
+    logp_old, logp_ref, v = exp.logp_old.tolist(), exp.logp_ref.tolist(), exp.values.tolist()
+    lengths = mask.sum(1).long().tolist()
+    adv = [[0.0] * t_len for _ in range(n)]
+    ret = [[0.0] * t_len for _ in range(n)]
+    for i in range(n):
+        k = lengths[i]
+        rewards = [-cfg.kl_coef * (logp_old[i][t] - logp_ref[i][t]) for t in range(k)]
+        rewards[-1] += float(exp.rewards[i])
+        last = 0.0
+        for t in reversed(range(k)):
+            next_v = v[i][t + 1] if t + 1 < k else 0.0
+            last = rewards[t] + cfg.gamma * next_v - v[i][t] + cfg.gamma * cfg.lam * last
+            adv[i][t], ret[i][t] = last, last + v[i][t]
+    flat = [adv[i][t] for i in range(n) for t in range(lengths[i])]
+    mean = sum(flat) / len(flat)
+    std = math.sqrt(sum((a - mean) ** 2 for a in flat) / len(flat) + 1e-8)
+    whitened = [[(adv[i][t] - mean) / std if t < lengths[i] else 0.0 for t in range(t_len)] for i in range(n)]
+    assert torch.allclose(exp.returns * mask, torch.tensor(ret), atol=1e-5)
+    assert torch.allclose(exp.token_advantages * mask, torch.tensor(whitened), atol=1e-4)
+
+
+def test_a_full_disk_while_saving_is_one_line_and_keeps_the_previous_checkpoint(tmp_path):
+    """safetensors reports a full disk as SafetensorError, not OSError: still one line, the previous
+    checkpoint (and the previous final model) untouched, no temp folder left."""
+    from minigrpo import runtime
+
+    class SafetensorError(Exception):
+        pass
+
+    class FullDisk:
+        def save_pretrained(self, folder):
+            Path(folder).mkdir(parents=True, exist_ok=True)
+            (Path(folder) / "model.safetensors").write_bytes(b"part")
+            raise SafetensorError("Error while serializing: I/O error: No space left on device (os error 28)")
+
+    (tmp_path / "checkpoint").mkdir()
+    (tmp_path / "checkpoint" / "state.json").write_text('{"step": 3}')
+    with pytest.raises(runtime.TrainingError, match=r"could not write the checkpoint \(SafetensorError: .*No space "
+                                                    r"left.*previous checkpoint .* is kept"):
+        runtime.save_checkpoint(tmp_path, FullDisk(), None, None, None, {"step": 6})
+    assert (tmp_path / "checkpoint" / "state.json").read_text() == '{"step": 3}'
+    assert not (tmp_path / "checkpoint.tmp").exists()
+    (tmp_path / "model.safetensors").write_bytes(b"final")
+    with pytest.raises(runtime.TrainingError, match="could not write the final model"):
+        runtime.save_final_model(FullDisk(), None, tmp_path)
+    assert (tmp_path / "model.safetensors").read_bytes() == b"final" and not (tmp_path / ".final.tmp").exists()
+    with pytest.raises(ZeroDivisionError):  # a bug is not dressed up as a full disk
+        runtime.save_checkpoint(tmp_path, type("Buggy", (), {"save_pretrained": lambda self, d: 1 / 0})(), None,
+                                None, None, {})
+
+
+def test_resume_refuses_a_trace_that_does_not_reach_the_checkpoint(sft_model, tmp_path):
+    """A trace cut before the checkpoint (as the reader's advice for a damaged line does) or removed
+    cannot be continued: appending would leave updates missing for good. A whole trace resumes,
+    and a temp file a killed write left in its root is removed."""
+    import shutil
+
+    from minigrpo.files import temp_name
+    from minigrpo.grpo import GRPOTrainer
+    from minigrpo.runtime import TrainingError
+    from minigrpo.trace import load, validate
+
+    out = tmp_path / "run"
+    GRPOTrainer(fast_config(model=sft_model, max_steps=3, save_steps=1), out, log=lambda *_: None).train()
+    whole = tmp_path / "whole"
+    shutil.copytree(out / "trace", whole)
+    steps = (out / "trace" / "steps.jsonl").read_text().splitlines(keepends=True)
+    (out / "trace" / "steps.jsonl").write_text(steps[0])
+    more = fast_config(model=sft_model, max_steps=4, save_steps=1)
+    with pytest.raises(TrainingError, match="ends at update 1, but the checkpoint is at update 3.*--trace false"):
+        GRPOTrainer(more, out, resume=True, log=lambda *_: None).train()
+    shutil.rmtree(out / "trace")
+    with pytest.raises(TrainingError, match="trace is missing, but the checkpoint at update 3 was traced"):
+        GRPOTrainer(more, out, resume=True, log=lambda *_: None).train()
+    assert not (out / "trace").exists()
+    shutil.copytree(whole, out / "trace")
+    (out / "trace" / temp_name("steps.jsonl")).write_text("torn")
+    GRPOTrainer(more, out, resume=True, log=lambda *_: None).train()
+    assert [s.step for s in load(out / "trace").steps] == [1, 2, 3, 4] and validate(out / "trace") == []
+    assert not (out / "trace" / temp_name("steps.jsonl")).exists()

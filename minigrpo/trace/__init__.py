@@ -4,7 +4,7 @@ Write with :class:`TraceWriter`, read with :func:`load`, check with :func:`valid
 the format is documented field by field in ``docs/trace-format.md``.
 """
 
-from .reader import LazyStep, TraceWarning, load, read_index, read_meta, trace_dir
+from .reader import LazyStep, TraceWarning, load, read_index, read_meta, trace_dir, trace_warnings_as_lines
 from .schema import (
     FORMAT_NAME,
     FORMAT_VERSION,
@@ -31,6 +31,7 @@ __all__ = [
     "Trace",
     "TraceError",
     "TraceWarning",
+    "trace_warnings_as_lines",
     "TraceWriter",
     "load",
     "new_meta",

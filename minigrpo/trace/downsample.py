@@ -6,28 +6,32 @@ What makes a long trace large is its probes (per-token arrays and top-k logits f
 update) and its rollouts' completion texts. A copy for shipping keeps
 
 * ``meta.json`` as recorded, plus ``extra["downsampled"]`` saying what was dropped;
-* every rollout (all groups: prompts, completions, rewards, advantages, token ids);
+* every rollout line and payload, byte for byte (all groups: prompts, completions, rewards,
+  advantages, token ids);
 * every step line with all its metrics;
 * the probes of the first ``keep_first`` updates, of every ``probe_every``-th update after
   them (counted in recorded order, starting with the first), and of the last update; the
   other steps keep ``"probes": []`` and no payload, which the format allows.
 
-The copy is written with :class:`TraceWriter` (so it passes the reader's checks), into a
-hidden temp folder next to ``DST`` that is renamed into place at the end: an interrupted
-run leaves no half-written ``DST``. Probe arrays are copied unchanged, so ``validate`` of
-the copy finds exactly what it finds in the source.
+Kept lines and payloads are copied as bytes, and the other step lines lose only their probes,
+so a field this minigrpo does not know (one a later version added, docs/trace-format.md §8)
+survives the copy. The copy goes into a hidden temp folder next to ``DST``, is read back with
+the reader's checks, and is then renamed into place: an interrupted run leaves no
+half-written ``DST`` (and a later run removes a temp folder a killed one left).
 """
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import sys
 import warnings
 
-from .reader import TraceWarning, load, probe_counts, trace_dir
-from .schema import Meta, Step, TraceError
-from .writer import TraceWriter
+from .encode import dumps_line
+from .layout import META_FILE, PAYLOAD_DIR, ROLLOUTS_FILE, STEPS_FILE
+from .reader import TraceWarning, load, read_index, trace_dir
+from .schema import TraceError
 
 __all__ = ["downsample", "kept_probe_steps", "trace_bytes", "cli_downsample"]
 
@@ -61,41 +65,79 @@ def downsample(src: str | os.PathLike, dst: str | os.PathLike, probe_every: int,
         raise TraceError(f"--probe-every must be >= 1 and --keep-first >= 0 (got {probe_every}, {keep_first})")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", TraceWarning)  # a torn last line is dropped, as load() does
-        trace = load(src, lazy=True)
-    numbers = [s.step for s in trace.steps]
+        index = read_index(src)
+    numbers = [r.step for r in index.steps]
     kept = kept_probe_steps(numbers, probe_every, keep_first)
-    m = trace.meta
-    extra = dict(m.extra)
-    extra["downsampled"] = {"source_steps": len(numbers), "probe_every": probe_every, "keep_first": keep_first,
-                            "steps_with_probes": [s.step for s in trace.steps if s.step in kept and probe_counts(s)]}
-    meta = Meta(format=m.format, version=m.version, algo=m.algo, model=m.model, task=m.task, config=m.config,
-                tokenizer=m.tokenizer, minigrpo_version=m.minigrpo_version, git_commit=m.git_commit,
-                created=m.created, extra=extra)
+    with_probes = [r.step for r in index.steps if r.step in kept and r.probes]
+    meta = json.loads(_read(src, META_FILE))
+    meta.setdefault("extra", {})["downsampled"] = {"source_steps": len(numbers), "probe_every": probe_every,
+                                                   "keep_first": keep_first, "steps_with_probes": with_probes}
 
     parent = os.path.dirname(dst) or "."
     if not os.path.isdir(parent):
         raise TraceError(f"{parent}: no such folder for the destination; create it first")
+    _remove_stale_temps(parent, os.path.basename(dst))
     tmp = os.path.join(parent, f".{os.path.basename(dst)}.tmp-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
-    pending = sorted(trace.rollouts)  # rollout ids not yet written, in order
-    probes_kept = 0
+    rollout_lines = _read(src, ROLLOUTS_FILE).split(b"\n")
+    step_lines = _read(src, STEPS_FILE).split(b"\n")
+    payloads, probes_kept = [], 0
     try:
-        with TraceWriter(tmp, meta, compress=True, fsync=False) as writer:
-            for step in trace.steps:
-                while pending and pending[0] <= step.rollout:
-                    writer.write_rollout(pending[0], trace.rollouts[pending.pop(0)])
-                probes = step.probes if step.step in kept else []
-                probes_kept += len(probes)
-                writer.write_step(Step(step=step.step, rollout=step.rollout, metrics=step.metrics, probes=probes))
-            for rid in pending:  # rollouts recorded after the last update (a run stopped mid-rollout)
-                writer.write_rollout(rid, trace.rollouts[rid])
+        os.makedirs(os.path.join(tmp, PAYLOAD_DIR))
+        with open(os.path.join(tmp, META_FILE), "w", encoding="utf-8") as f:
+            f.write(json.dumps(meta, indent=1, ensure_ascii=False) + "\n")
+        with open(os.path.join(tmp, ROLLOUTS_FILE), "wb") as f:
+            for rid in sorted(index.rollouts):  # the lines the reader accepted (a torn tail is not one)
+                rec = index.rollouts[rid]
+                f.write(rollout_lines[rec.line - 1] + b"\n")
+                payloads.append(rec.payload)
+        with open(os.path.join(tmp, STEPS_FILE), "wb") as f:
+            for rec in index.steps:
+                line = step_lines[rec.line - 1]
+                if rec.step in kept or not rec.probes:
+                    f.write(line + b"\n")
+                    payloads += [rec.payload] if rec.payload else []
+                    probes_kept += len(rec.probes) if rec.step in kept else 0
+                else:
+                    obj = json.loads(line)
+                    obj["probes"], obj["payload"] = [], None
+                    f.write(dumps_line(obj))
+        for rel in payloads:
+            shutil.copyfile(os.path.join(src, rel), os.path.join(tmp, rel))
+        load(tmp, lazy=False)  # the copy passes the reader's checks before it gets its name
         os.replace(tmp, dst)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    return {"steps": len(numbers), "rollouts": len(trace.rollouts),
-            "steps_with_probes": len(extra["downsampled"]["steps_with_probes"]), "probes": probes_kept,
-            "bytes_before": trace_bytes(src), "bytes_after": trace_bytes(dst)}
+    return {"steps": len(numbers), "rollouts": len(index.rollouts), "steps_with_probes": len(with_probes),
+            "probes": probes_kept, "bytes_before": trace_bytes(src), "bytes_after": trace_bytes(dst)}
+
+
+def _read(trace: str, name: str) -> bytes:
+    path = os.path.join(trace, name)
+    if not os.path.exists(path):  # a run killed before its first record: no jsonl yet
+        return b""
+    with open(path, "rb") as f:
+        return f.read()
+
+
+def _remove_stale_temps(parent: str, name: str) -> None:
+    """Temp folders of earlier downsamples to ``name`` whose process is gone (killed mid-copy)."""
+    prefix = f".{name}.tmp-"
+    for entry in os.listdir(parent):
+        pid = entry[len(prefix):]
+        if entry.startswith(prefix) and pid.isdigit() and not _alive(int(pid)):
+            shutil.rmtree(os.path.join(parent, entry), ignore_errors=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # e.g. no permission to signal it: it exists
+        return True
+    return True
 
 
 def cli_downsample(src: str, dst: str, probe_every: int, keep_first: int = 0) -> int:

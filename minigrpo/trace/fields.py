@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from typing import Any, Optional
 
 import numpy as np
@@ -68,12 +69,17 @@ def bad(w: Where, name: str, want: str, v: Any) -> TraceError:
     return w.error(name, f"must be {want}, got {type_name(v)}", FIX_WRITER)
 
 
+_INT64_MAX = 2 ** 63 - 1  # every integer of the format is an int64 once read (steps, ids, positions)
+
+
 def int_at(d, key, w, prefix="", minimum=None) -> int:
     v = need(d, key, w, prefix)
     if not is_int(v):
         raise bad(w, prefix + key, "an integer", v)
     if minimum is not None and v < minimum:
         raise w.error(prefix + key, f"{v} is below {minimum}", FIX_WRITER)
+    if abs(v) > _INT64_MAX:
+        raise w.error(prefix + key, f"{v} does not fit a 64-bit integer", FIX_WRITER)
     return v
 
 
@@ -151,9 +157,10 @@ def parse_json(raw: bytes, w: Where) -> Any:
         raise w.error(None, f"is not UTF-8 text ({e.reason} at byte {e.start})", FIX_DAMAGED if w.line is None
                       else FIX_MIDDLE)
     if not text.strip():
-        raise w.error(None, "is an empty line", FIX_MIDDLE)
+        raise w.error(None, "is an empty line", FIX_MIDDLE) if w.line is not None else \
+            w.error(None, "is empty", FIX_DAMAGED)
     try:
-        return json.loads(text)
+        obj = json.loads(text)
     except json.JSONDecodeError as e:
         where = f"line {e.lineno} column {e.colno}" if w.line is None else f"column {e.colno}"
         raise w.error(None, f"malformed JSON ({e.msg} at {where})", FIX_DAMAGED if w.line is None else FIX_MIDDLE)
@@ -161,3 +168,14 @@ def parse_json(raw: bytes, w: Where) -> Any:
         raise w.error(None, f"malformed JSON ({str(e)[:80]})", FIX_DAMAGED if w.line is None else FIX_MIDDLE)
     except RecursionError:
         raise w.error(None, "malformed JSON (nested too deeply)", FIX_DAMAGED)
+    if _SURROGATE_ESCAPE.search(text):  # a \udXXX escape not paired into one character is no text
+        try:
+            json.dumps(obj, ensure_ascii=False).encode("utf-8")
+        except UnicodeEncodeError as e:
+            lone = e.object[e.start:e.end].encode("unicode_escape").decode()
+            raise w.error(None, f"holds a lone UTF-16 surrogate escape ({lone}), which is not text",
+                          FIX_DAMAGED if w.line is None else FIX_MIDDLE)
+    return obj
+
+
+_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")

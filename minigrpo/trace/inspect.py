@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import io
 import math
 import os
 import sys
@@ -11,7 +12,7 @@ from collections import Counter
 
 import numpy as np
 
-from ..files import is_temp
+from ..files import atomic_write, is_temp
 from .layout import META_FILE, PAYLOAD_DIR, ROLLOUTS_FILE, STEPS_FILE
 from .reader import TraceWarning, load, probe_counts, trace_dir
 from .schema import Trace, TraceError
@@ -104,8 +105,10 @@ def export_csv(trace: Trace, out_path: str | os.PathLike) -> int:
     number of rows written.
     """
     names = metric_names(trace)
-    with open(out_path, "w", newline="", encoding="utf-8") as f:
-        writer = csv.writer(f)
+
+    def write(f) -> None:  # into a temp file renamed onto out_path: a failure leaves the old file whole
+        text = io.TextIOWrapper(f, encoding="utf-8", newline="")
+        writer = csv.writer(text)
         writer.writerow(["step", "rollout", *names])
         for s in trace.steps:
             row: list = [s.step, s.rollout]
@@ -113,6 +116,10 @@ def export_csv(trace: Trace, out_path: str | os.PathLike) -> int:
                 v = s.metrics.get(name)
                 row.append("" if v is None else ("nan" if math.isnan(v) else repr(float(v))))
             writer.writerow(row)
+        text.flush()
+        text.detach()
+
+    atomic_write(os.fspath(out_path), write, durable=False)
     return len(trace.steps)
 
 

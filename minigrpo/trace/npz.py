@@ -32,7 +32,8 @@ class Npz:
     def __init__(self, path: str, rel: str, w: Where, field_name: str):
         self.full = full = os.path.join(path, rel)
         if not os.path.isfile(full):
-            raise w.error(field_name, f"payload file {rel} is missing ({full})", FIX_PAYLOAD)
+            what = "is not a file" if os.path.exists(full) else "is missing"
+            raise w.error(field_name, f"payload file {rel} {what} ({full})", FIX_PAYLOAD)
         inside(full)
         try:
             npz = np.load(full, allow_pickle=False)

@@ -9,9 +9,10 @@ dropped with a :class:`TraceWarning`, so a crashed run loads up to its last comp
 
 from __future__ import annotations
 
-import json
+import contextlib
 import math
 import os
+import sys
 import warnings
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Optional, Union
@@ -58,7 +59,7 @@ from .layout import (
 from .npz import Npz, inside
 from .schema import FORMAT_NAME, FORMAT_VERSION, Group, Meta, Probe, ProbePosition, Step, Trace, TraceError
 
-__all__ = ["TraceWarning", "LazyStep", "load", "read_meta", "read_index", "probe_counts", "StepSelection",
+__all__ = ["TraceWarning", "trace_warnings_as_lines", "LazyStep", "load", "read_meta", "read_index", "probe_counts", "StepSelection",
            "trace_dir"]
 
 StepSelection = Union[None, int, slice, range, Iterable[int]]
@@ -66,6 +67,25 @@ StepSelection = Union[None, int, slice, range, Iterable[int]]
 
 class TraceWarning(UserWarning):
     """A recoverable problem (e.g. a torn last line dropped after a crash)."""
+
+
+@contextlib.contextmanager
+def trace_warnings_as_lines(prefix: str = "minigrpo: warning: "):
+    """Inside the block, a TraceWarning is shown as one line on stderr (``prefix`` + the message),
+    not as Python's two-line warning that points into the reader; other warnings as usual."""
+    shown = warnings.showwarning
+
+    def show(message, category, filename, lineno, file=None, line=None):
+        if issubclass(category, TraceWarning):
+            print(f"{prefix}{message}", file=sys.stderr)
+        else:
+            shown(message, category, filename, lineno, file, line)
+
+    warnings.showwarning = show
+    try:
+        yield
+    finally:
+        warnings.showwarning = shown
 
 
 # ----------------------------------------------------------------------------- files
@@ -118,11 +138,11 @@ def _read_jsonl(file: str, notes: list[str]) -> list[tuple[int, dict]]:
     if tail:  # no trailing newline: complete only if it parses
         n = len(parts)
         try:
-            obj = json.loads(tail.decode("utf-8"))
+            obj = parse_json(tail, Where(file, n))
             if not isinstance(obj, dict):
                 raise ValueError
             out.append((n, obj))
-        except (UnicodeDecodeError, ValueError, RecursionError):
+        except (TraceError, ValueError):
             note = (f"{file} line {n}: dropped a torn last line ({len(tail)} bytes without a trailing newline: "
                     f"the writer was killed mid-write); the trace is read up to line {n - 1}")
             notes.append(note)
@@ -260,7 +280,10 @@ def read_index(path: str | os.PathLike) -> TraceIndex:
     path = os.fspath(path)
     meta = read_meta(path)
     notes: list[str] = []
-    rfile = os.path.join(path, ROLLOUTS_FILE)
+    rfile, sfile = os.path.join(path, ROLLOUTS_FILE), os.path.join(path, STEPS_FILE)
+    # steps first: a run writes a rollout's line before the lines of its steps, so the rollouts read
+    # after the steps hold every rollout they name, also while the run is writing
+    step_lines = _read_jsonl(sfile, notes)
     rollouts: dict[int, RolloutRecord] = {}
     for n, d in _read_jsonl(rfile, notes):
         w = Where(rfile, n)
@@ -270,9 +293,8 @@ def read_index(path: str | os.PathLike) -> TraceIndex:
                           FIX_MIDDLE)
         groups = [_parse_group(g, w, f"groups[{i}].") for i, g in enumerate(list_at(d, "groups", w))]
         rollouts[rid] = RolloutRecord(rid, n, groups, payload_at(d, "payload", w))
-    sfile = os.path.join(path, STEPS_FILE)
     steps: list[StepRecord] = []
-    for n, d in _read_jsonl(sfile, notes):
+    for n, d in step_lines:
         w = Where(sfile, n)
         k = int_at(d, "step", w, minimum=1)
         if steps and k <= steps[-1].step:
@@ -404,9 +426,11 @@ def _make_step(path: str, rec: StepRecord, groups: list[Group], lazy: bool) -> S
     if not lazy:
         return Step(step=rec.step, rollout=rec.rollout, metrics=rec.metrics,
                     probes=_load_probes(path, rec, groups), groups=groups)
-    if rec.payload is not None and not os.path.isfile(os.path.join(path, rec.payload)):
+    full = os.path.join(path, rec.payload or "")
+    if rec.probes and not os.path.isfile(full):  # found now, as the strict load finds it (only probes need it)
+        what = "is not a file" if os.path.exists(full) else "is missing"
         raise Where(os.path.join(path, STEPS_FILE), rec.line).error(
-            "payload", f"payload file {rec.payload} is missing ({os.path.join(path, rec.payload)})", FIX_PAYLOAD)
+            "payload", f"payload file {rec.payload} {what} ({full})", FIX_PAYLOAD)
     step = LazyStep.__new__(LazyStep)
     step.__dict__.update(step=rec.step, rollout=rec.rollout, metrics=rec.metrics, groups=groups,
                          _loader=lambda: _load_probes(path, rec, groups),

@@ -61,8 +61,13 @@ def semantic_problems(trace: Trace, index: Optional[TraceIndex] = None) -> list[
                     problems.append(f"{where}: field groups[{gi}].std: {g.std} != unbiased std of rewards "
                                     f"{r.std(ddof=1)}")
 
-    for s in trace.steps:
+    for before, s in zip([None] + trace.steps[:-1], trace.steps):
         where = f"{sfile} line {lines.get(s.step, '?')} (step {s.step})"
+        if before is not None and s.step != before.step + 1:
+            gap = f"update {before.step + 1}" if s.step == before.step + 2 else \
+                f"updates {before.step + 1}-{s.step - 1}"
+            problems.append(f"{where}: field step: follows step {before.step}, so {gap} of the run are not in the "
+                            f"trace (a trace cut short, then continued by --resume?)")
         m = s.metrics
         keys = ("clip_ratio/low_mean", "clip_ratio/high_mean", "clip_ratio/region_mean")
         if all(k in m and math.isfinite(m[k]) for k in keys):

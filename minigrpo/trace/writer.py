@@ -168,9 +168,10 @@ class TraceWriter:
         self.resumed = True
         payloads = os.path.join(self.path, PAYLOAD_DIR)
         os.makedirs(payloads, exist_ok=True)
-        for name in os.listdir(payloads):
-            if is_temp(name):
-                os.remove(os.path.join(payloads, name))
+        for folder in (self.path, payloads):  # what a write killed before its rename left (rewind's too)
+            for name in os.listdir(folder):
+                if is_temp(name) and os.path.isfile(os.path.join(folder, name)):
+                    os.remove(os.path.join(folder, name))
 
     def _check_open(self) -> None:
         if self._closed:

@@ -111,14 +111,15 @@ def load_trace(path: str | os.PathLike, steps: tuple[Optional[int], Optional[int
     if not p.is_dir():
         raise SceneInputError(f"{p} is a file, not a trace directory; point {_var(var)} at the directory holding meta.json")
     try:
-        from minigrpo.trace import load, trace_dir
+        from minigrpo.trace import load, trace_dir, trace_warnings_as_lines
         from minigrpo.trace.schema import TraceError
     except ImportError as e:
         raise SceneInputError(f"cannot import minigrpo.trace ({e}); run from the repo root or `pip install -e .`") from None
     lo, hi = steps
     p = Path(trace_dir(p))  # a run folder (`minigrpo train --out`) holds its trace in trace/
     try:
-        trace = _load_with_steps(load, str(p), lo, hi)
+        with trace_warnings_as_lines():  # e.g. a torn last line dropped: one line, not a Python warning
+            trace = _load_with_steps(load, str(p), lo, hi)
     except TraceError as e:
         msg = " ".join(str(e).split())
         raise SceneInputError(f"{p} is not a valid minigrpo trace: {msg}") from None
