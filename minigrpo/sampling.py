@@ -18,12 +18,16 @@ from .losses import logprobs_from_logits
 def nucleus_mask(probs: torch.Tensor, top_p: float) -> torch.Tensor:
     """True on the smallest set of most probable tokens whose mass reaches ``top_p``.
 
-    A token is kept iff the tokens ranked above it hold less than top_p of the mass, so the
-    most probable token is always kept (ties ranked by token id). (B, V) -> (B, V) bool.
+    A token is kept iff the tokens ranked above it hold less than top_p of the mass, i.e. iff it
+    and the tokens ranked below it hold more than 1 − top_p; so the most probable token is always
+    kept. As transformers' ``TopPLogitsWarper`` (what ``model.generate`` applies): the mass is
+    summed from the least probable token up (fewer rounding errors than from the top), and of
+    tied tokens the higher id ranks above. (B, V) -> (B, V) bool.
     """
-    sorted_p, order = probs.sort(dim=-1, descending=True, stable=True)
-    mass_above = sorted_p.cumsum(dim=-1) - sorted_p
-    return torch.zeros_like(sorted_p, dtype=torch.bool).scatter(-1, order, mass_above < top_p)
+    sorted_p, order = probs.sort(dim=-1, descending=False, stable=True)
+    keep = sorted_p.cumsum(dim=-1) > 1 - top_p
+    keep[..., -1] = True
+    return torch.zeros_like(keep).scatter(-1, order, keep)
 
 
 def sampling_probs(logits: torch.Tensor, temperature: float, top_p: float = 1.0) -> torch.Tensor:

@@ -958,3 +958,30 @@ def test_gpu_while_decoding_runs_beside_the_decode_after_what_came_before(cuda_m
     first = seen.pop("stream")
     fast.decode(model, ids, mask, new_tokens, 0.7, 1.0, False, eos, pad, fused=fused, while_decoding=work)
     assert seen["stream"] == first  # one side stream: the memory it frees is cached for it, not for a new one
+
+
+@pytest.mark.parametrize("probs,top_p", [
+    ([0.25, 0.25, 0.25, 0.25], 0.5),  # ties: which two of four
+    ([0.1, 0.3, 0.3, 0.3], 0.5),
+    ([0.5, 0.5, 0.0, 0.0], 0.3),
+])
+def test_nucleus_matches_transformers_top_p_on_ties(probs, top_p):
+    """Of tied tokens the nucleus keeps the ones transformers' TopPLogitsWarper keeps (the higher
+    ids), so that both backends cut the same nucleus."""
+    from transformers.generation.logits_process import TopPLogitsWarper
+
+    logits = torch.log(torch.tensor([probs]))
+    theirs = torch.isfinite(TopPLogitsWarper(top_p)(None, logits.clone()))
+    ours = sampling.nucleus_mask(torch.softmax(logits, -1), top_p)
+    assert torch.equal(ours, theirs), (ours, theirs)
+
+
+def test_nucleus_matches_transformers_top_p_on_random_rows():
+    from transformers.generation.logits_process import TopPLogitsWarper
+
+    gen = torch.Generator().manual_seed(0)
+    for top_p in (0.5, 0.9, 0.95, 0.99):
+        logits = torch.randn(4000, 64, generator=gen) * 3
+        theirs = torch.isfinite(TopPLogitsWarper(top_p)(None, logits.clone()))
+        ours = sampling.nucleus_mask(torch.softmax(logits, -1), top_p)
+        assert (ours != theirs).any(-1).sum() == 0, top_p
