@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import io
 import json
 import math
 import os
@@ -28,9 +29,13 @@ def json_line(result: dict) -> str:
 def _add_config_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--preset", help="tiny | smollm2-135m | smollm-135m | smollm-360m | qwen3-0.6b")
     parser.add_argument("--config", help="TOML or JSON file of config fields")
-    parser.add_argument("--out", help="output folder (model, trace, checkpoint)")
-    parser.add_argument("--max-steps", help="optimizer steps (for sft: SFT steps, instead of a preset's --sft-epochs)")
-    fields = argparse.ArgumentParser.add_argument_group(parser, "config fields (see minigrpo/config.py)")
+    parser.add_argument("--out", help="output folder (model, trace, checkpoint); default runs/COMMAND-ALGO-TASK")
+    max_steps = next(f.default for f in dataclasses.fields(TrainConfig) if f.name == "max_steps")
+    parser.add_argument("--max-steps", help=f"optimizer steps (for sft: SFT steps, instead of a preset's "
+                                            f"--sft-epochs); default {max_steps!r}")
+    fields = argparse.ArgumentParser.add_argument_group(
+        parser, "config fields (see minigrpo/config.py; the defaults shown are the config's own: a --preset "
+                "or --config sets its values first, then these flags override them)")
     for f in dataclasses.fields(TrainConfig):
         if f.name == "max_steps":
             continue
@@ -92,7 +97,8 @@ def _parser() -> argparse.ArgumentParser:
     render.add_argument("--scene", help="scene name, e.g. ppo_logits")
     render.add_argument("--all", action="store_true",
                         help="render every scene (on a PPO trace: every scene but the GRPO-only ones)")
-    render.add_argument("-q", "--quality", default="l", choices=list("lmhk"))
+    render.add_argument("-q", "--quality", default="l", choices=list("lmhk"),
+                        help="Manim quality: l 480p15 (default), m 720p30, h 1080p60, k 2160p60")
     render.add_argument("--steps", help="update range a:b")
     render.add_argument("--probe", help="probe index")
     render.add_argument("-p", "--preview", action="store_true")
@@ -104,7 +110,8 @@ def _parser() -> argparse.ArgumentParser:
     lecture = sub.add_parser("lecture", help="every scene of a trace as one video with chapters, stills and slides")
     lecture.add_argument("--trace", help="trace or run folder (default: the shipped demo trace)")
     lecture.add_argument("--ppo-trace", help="PPO trace for ppo_vs_grpo (default: the shipped demo PPO trace)")
-    lecture.add_argument("-q", "--quality", default="l", choices=list("lmhk"))
+    lecture.add_argument("-q", "--quality", default="l", choices=list("lmhk"),
+                         help="Manim quality: l 480p15 (default), m 720p30, h 1080p60, k 2160p60")
     lecture.add_argument("-j", "--jobs", type=int, default=0, help="scenes rendered at once (default: CPU count)")
     lecture.add_argument("--scenes", help="comma-separated subset, e.g. ppo_logits,kl_penalty (default: all)")
     lecture.add_argument("--steps", help="update range a:b for every scene")
@@ -179,8 +186,9 @@ def _run(args: argparse.Namespace) -> int:
         raise ConfigError("eval prints its result and writes no files: drop --out (use --json > FILE to keep it)")
     if args.command == "eval" and args.eval_n is not None:
         raise ConfigError("eval counts its items with --n; --eval-n is how many items training evaluates")
-    if args.command in ("sft", "train") and args.out:
-        _check_out(args.out, cfg.model)
+    out = args.out or f"runs/{args.command}-{cfg.algo if args.command == 'train' else 'sft'}-{cfg.task}"
+    if args.command in ("sft", "train"):
+        _check_out(out, cfg.model, args.command, resume=getattr(args, "resume", False))
     if args.command == "eval":
         from .evaluate import evaluate
         from .models import load_model
@@ -199,7 +207,6 @@ def _run(args: argparse.Namespace) -> int:
                 print(f"{key:<20}{value}")
         return 0
 
-    out = args.out or f"runs/{args.command}-{cfg.algo if args.command == 'train' else 'sft'}-{cfg.task}"
     log = lambda msg: print(msg, flush=True)  # noqa: E731
     if args.command == "sft":
         from .sft import run_sft
@@ -221,13 +228,19 @@ def _run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _check_out(out: str, model: str) -> None:
-    """Refuse an --out that cannot become the run's folder, or that is the model the run starts from."""
+def _check_out(out: str, model: str, command: str, resume: bool = False) -> None:
+    """Refuse an --out that cannot become the run's folder, that is the model the run starts from,
+    or that holds a model a new run would replace (a finished run, an SFT model)."""
     if os.path.exists(out) and not os.path.isdir(out):
         raise ConfigError(f"--out {out} is a file; pass a folder for the run (it is created if missing)")
     if os.path.isdir(model) and os.path.realpath(out) == os.path.realpath(model):
         raise ConfigError(f"--out {out} is the --model folder; the run would overwrite the model it starts from "
                           f"(and its reference): choose another --out")
+    if not resume and os.path.isfile(os.path.join(out, "config.json")):
+        again = ", or add --resume to continue the run in it" \
+            if command == "train" and os.path.isdir(os.path.join(out, "checkpoint")) else ""
+        raise ConfigError(f"--out {out} already holds a model (config.json), which this run would replace: choose "
+                          f"a new --out{again} (or delete the folder first)")
     if os.path.isdir(out):
         return
     parent = os.path.dirname(os.path.abspath(out))
@@ -238,6 +251,14 @@ def _check_out(out: str, model: str) -> None:
     if not os.access(parent, os.W_OK | os.X_OK):
         raise ConfigError(f"--out {out} cannot be created: no permission to write in {parent}; pass a folder "
                           f"you can write to")
+
+
+def _quiet_stdout() -> None:
+    """Point stdout at /dev/null, so that the interpreter's last flush does not fail on the closed pipe."""
+    try:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    except (OSError, ValueError, AttributeError, io.UnsupportedOperation):
+        pass
 
 
 def _join_negative_numbers(argv: list[str]) -> list[str]:
@@ -273,6 +294,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("minigrpo: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # the reader of our output stopped reading (`| head`): not an error of ours
+        _quiet_stdout()
+        return 141  # 128 + SIGPIPE, what a shell reports for a tool stopped this way
     except OSError as exc:  # a folder that cannot be made, a file that cannot be written
         where = f"{exc.filename}: " if exc.filename else ""
         print(f"minigrpo: error: {where}{exc.strerror or exc}; check the path and its permissions", file=sys.stderr)

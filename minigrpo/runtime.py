@@ -395,7 +395,8 @@ def check_context(model, cfg) -> None:
     if isinstance(n_ctx, int) and cfg.max_prompt_length + cfg.max_completion_length > n_ctx:
         raise ConfigError(f"invalid --max-prompt-length/--max-completion-length: {cfg.max_prompt_length} + "
                           f"{cfg.max_completion_length} tokens exceed the model's context of {n_ctx} "
-                          f"(max_position_embeddings); lower one of them")
+                          f"(max_position_embeddings); lower one of them, or use a preset made for this model "
+                          f"(--preset tiny for the tiny model `minigrpo sft` builds)")
 
 
 def truncated_prompts(tokenizer, prompts: list[str], max_prompt_length: int) -> int:

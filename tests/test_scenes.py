@@ -533,3 +533,13 @@ def test_render_ppo_logits_mp4(traces, tmp_path, scene_env):
     assert float(info["format"]["duration"]) > 0
     video = [s for s in info["streams"] if s["codec_type"] == "video"]
     assert video and video[0]["width"] == 854 and video[0]["height"] == 480
+
+
+def test_title_card_names_the_run_of_a_run_trace():
+    """Every run's trace folder is called trace: the card names the run folder instead."""
+    from scenes.components.title import trace_name
+
+    assert trace_name("runs/grpo/trace") == "run grpo"
+    assert trace_name("runs/grpo/trace/") == "run grpo"
+    assert trace_name("traces/demo-grpo-syllogism") == "trace demo-grpo-syllogism"
+    assert trace_name("trace") == "trace trace"  # nothing above it to name

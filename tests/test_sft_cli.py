@@ -115,3 +115,36 @@ def test_collate_labels_only_the_target_and_its_eos():
     assert loss() == 0.0
     logits[1, 0] = 0.0  # uniform where row 1's last prompt token predicts its first target token
     assert loss() == pytest.approx(torch.log(torch.tensor(12.0)).item() / 5)  # 5 labelled tokens
+
+
+@pytest.mark.parametrize("command", ["sft", "train"])
+def test_an_out_that_holds_a_model_is_not_overwritten(tmp_path, capsys, command):
+    """A finished run or an SFT model in --out would be replaced without a word: refused in one line,
+    before any work, the folder untouched."""
+    out = tmp_path / "done"
+    out.mkdir()
+    (out / "config.json").write_text('{"model_type": "llama"}')
+    (out / "checkpoint").mkdir()
+    extra = ["--model", str(tmp_path / "elsewhere")] if command == "train" else []
+    assert main([command, "--preset", "tiny", "--out", str(out), *extra, *SMALL]) == 2
+    line = one_error_line(capsys)
+    assert "already holds a model" in line and ("--resume" in line) == (command == "train")
+    assert sorted(p.name for p in out.iterdir()) == ["checkpoint", "config.json"]
+    assert (out / "config.json").read_text() == '{"model_type": "llama"}'
+
+
+def test_a_closed_output_pipe_is_not_an_error(monkeypatch, capsys):
+    """`minigrpo trace inspect RUN | head -1`: the reader went away; exit 141 quietly, no error line."""
+    from pathlib import Path
+
+    class ClosedPipe:
+        def write(self, text):
+            raise BrokenPipeError(32, "Broken pipe")
+
+        def flush(self):
+            pass
+
+    monkeypatch.setattr("sys.stdout", ClosedPipe())
+    trace = Path(__file__).resolve().parents[1] / "traces" / "demo-grpo-syllogism"
+    assert main(["trace", "inspect", str(trace)]) == 141
+    assert capsys.readouterr().err == ""

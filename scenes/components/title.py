@@ -44,8 +44,17 @@ def trace_caption(trace, steps=None) -> str:
     m = trace.meta
     nums = [s.step for s in trace.steps]
     rng = f"steps {min(nums)}–{max(nums)}" if nums else "no steps"
-    name = os.path.basename(os.path.normpath(str(trace.path)))
-    return f"{m.algo.upper()} · {m.model} · {m.task} · {rng} · trace {name}"
+    return f"{m.algo.upper()} · {m.model} · {m.task} · {rng} · {trace_name(trace.path)}"
+
+
+def trace_name(path) -> str:
+    """``trace NAME`` for a trace folder, ``run NAME`` for a run's (``runs/NAME/trace``: every run's
+    trace folder is called trace, so its run folder is what tells runs apart)."""
+    path = os.path.normpath(str(path))
+    name = os.path.basename(path)
+    if name == "trace" and os.path.basename(os.path.dirname(path)):
+        return f"run {os.path.basename(os.path.dirname(path))}"
+    return f"trace {name}"
 
 
 class TitleCard(VGroup):
