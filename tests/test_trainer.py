@@ -443,8 +443,11 @@ def test_kl_at_padding_stays_finite_where_log_pi_of_the_pad_token_underflows(sft
 @pytest.mark.parametrize("loss_type", ["grpo", "dr_grpo", "dapo", "bnpo"])
 def test_a_step_loss_does_not_depend_on_its_micro_batches(sft_model, tmp_path, loss_type):
     """12 rows as 3 × 4, as 5 + 5 + 2 and as one micro-batch: the same gradient (bnpo: the same
-    whenever the micro-batches are equal, its token mean is per micro-batch by definition)."""
+    whenever the micro-batches hold equal numbers of tokens: its token mean is per micro-batch by
+    definition, as TRL's)."""
     trainer, exp = _update_batch(sft_model, tmp_path, loss_type=loss_type, beta=0.1)
+    if loss_type == "bnpo":  # equal micro-batches for a per-micro-batch token mean: equal token counts too
+        exp.rollout.completion_mask[:] = 1
     exp.logp_old = exp.logp_old + 0.1 * torch.randn_like(exp.logp_old) * exp.rollout.completion_mask  # ρ ≠ 1
     rows = list(range(12))
     whole, loss = _step_gradient(trainer, exp, rows, 12)
