@@ -117,10 +117,36 @@ def test_trl_trace_renders_ppo_logits(trl_run, tmp_path, monkeypatch):
     assert mp4.is_file() and mp4.stat().st_size > 10_000
 
 
-def test_unsupported_loss_is_refused_before_writing(sft_model, tmp_path):
-    with pytest.raises(ValueError, match="loss_type 'cispo' is not recorded"):
-        make_trainer(sft_model, tmp_path, loss_type="cispo")
+@pytest.mark.parametrize("option,message", [
+    (dict(loss_type="cispo"), "loss_type 'cispo' is not recorded"),
+    (dict(sync_ref_model=True, ref_model_sync_steps=1), "sync_ref_model=True is not recorded"),
+    (dict(mask_truncated_completions=True), "mask_truncated_completions=True is not recorded"),
+    (dict(multi_objective_aggregation="normalize_then_sum"), "multi_objective_aggregation='normalize_then_sum'"),
+], ids=["cispo", "sync-ref", "mask-truncated", "normalize-then-sum"])
+def test_options_the_trace_cannot_hold_are_refused_before_writing(sft_model, tmp_path, option, message):
+    """Each of these made TRL train on numbers the trace would record otherwise (a moved reference,
+    truncated completions recorded empty, rewards that are not the advantages' source)."""
+    with pytest.raises(ValueError, match=message):
+        make_trainer(sft_model, tmp_path, **option)
     assert not (tmp_path / "trace").exists()
+
+
+def test_unscorable_completions_leave_the_group_baseline_as_trl_computes_it():
+    """A completion every reward function scored None is NaN for TRL, left out of the group's
+    nanmean and nanstd (nansum would count it as a reward of 0)."""
+    from types import SimpleNamespace
+
+    from minigrpo.integrations.trl import TracingGRPOTrainer
+
+    fake = SimpleNamespace(num_generations=4, reward_func_names=["format", "correctness"],
+                           reward_weights=torch.tensor([0.2, 1.0]), correct_reward="correctness")
+    rows = [{"prompt": "p", "question": "q", "answer": "Yes", "completion": f"c{i}", "ids": np.array([i]),
+             "advantage": 0.0} for i in range(4)]
+    per_func = np.array([[0.0, 0.0], [np.nan, np.nan], [1.0, 0.0], [0.0, 0.0]])
+    (group,) = TracingGRPOTrainer._groups(fake, rows, per_func)
+    assert np.isnan(group.rewards[1]) and group.rewards[2] == pytest.approx(0.2)
+    scored = np.array([0.0, 0.2, 0.0])
+    assert group.mean == pytest.approx(scored.mean()) and group.std == pytest.approx(scored.std(ddof=1))
 
 
 @pytest.mark.skipif(shutil.which("torchrun") is None and not (Path(sys.executable).parent / "torchrun").exists(),

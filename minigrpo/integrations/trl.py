@@ -104,6 +104,17 @@ class TracingGRPOTrainer(GRPOTrainer):
                 f"so that no optimizer step mixes two rollouts")
         if self.beta != 0 and self.ref_model is None:
             bad("a PEFT run's reference (the adapter switched off) is not recorded; pass a full model or beta=0")
+        if getattr(self.args, "sync_ref_model", False):
+            bad("sync_ref_model=True is not recorded (the reference moves during the run, and the probes' reference "
+                "logits would come from a later one than the log-probs TRL used); use sync_ref_model=False")
+        if getattr(self.args, "mask_truncated_completions", False):
+            bad("mask_truncated_completions=True is not recorded (TRL masks a truncated completion out of the "
+                "attention as well as the loss, so the trace would hold it empty); use False, or raise "
+                "max_completion_length")
+        aggregation = getattr(self.args, "multi_objective_aggregation", "sum_then_normalize")
+        if aggregation != "sum_then_normalize":
+            bad(f"multi_objective_aggregation={aggregation!r} is not recorded (the trace's group rewards are the "
+                f"weighted sums the advantages are z-scores of); use 'sum_then_normalize'")
 
     def _open_writer(self, path: Path) -> TraceWriter:
         import transformers
@@ -198,14 +209,19 @@ class TracingGRPOTrainer(GRPOTrainer):
         groups = []
         for start in range(0, len(rows), g):
             block = rows[start:start + g]
-            parts = {n: rewards_per_func[start:start + g, k].astype(np.float32) for k, n in enumerate(names)}
-            rewards = np.nansum(rewards_per_func[start:start + g] * weights[None, :], axis=1).astype(np.float32)
+            per_func = rewards_per_func[start:start + g]
+            parts = {n: per_func[:, k].astype(np.float32) for k, n in enumerate(names)}
+            rewards = np.nansum(per_func * weights[None, :], axis=1).astype(np.float32)
+            rewards[np.isnan(per_func).all(axis=1)] = np.nan  # unscorable (every function said None): as TRL
             r = rewards.astype(np.float64)
+            scored = r[~np.isnan(r)]  # TRL's baseline: nanmean and (unbiased) nanstd over the scored rows
+            mean = float(scored.mean()) if scored.size else math.nan
+            std = float(scored.std(ddof=1)) if scored.size > 1 else math.nan
             correct = parts[self.correct_reward] == 1.0 if self.correct_reward in parts else np.zeros(g, bool)
             groups.append(Group(
                 prompt=block[0]["prompt"], question=block[0]["question"], answer=block[0]["answer"],
                 completions=[row["completion"] for row in block], completion_ids=[row["ids"] for row in block],
-                reward_parts=parts, rewards=rewards, mean=float(r.mean()), std=float(r.std(ddof=1)),
+                reward_parts=parts, rewards=rewards, mean=mean, std=std,
                 advantages=np.array([row["advantage"] for row in block], np.float32), correct=correct))
         return groups
 
