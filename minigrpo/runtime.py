@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import errno
 import json
 import os
 import pickle
@@ -97,10 +98,7 @@ def save_final_model(model, tokenizer, out_dir: Path) -> None:
         _fsync_tree(tmp)
     except BaseException as exc:
         shutil.rmtree(tmp, ignore_errors=True)
-        if _write_failure(exc):
-            raise TrainingError(f"could not write the final model into {out_dir} ({_one_line(exc)}): free disk "
-                                f"space (or fix the folder) and run the command again (`train`: with --resume)") \
-                from None
+        _raise_as_os_error(exc, tmp)
         raise
     for i, item in enumerate(sorted(tmp.iterdir())):
         if i == 1:
@@ -109,15 +107,16 @@ def save_final_model(model, tokenizer, out_dir: Path) -> None:
     tmp.rmdir()
 
 
-def _write_failure(exc: BaseException) -> bool:
-    """A failed write of model or state files (a full disk, a folder gone): OSError, and what the
-    writers raise instead of one (safetensors' SafetensorError; torch.save's "file write failed")."""
-    return isinstance(exc, OSError) or type(exc).__name__ == "SafetensorError" or \
-        (isinstance(exc, RuntimeError) and "write" in str(exc).lower())
-
-
-def _one_line(exc: BaseException) -> str:
-    return " ".join(f"{type(exc).__name__}: {exc}".split())[:300]
+def _raise_as_os_error(exc: BaseException, path: Path) -> None:
+    """A failed write of model or state files that its writer reports as something other than an
+    OSError (safetensors' SafetensorError on a full disk; torch.save's "file write failed"), raised
+    as the OSError it is, so that it ends as one line naming the file (the trainer's and main's
+    handling of a full disk). Other exceptions (bugs) are left alone."""
+    if isinstance(exc, OSError):
+        return
+    if type(exc).__name__ == "SafetensorError" or (isinstance(exc, RuntimeError) and "write" in str(exc).lower()):
+        text = " ".join(f"{type(exc).__name__}: {exc}".split())[:300]
+        raise OSError(errno.EIO, text, str(path)) from None
 
 
 # --- checkpoints -----------------------------------------------------------------------------
@@ -161,9 +160,7 @@ def save_checkpoint(out_dir: Path, model, tokenizer, optimizer, scheduler, state
         _fsync_tree(tmp)
     except BaseException as exc:
         shutil.rmtree(tmp, ignore_errors=True)
-        if _write_failure(exc):
-            raise TrainingError(f"could not write the checkpoint ({_one_line(exc)}); the previous checkpoint in "
-                                f"{ckpt} is kept: free disk space (or fix {out}), then continue with --resume") from None
+        _raise_as_os_error(exc, tmp)
         raise
     if ckpt.exists():
         shutil.rmtree(old, ignore_errors=True)
