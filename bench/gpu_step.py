@@ -280,7 +280,8 @@ def run_trl(folder: Path, prompts: list[str], args, out: Path, device: str) -> d
         output_dir=str(out), seed=0, per_device_train_batch_size=args.micro_batch,
         gradient_accumulation_steps=rows // args.micro_batch, num_generations=args.num_generations,
         max_completion_length=args.new_tokens, temperature=0.7, top_p=1.0, beta=0.04, num_iterations=1,
-        learning_rate=1e-6, loss_type="grpo", max_steps=args.warmup + args.steps, logging_steps=1,
+        learning_rate=1e-6, loss_type="grpo", use_bias_correction_kl=False, max_steps=args.warmup + args.steps,
+        logging_steps=1,
         save_strategy="no", report_to="none", bf16=device == "cuda", use_cpu=device == "cpu",
         dataloader_num_workers=0)
     trainer = GRPOTrainer(model=model, reward_funcs=reward, args=config,

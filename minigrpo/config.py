@@ -69,6 +69,7 @@ class TrainConfig:
 
     # --- GRPO ----------------------------------------------------------------------
     beta: float = 0.04  # weight of the k3 KL penalty to the reference policy
+    use_bias_correction_kl: bool = False  # the penalty is ρ·k3 (TRL 1.16's default, True) instead of k3
     epsilon: float = 0.2  # lower clip: 1 - epsilon
     epsilon_high: Optional[float] = None  # upper clip: 1 + epsilon_high (None: = epsilon)
     loss_type: str = "grpo"  # grpo | dr_grpo | dapo | bnpo
@@ -161,6 +162,10 @@ class TrainConfig:
                 bad(name, f"{value!r} must be a finite number >= 0")
         if not 0 < self.top_p <= 1:
             bad("top_p", f"{self.top_p} must be in (0, 1]")
+        for name in ("adam_beta1", "adam_beta2"):
+            value = getattr(self, name)
+            if not (isinstance(value, (int, float)) and 0 <= value < 1):
+                bad(name, f"{value!r} must be in [0, 1) (Adam's moment decay)")
         for name in ("gamma", "lam"):
             if not 0 <= getattr(self, name) <= 1:
                 bad(name, f"{getattr(self, name)} must be in [0, 1]")

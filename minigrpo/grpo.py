@@ -31,12 +31,15 @@ class GRPOTrainer(RLTrainer):
         if exp.logp_old_from_update:  # π_old is this very policy (one update per rollout): ρ = 1 exactly
             exp.logp_old[rows] = logp.detach() * mask
         per_token, stats = grpo_token_loss(logp, exp.logp_old[rows], logp_ref, advantages, cfg.beta,
-                                           cfg.epsilon_low, cfg.epsilon_upper)
+                                           cfg.epsilon_low, cfg.epsilon_upper, cfg.use_bias_correction_kl)
         loss = reduce(per_token, mask, cfg, normalizer)
-        policy_loss = reduce(per_token - cfg.beta * stats["kl"], mask, cfg, normalizer)
+        policy_loss = reduce(per_token - cfg.beta * stats["kl_term"], mask, cfg, normalizer)
         self.probes.capture_rows(rows, hidden, logp=logp, ratio=stats["ratio"], clipped_low=stats["clipped_low"],
                                  clipped_high=stats["clipped_high"], kl=stats["kl"], advantage=advantages)
-        return loss, token_stats(mask, loss, policy_loss, stats, entropy)
+        out = token_stats(mask, loss, policy_loss, stats, entropy)
+        if cfg.use_bias_correction_kl:  # the KL the loss used, as TRL logs it then
+            out["sum:kl/ratio_weighted"] = (stats["kl_term"] * mask).sum()
+        return loss, out
 
 
 def reduce(per_token: torch.Tensor, mask: torch.Tensor, cfg, normalizer: dict) -> torch.Tensor:

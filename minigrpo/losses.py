@@ -156,22 +156,27 @@ def aggregate_loss(per_token_loss: Tensor, mask: Tensor, loss_type: str,
     return total / denom.clamp(min=1.0)
 
 
-def grpo_token_loss(logp, logp_old, logp_ref, advantages, beta, epsilon_low, epsilon_high):
+def grpo_token_loss(logp, logp_old, logp_ref, advantages, beta, epsilon_low, epsilon_high,
+                    bias_correction_kl: bool = False):
     """GRPO per-token loss: -min(ratio A, clip(ratio) A) + beta * k3_kl(logp, logp_ref).
 
-    i.e. maximise L_clip - beta * D_KL. With beta == 0 no KL term is added and logp_ref may
-    be None; if logp_ref is given the KL is still computed for the stats.
-    stats (detached, per token): ratio, clipped_low, clipped_high, kl (zeros if no ref).
+    i.e. maximise L_clip - beta * D_KL. With ``bias_correction_kl`` the penalty is
+    beta * ratio * k3 (ratio with its gradient: TRL's ``use_bias_correction_kl``, the unbiased
+    reverse-KL gradient; it differs from plain k3's even where ratio == 1). With beta == 0 no KL
+    term is added and logp_ref may be None; if logp_ref is given the KL is still computed for the stats.
+    stats (detached, per token): ratio, clipped_low, clipped_high, kl (k3; zeros if no ref) and
+    kl_term, the KL factor the loss used (kl, or ratio * kl).
     """
     if beta != 0 and logp_ref is None:
         raise ValueError(f"beta={beta} != 0 needs logp_ref (the reference model's log-probs)")
     per_token_loss, ratio, clipped_low, clipped_high = clipped_surrogate(
         logp, logp_old, advantages, epsilon_low, epsilon_high)
     kl = torch.zeros_like(logp) if logp_ref is None else k3_kl(logp, logp_ref)
+    kl_term = ratio * kl if bias_correction_kl else kl
     if beta != 0:
-        per_token_loss = per_token_loss + beta * kl
+        per_token_loss = per_token_loss + beta * kl_term
     stats = {"ratio": ratio.detach(), "clipped_low": clipped_low,
-             "clipped_high": clipped_high, "kl": kl.detach()}
+             "clipped_high": clipped_high, "kl": kl.detach(), "kl_term": kl_term.detach()}
     return per_token_loss, stats
 
 

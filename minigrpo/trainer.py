@@ -331,7 +331,7 @@ class RLTrainer:
             self._nonfinite(bad)  # raises under nan_policy=stop
             self.optimizer.zero_grad(set_to_none=True)
             self.probes.rows = []
-            tokens = normalizer["num_items_in_batch"]
+            tokens = normalizer["num_items_in_batch"] * self.dist.world_size  # all ranks' tokens, as when not skipped
             metrics = {key: math.nan for key in ("loss", "policy_loss", "kl", "entropy", "clip_ratio/low_mean",
                                                  "clip_ratio/high_mean", "clip_ratio/region_mean")}
         self.scheduler.step()

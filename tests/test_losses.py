@@ -224,6 +224,46 @@ def test_grpo_token_loss():
         L.grpo_token_loss(logp, old, None, A, 0.1, 0.2, 0.2)
 
 
+def test_bias_corrected_kl_by_hand_and_against_trls_formula():
+    """use_bias_correction_kl: the penalty is β·ρ·k3 with ρ's gradient. By hand at one token, where
+    ρ = 1 (on-policy): d(ρ·k3)/dlogp = k3 + dk3/dlogp, with dk3/dlogp = 1 − e^(ref − logp); plain
+    k3's gradient lacks the k3 term. Then on random tokens against TRL 1.16's lines
+    (per_token_kl * coef_1, coef_1 = exp(logp − old_logp))."""
+    logp = t([[-1.0]]).requires_grad_()
+    ref = t([[-1.5]])
+    per_token, stats = L.grpo_token_loss(logp, logp.detach(), ref, t([[0.0]]), 1.0, 0.2, 0.2, bias_correction_kl=True)
+    per_token.sum().backward()
+    k3 = math.exp(-0.5) + 0.5 - 1
+    close(stats["kl_term"], [[k3]])
+    close(logp.grad, [[k3 + 1 - math.exp(-0.5)]])
+    plain = t([[-1.0]]).requires_grad_()
+    L.grpo_token_loss(plain, plain.detach(), ref, t([[0.0]]), 1.0, 0.2, 0.2)[0].sum().backward()
+    close(plain.grad, [[1 - math.exp(-0.5)]])
+
+    gen = torch.Generator().manual_seed(0)
+    logp = (-torch.rand(3, 5, generator=gen) * 3).requires_grad_()
+    old = logp.detach() + 0.2 * torch.randn(3, 5, generator=gen)
+    ref = logp.detach() + 0.5 * torch.randn(3, 5, generator=gen)
+    A = torch.randn(3, 1, generator=gen)
+    ours = L.grpo_token_loss(logp, old, ref, A, 0.04, 0.2, 0.28, bias_correction_kl=True)[0]
+    (g_ours,) = torch.autograd.grad(ours.sum(), logp)
+    coef_1 = torch.exp(logp - old)  # TRL: per_token_loss = -min(...) + beta * per_token_kl * coef_1
+    per_token_kl = torch.exp(ref - logp) - (ref - logp) - 1
+    theirs = -torch.min(coef_1 * A, torch.clamp(coef_1, 1 - 0.2, 1 + 0.28) * A) + 0.04 * per_token_kl * coef_1
+    (g_theirs,) = torch.autograd.grad(theirs.sum(), logp)
+    torch.testing.assert_close(ours, theirs.detach())
+    torch.testing.assert_close(g_ours, g_theirs)
+
+
+def test_adam_betas_outside_0_1_are_one_line():
+    from minigrpo.config import ConfigError, build_config
+
+    for name, value in (("adam_beta1", -0.1), ("adam_beta2", 1.0), ("adam_beta2", 1.5)):
+        with pytest.raises(ConfigError, match=f"invalid --{name.replace('_', '-')}: .* must be in \\[0, 1\\)"):
+            build_config("tiny", overrides={name: value})
+    assert build_config("tiny", overrides={"adam_beta2": 0.0}).adam_beta2 == 0.0
+
+
 # ----------------------------------------------------------------------------- logits
 def test_entropy_uniform_and_manual():
     close(L.entropy_from_logits(torch.zeros(2, 3, 7)), torch.full((2, 3), math.log(7)))

@@ -601,3 +601,17 @@ def test_resume_refuses_a_trace_that_does_not_reach_the_checkpoint(sft_model, tm
     GRPOTrainer(more, out, resume=True, log=lambda *_: None).train()
     assert [s.step for s in load(out / "trace").steps] == [1, 2, 3, 4] and validate(out / "trace") == []
     assert not (out / "trace" / temp_name("steps.jsonl")).exists()
+
+
+def test_bias_corrected_kl_changes_the_gradient_and_is_logged(sft_model, tmp_path):
+    """use_bias_correction_kl: the same rollout, a different KL gradient (ρ·k3 instead of k3), and
+    the KL the loss used logged as kl/ratio_weighted (as TRL logs it)."""
+    grads = {}
+    for corrected in (False, True):
+        trainer, exp = _update_batch(sft_model, tmp_path / str(corrected), beta=0.5,
+                                     use_bias_correction_kl=corrected)
+        rows = list(range(8))
+        grads[corrected], _ = _step_gradient(trainer, exp, rows, 4)
+        _, stats = trainer.micro_loss(exp, rows, {"num_rows": 8, "num_items_in_batch": 1.0})
+        assert ("sum:kl/ratio_weighted" in stats) == corrected
+    assert (grads[True] - grads[False]).norm() > 1e-3 * grads[False].norm()
