@@ -181,7 +181,7 @@ class RLTrainer:
                     record()
         self._inflight = (exp, self.rollout_id, first_step)
         rollout_time = time.perf_counter() - t0
-        rollout_metrics = self.dist.mean(exp.rollout_metrics())  # ranks hold equal shares: the rollout's means
+        rollout_metrics = self._rollout_metrics(exp)
         rollout_metrics["frac_prompts_truncated"] = exp.truncated_prompts / len(exp.prompts)
         done = self.step - first_step  # updates already made on this rollout (by the run that was resumed)
         n = len(exp.rollout)
@@ -223,6 +223,27 @@ class RLTrainer:
                     raise runtime.TrainingError(f"stopped at step {self.step} as asked; checkpoint and trace kept in "
                                                 f"{self.out}: continue with the same command plus --resume")
         self.rollout_id += 1
+
+    def _rollout_metrics(self, exp: Experience) -> dict[str, float]:
+        """The rollout's metrics over every rank's completions: a rank's means weighted by the
+        completions (or groups) it covered, which differ between ranks under dynamic sampling,
+        its counts added up, and the filter's per-rank figures averaged."""
+        local = exp.rollout_metrics()
+        if not self.dist.active:
+            return local
+        groups = local.get("dynamic_sampling/groups_sampled", len(exp.rollout) / exp.num_generations)
+        covered = {"__groups": groups, "__completions": groups * exp.num_generations}
+
+        def over(key: str) -> str:  # what a rank's value of ``key`` is a mean over
+            if key in ("scorer_errors", "dynamic_sampling/groups_sampled"):
+                return "count"
+            if key in ("reward_std", "frac_reward_zero_std"):
+                return "__groups"
+            return "rank" if key.startswith("dynamic_sampling/") else "__completions"
+
+        sums = {key: value * covered[over(key)] if over(key) in covered else value for key, value in local.items()}
+        total = self.dist.reduce_stats({**sums, **covered}, averaged=tuple(k for k in local if over(k) == "rank"))
+        return {key: total[key] / total[over(key)] if over(key) in covered else total[key] for key in local}
 
     def _record_step(self, writer, exp: Experience, metrics: dict, step: int, rollout_id: int) -> None:
         """The update's probes (re-scored after its optimizer step) and its trace line, then its log line."""

@@ -56,7 +56,18 @@ def _collectives(rank: int, world: int, init_file: str, out_dir: str) -> None:
     synced = d.in_sync([module])
     with torch.no_grad():
         module.bias[0] += 1e-3 * rank
-    out = {"p1": p1.grad.tolist(), "p2": p2.grad.tolist(), "stats": stats, "picks": picks,
+    # dynamic sampling: rank 0 sampled 1 group, rank 1 two (G = 4)
+    from types import SimpleNamespace
+
+    from minigrpo.trainer import RLTrainer
+
+    local = [{"reward": 0.1, "frac_reward_zero_std": 1.0, "scorer_errors": 1.0, "dynamic_sampling/groups_sampled": 1.0,
+              "dynamic_sampling/gen_batches": 1.0},
+             {"reward": 0.4, "frac_reward_zero_std": 0.5, "scorer_errors": 0.0, "dynamic_sampling/groups_sampled": 2.0,
+              "dynamic_sampling/gen_batches": 3.0}][rank]
+    exp = SimpleNamespace(rollout=[0] * 4, num_generations=4, rollout_metrics=lambda: dict(local))
+    rollout = RLTrainer._rollout_metrics(SimpleNamespace(dist=d), exp)
+    out = {"p1": p1.grad.tolist(), "p2": p2.grad.tolist(), "stats": stats, "picks": picks, "rollout": rollout,
            "gather": d.gather([f"r{rank}a", f"r{rank}b"]), "weight": module.weight.tolist(),
            "synced": synced, "synced_after_nudge": d.in_sync([module]), "world": d.world_size, "main": d.is_main}
     Path(out_dir, f"{rank}.json").write_text(json.dumps(out))
@@ -71,6 +82,10 @@ def test_collectives_on_two_processes(tmp_path):
         assert r["stats"] == {"sum:kl": 3.0, "loss": 15.0, "num_tokens": 11.0}
         assert r["weight"] == [[0.0, 0.0], [0.0, 0.0]]  # rank 0's weights everywhere
         assert r["synced"] is True and r["synced_after_nudge"] is False and r["world"] == 2
+        # means weighted by what each rank covered (3 groups, 12 completions), counts added, batches averaged
+        assert r["rollout"] == pytest.approx({"reward": (0.1 * 4 + 0.4 * 8) / 12, "frac_reward_zero_std": 2 / 3,
+                                              "scorer_errors": 1.0, "dynamic_sampling/groups_sampled": 3.0,
+                                              "dynamic_sampling/gen_batches": 2.0})
     # all six rows by advantage: 2.0 (rank 1 row 0), -3.0 (rank 1 row 1), 0.5 (rank 0 row 0), -1.0 (rank 0 row 1)
     assert r0["picks"] == [0, 1] and r1["picks"] == [0, 1]
     assert r0["gather"] == ["r0a", "r0b", "r1a", "r1b"] and r1["gather"] is None
