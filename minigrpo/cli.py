@@ -289,7 +289,9 @@ def main(argv: list[str] | None = None) -> int:
         with trace_warnings_as_lines():
             return _run(args)
     except (ConfigError, TaskError, ModelLoadError, TrainingError, TraceError) as exc:
-        print(f"minigrpo: error: {exc}", file=sys.stderr)
+        # a bad config or task fails alike on every data-parallel rank: rank 0 alone says so
+        if not isinstance(exc, (ConfigError, TaskError)) or os.environ.get("RANK", "0") == "0":
+            print(f"minigrpo: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("minigrpo: interrupted", file=sys.stderr)

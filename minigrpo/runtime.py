@@ -136,7 +136,7 @@ def checkpoint_dir(out_dir: Path) -> Path | None:
 
 
 def save_checkpoint(out_dir: Path, model, tokenizer, optimizer, scheduler, state: dict, extra_modules=None,
-                    experience=None) -> None:
+                    experience=None, rng_per_rank: list | None = None) -> None:
     """OUT/checkpoint: the model (HF format) + training state + the rollout in flight, written atomically.
 
     Everything goes to OUT/checkpoint.tmp and is fsynced; then the old checkpoint is renamed to
@@ -151,9 +151,11 @@ def save_checkpoint(out_dir: Path, model, tokenizer, optimizer, scheduler, state
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
         faults.hit("checkpoint")
-        torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                    "rng": rng_state(), "extra": {k: m.state_dict() for k, m in (extra_modules or {}).items()}},
-                   tmp / "trainer_state.pt")
+        blob = {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                "rng": rng_state(), "extra": {k: m.state_dict() for k, m in (extra_modules or {}).items()}}
+        if rng_per_rank:  # data parallel: every rank's RNG, so that each resumes its own stream
+            blob["rng_per_rank"] = rng_per_rank
+        torch.save(blob, tmp / "trainer_state.pt")
         if experience is not None:
             save_experience(tmp, experience)
         (tmp / "state.json").write_text(json.dumps(state, indent=2))  # written last: marks it complete
@@ -194,8 +196,9 @@ def _flag_value(value) -> str:
     return str(value).lower() if isinstance(value, bool) else str(value)
 
 
-def load_checkpoint_state(out_dir: Path, optimizer, scheduler, extra_modules=None) -> dict:
+def load_checkpoint_state(out_dir: Path, optimizer, scheduler, extra_modules=None, rank: int = 0) -> dict:
     """Restore optimizer, scheduler, RNG states and extra modules from OUT/checkpoint; returns state.json.
+    Data parallel: ``rank`` gets its own RNG state where the checkpoint holds one per rank (else rank 0's).
 
     trainer_state.pt is read with ``torch.load(weights_only=True)``: tensors, numbers, strings and
     containers only, so a checkpoint from someone else cannot run code.
@@ -206,7 +209,8 @@ def load_checkpoint_state(out_dir: Path, optimizer, scheduler, extra_modules=Non
         blob = torch.load(file, weights_only=True, map_location="cpu")
         optimizer.load_state_dict(blob["optimizer"])
         scheduler.load_state_dict(blob["scheduler"])
-        set_rng_state(blob["rng"])
+        per_rank = blob.get("rng_per_rank") or []
+        set_rng_state(per_rank[rank] if rank < len(per_rank) else blob["rng"])
         for key, module in (extra_modules or {}).items():
             module.load_state_dict(blob["extra"][key])
         state = json.loads((ckpt / "state.json").read_text())

@@ -439,7 +439,8 @@ class RLTrainer:
             self.log(f"no checkpoint in {self.out} yet: starting from the beginning")
             return
         runtime.check_same_run(self._ckpt, self._run_facts())
-        state = runtime.load_checkpoint_state(self.out, self.optimizer, self.scheduler, self.extra_modules)
+        state = runtime.load_checkpoint_state(self.out, self.optimizer, self.scheduler, self.extra_modules,
+                                              rank=self.dist.rank)
         optim.apply_config(self.scheduler, self.cfg, self.cfg.learning_rate)
         self.step, self.history = state["step"], state.get("history", [])
         self.skipped_updates = state.get("skipped_updates", 0)
@@ -465,6 +466,7 @@ class RLTrainer:
     def _checkpoint(self) -> None:
         self.flush_record()
         self.stage = "checkpoint"
+        rng_per_rank = self.dist.gather([runtime.rng_state()]) if self.dist.active else None  # every rank takes part
         if not self.dist.is_main:
             self.checkpoint_step = self.step
             return
@@ -476,7 +478,7 @@ class RLTrainer:
             state.update(rollout_id=rollout_id, rollout_first_step=first_step,
                          knobs=self._experience_knobs())
         runtime.save_checkpoint(self.out, self.policy, self.tokenizer, self.optimizer, self.scheduler, state,
-                                self.extra_modules, experience=exp)
+                                self.extra_modules, experience=exp, rng_per_rank=rng_per_rank)
         self.checkpoint_step = self.step
 
     def _run_facts(self) -> dict:

@@ -615,3 +615,36 @@ def test_bias_corrected_kl_changes_the_gradient_and_is_logged(sft_model, tmp_pat
         _, stats = trainer.micro_loss(exp, rows, {"num_rows": 8, "num_items_in_batch": 1.0})
         assert ("sum:kl/ratio_weighted" in stats) == corrected
     assert (grads[True] - grads[False]).norm() > 1e-3 * grads[False].norm()
+
+
+def test_each_data_parallel_rank_resumes_its_own_random_stream(tmp_path):
+    """The checkpoint keeps every rank's RNG state (gathered on rank 0); rank r restores state r
+    (all ranks restored rank 0's, so they drew the same numbers after a resume); a checkpoint
+    without them gives every rank the saved one."""
+    from minigrpo import runtime
+
+    class Saves:
+        def save_pretrained(self, folder):
+            Path(folder).mkdir(parents=True, exist_ok=True)
+
+    param = torch.nn.Parameter(torch.zeros(2))
+    opt = torch.optim.SGD([param], lr=0.1)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: 1.0)
+    states = []
+    for seed in (11, 22):
+        torch.manual_seed(seed)
+        states.append(runtime.rng_state())
+    expected = []
+    for state in states:
+        runtime.set_rng_state(state)
+        expected.append(torch.rand(3))
+    runtime.save_checkpoint(tmp_path, Saves(), Saves(), opt, sched, {"step": 1}, rng_per_rank=states)
+    for rank in (0, 1):
+        torch.manual_seed(999)
+        runtime.load_checkpoint_state(tmp_path, opt, sched, rank=rank)
+        assert torch.equal(torch.rand(3), expected[rank])
+    torch.manual_seed(22)
+    runtime.save_checkpoint(tmp_path, Saves(), Saves(), opt, sched, {"step": 2})
+    torch.manual_seed(999)
+    runtime.load_checkpoint_state(tmp_path, opt, sched, rank=1)
+    assert torch.equal(torch.rand(3), expected[1])  # the saved (rank 0's) state: seed 22 here
