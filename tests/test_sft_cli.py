@@ -148,3 +148,11 @@ def test_a_closed_output_pipe_is_not_an_error(monkeypatch, capsys):
     trace = Path(__file__).resolve().parents[1] / "traces" / "demo-grpo-syllogism"
     assert main(["trace", "inspect", str(trace)]) == 141
     assert capsys.readouterr().err == ""
+
+
+def test_a_bad_config_is_said_once_in_a_data_parallel_run(tmp_path, capsys, monkeypatch):
+    """Every rank fails alike on a bad config: rank 0 prints the line, the others only exit 2."""
+    for rank, lines in (("1", 0), ("0", 1)):
+        monkeypatch.setenv("RANK", rank)
+        assert main(["train", "--preset", "tiny", "--num-generations", "1", "--out", str(tmp_path / "x")]) == 2
+        assert len(capsys.readouterr().err.strip().splitlines()) == lines
