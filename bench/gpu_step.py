@@ -186,7 +186,7 @@ def bench_config(folder: Path, args, algo: str, trace: bool, compile_decode: boo
         model=str(folder), task="bench", algo=algo, seed=0, num_generations=args.num_generations, buffer_size=rows,
         per_device_train_batch_size=args.micro_batch, gradient_accumulation_steps=rows // args.micro_batch,
         num_iterations=1, max_completion_length=args.new_tokens, temperature=0.7, top_p=1.0, beta=0.04,
-        learning_rate=1e-6, generation_batch_size=rows, rollout_backend=args.backend, trace=trace,
+        learning_rate=1e-6, sampling_batch_size=rows, rollout_backend=args.backend, trace=trace,
         compile_decode=compile_decode, fused_decode=fused_decode,
         # one step more than timed: a step's log line comes while the next rollout decodes (its record is
         # written there), so the intervals between log lines are whole steps except after the run's last

@@ -52,7 +52,7 @@ common=(--preset smollm2-135m)
 sft_extra=() grpo_extra=() eval_n=500
 if [ "${SMOKE:-0}" = 1 ]; then
     eval_n=10
-    common+=(--eval-n 10 --max-completion-length 64 --generation-batch-size 16 --save-steps 1)
+    common+=(--eval-n 10 --max-completion-length 64 --sampling-batch-size 16 --save-steps 1)
     sft_extra=(--max-steps 4 --sft-batch-size 4)
     grpo_extra=(--max-steps 2 --buffer-size 12 --per-device-train-batch-size 6 --gradient-accumulation-steps 1)
 fi

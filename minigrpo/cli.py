@@ -58,6 +58,11 @@ class _Parser(argparse.ArgumentParser):
     """argparse, but a usage error is one line (``minigrpo: error: ...``, exit 2) like every other error."""
 
     def error(self, message: str):
+        from .config import RENAMED
+
+        for old, (new, why) in RENAMED.items():
+            if f"--{old.replace('_', '-')}" in message:
+                message += f" (now --{new.replace('_', '-')}: {why})"
         self.exit(2, f"minigrpo: error: {message}; see `{self.prog} --help`\n")
 
 

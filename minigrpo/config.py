@@ -43,7 +43,7 @@ class TrainConfig:
     max_completion_length: int = 300
     temperature: float = 0.7
     top_p: float = 1.0
-    generation_batch_size: int = 64  # prompts*G sampled at once
+    sampling_batch_size: int = 64  # completions per generate call (a rollout is sampled in calls of this many)
     rollout_backend: str = "hf"  # hf (transformers generate) | fast (own decode loop: static KV cache, CUDA graphs)
     compile_decode: bool = False  # fast backend: torch.compile the decode step (fused kernels; compiles once per run)
     fused_decode: bool = False  # fast backend: decode steps with q/k/v and gate/up projections fused (Llama, Qwen3)
@@ -171,7 +171,7 @@ class TrainConfig:
                 bad(name, f"{getattr(self, name)} must be in [0, 1]")
         for name in ("buffer_size", "max_completion_length", "max_prompt_length", "per_device_train_batch_size",
                      "gradient_accumulation_steps", "num_iterations", "max_steps", "train_size", "eval_size",
-                     "sft_batch_size", "sft_size", "probe_top_k", "generation_batch_size", "save_steps", "eval_n"):
+                     "sft_batch_size", "sft_size", "probe_top_k", "sampling_batch_size", "save_steps", "eval_n"):
             if getattr(self, name) < 1:
                 bad(name, f"{getattr(self, name)} must be >= 1")
         for name in ("sft_steps", "sft_epochs", "warmup_steps", "eval_every", "probe_moved_positions", "logging_steps"):
@@ -210,14 +210,14 @@ class TrainConfig:
 # dtype auto: bf16 on a GPU. An AdamW step at lr 1e-6 (about 1e-6 per weight) is far below
 # bf16's spacing near typical weights (~1e-4), so the optimiser steps float32 master copies
 # and rounds them into the bf16 model (minigrpo/optim.py, tests/test_optim.py).
-# generation_batch_size=512 samples a whole 500-completion buffer (and a 500-item eval) in
+# sampling_batch_size=512 samples a whole 500-completion buffer (and a 500-item eval) in
 # one generate call: on a GPU a decode step of a 135M model is bound by per-step overhead
 # (93 ms at batch 48 on an H100, issue 5), not by the batch, so one call replaces ten.
 _SEED_RECIPE: dict[str, Any] = dict(
     learning_rate=1e-6, temperature=0.7, num_generations=6, buffer_size=500,
     gradient_accumulation_steps=12, max_completion_length=300, per_device_train_batch_size=4,
     num_iterations=2, sft_learning_rate=5e-5, sft_size=200, sft_epochs=3, sft_batch_size=16,
-    sft_style="rules", generation_batch_size=512,
+    sft_style="rules", sampling_batch_size=512,
 )
 
 PRESETS: dict[str, dict[str, Any]] = {
@@ -227,7 +227,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         per_device_train_batch_size=64, gradient_accumulation_steps=2, num_iterations=2,
         max_completion_length=48, max_prompt_length=160, max_steps=600, lr_scheduler_type="cosine", beta=0.04,
         sft_steps=200, sft_learning_rate=3e-3, sft_batch_size=32, sft_size=3000,
-        generation_batch_size=256, save_steps=50, kl_coef=0.02, vf_coef=0.5, lam=0.95,
+        sampling_batch_size=256, save_steps=50, kl_coef=0.02, vf_coef=0.5, lam=0.95,
     ),
     "smollm2-135m": dict(model="smollm2-135m", **_SEED_RECIPE),
     "smollm-135m": dict(model="HuggingFaceTB/SmolLM-135M-Instruct", **_SEED_RECIPE),
@@ -327,6 +327,11 @@ def load_config_file(path: str | Path) -> dict[str, Any]:
     return data
 
 
+# fields renamed because TRL has the old name with another meaning: old -> (new, why)
+RENAMED = {"generation_batch_size": ("sampling_batch_size", "completions per generate call; TRL's "
+                                     "generation_batch_size is the rollout size, here buffer_size")}
+
+
 def build_config(preset: Optional[str] = None, file: Optional[str] = None,
                  overrides: Optional[dict[str, Any]] = None) -> TrainConfig:
     """defaults < preset < file < overrides; validated. A file may name a preset (``preset = "tiny"``):
@@ -346,6 +351,8 @@ def build_config(preset: Optional[str] = None, file: Optional[str] = None,
             name = key.replace("-", "_")
             if name == "preset":
                 continue
+            if name in RENAMED:
+                raise ConfigError(f"config field {key!r} is now {RENAMED[name][0]!r}: {RENAMED[name][1]}")
             if name not in field_names():
                 raise ConfigError(f"unknown config field {key!r}: see `minigrpo train --help` for the fields")
             values[name] = _coerce(name, value)

@@ -12,7 +12,7 @@ def evaluate(model, tokenizer, data: TaskData, cfg, n: int | None = None) -> dic
     items = [data[i] for i in range(min(n or len(data), len(data)))]
     prompts = [build_prompt(item, tokenizer) for item in items]
     rollout = generate(model, tokenizer, prompts, 1, cfg.max_completion_length, 1.0, 1.0,
-                       cfg.generation_batch_size, cfg.max_prompt_length, greedy=True,
+                       cfg.sampling_batch_size, cfg.max_prompt_length, greedy=True,
                        backend=getattr(cfg, "rollout_backend", "hf"))
     reward_cfg = RewardConfig(format_weight=cfg.format_weight, correctness_weight=cfg.correctness_weight,
                               penalize_premise_copy=cfg.penalize_premise_copy)

@@ -112,7 +112,7 @@ def collect(policy, ref, tokenizer, data: TaskData, cfg, rng: random.Random,
     advantages = group_advantages(batch.rewards, cfg.num_generations, cfg.scale_rewards, cfg.advantage_eps,
                                   batch_rewards)
     # scoring holds no (N, Lc, V) logits (completion_logprobs), so the fast backend scores a whole generation batch at once
-    score_batch = cfg.generation_batch_size if cfg.rollout_backend == "fast" else cfg.per_device_train_batch_size * 2
+    score_batch = cfg.sampling_batch_size if cfg.rollout_backend == "fast" else cfg.per_device_train_batch_size * 2
     from_update = not old_pass and one_update_per_rollout(cfg, len(batch.rollout))
     logp_old = torch.zeros_like(batch.rollout.completion_mask, dtype=torch.float32) if from_update else \
         score_logprobs(policy, batch.rollout, cfg.temperature, score_batch)
@@ -171,7 +171,7 @@ def _sample_and_score(policy, tokenizer, data: TaskData, cfg, indices: list[int]
     items = [data[i] for i in indices]
     prompts = [build_prompt(item, tokenizer) for item in items]
     rollout = generate(policy, tokenizer, prompts, cfg.num_generations, cfg.max_completion_length,
-                       cfg.temperature, cfg.top_p, cfg.generation_batch_size, cfg.max_prompt_length,
+                       cfg.temperature, cfg.top_p, cfg.sampling_batch_size, cfg.max_prompt_length,
                        backend=cfg.rollout_backend, compile_decode=cfg.compile_decode,
                        fused_decode=cfg.fused_decode, while_decoding=while_decoding)
     reward_cfg = RewardConfig(format_weight=cfg.format_weight, correctness_weight=cfg.correctness_weight,

@@ -330,7 +330,7 @@ class StopRequest:
 
 
 MEMORY_KNOBS = ("per_device_train_batch_size", "gradient_accumulation_steps", "num_generations",
-                "max_completion_length", "generation_batch_size")
+                "max_completion_length", "sampling_batch_size")
 
 
 def oom_advice(stage: str, step: int, cfg, last_checkpoint: str) -> str:
@@ -343,7 +343,7 @@ def oom_advice(stage: str, step: int, cfg, last_checkpoint: str) -> str:
                 f"by the same factor (same batch, less memory), or lower {flag('max_completion_length')} or "
                 f"{flag('num_generations')}")
     else:
-        tips = (f"lower {flag('generation_batch_size')}, {flag('num_generations')} or "
+        tips = (f"lower {flag('sampling_batch_size')}, {flag('num_generations')} or "
                 f"{flag('max_completion_length')}; log-probabilities are scored in micro-batches of "
                 f"2 x {flag('per_device_train_batch_size')}")
     return (f"CUDA out of memory during the {stage} of step {step}: {tips}. {last_checkpoint}; "

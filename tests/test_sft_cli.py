@@ -156,3 +156,16 @@ def test_a_bad_config_is_said_once_in_a_data_parallel_run(tmp_path, capsys, monk
         monkeypatch.setenv("RANK", rank)
         assert main(["train", "--preset", "tiny", "--num-generations", "1", "--out", str(tmp_path / "x")]) == 2
         assert len(capsys.readouterr().err.strip().splitlines()) == lines
+
+
+def test_trls_generation_batch_size_is_not_taken_for_ours(tmp_path, capsys):
+    """TRL's generation_batch_size is the rollout size; ours was the rows per generate call: renamed
+    sampling_batch_size, and the old name (flag or config field) says where it went."""
+    from minigrpo.config import ConfigError, build_config
+
+    with pytest.raises(SystemExit):
+        main(["train", "--preset", "tiny", "--generation-batch-size", "96"])
+    assert "now --sampling-batch-size" in one_error_line(capsys)
+    with pytest.raises(ConfigError, match="'generation_batch_size' is now 'sampling_batch_size'.*buffer_size"):
+        build_config("tiny", overrides={"generation_batch_size": 96})
+    assert build_config("tiny", overrides={"sampling_batch_size": 96}).sampling_batch_size == 96

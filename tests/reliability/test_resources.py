@@ -43,7 +43,7 @@ def test_oom_in_rollout_names_the_generation_knobs(sft_model, tmp_path, monkeypa
     assert main(_cli_train(sft_model, tmp_path / "o", "--max-steps", "2")) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("minigrpo: error: CUDA out of memory during the rollout of step 1"), err
-    for knob in ("--generation-batch-size", "--num-generations", "--max-completion-length", "--resume"):
+    for knob in ("--sampling-batch-size", "--num-generations", "--max-completion-length", "--resume"):
         assert knob in err[0], err[0]
 
 
