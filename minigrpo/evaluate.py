@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+from .config import ConfigError
 from .rollout import generate
 from .tasks import RewardConfig, TaskData, build_prompt, score_completion
 
@@ -11,6 +12,7 @@ from .tasks import RewardConfig, TaskData, build_prompt, score_completion
 def evaluate(model, tokenizer, data: TaskData, cfg, n: int | None = None) -> dict:
     items = [data[i] for i in range(min(n or len(data), len(data)))]
     prompts = [build_prompt(item, tokenizer) for item in items]
+    check_fits(model, tokenizer, prompts, cfg)
     rollout = generate(model, tokenizer, prompts, 1, cfg.max_completion_length, 1.0, 1.0,
                        cfg.sampling_batch_size, cfg.max_prompt_length, greedy=True,
                        backend=getattr(cfg, "rollout_backend", "hf"))
@@ -28,3 +30,17 @@ def evaluate(model, tokenizer, data: TaskData, cfg, n: int | None = None) -> dic
         "majority_baseline": baseline,
         "n": len(results),
     }
+
+
+def check_fits(model, tokenizer, prompts: list[str], cfg) -> None:
+    """The longest prompt (as cut to ``max_prompt_length``) plus ``max_completion_length`` must fit the
+    model's positions: past them a model's output is undefined (and a huge length decodes for hours)."""
+    n_ctx = getattr(model.config, "max_position_embeddings", None)
+    if not isinstance(n_ctx, int) or not prompts:
+        return
+    longest = min(max(len(ids) for ids in tokenizer(prompts, add_special_tokens=False)["input_ids"]),
+                  cfg.max_prompt_length)
+    if longest + cfg.max_completion_length > n_ctx:
+        raise ConfigError(f"invalid --max-completion-length: the longest prompt ({longest} tokens) + "
+                          f"{cfg.max_completion_length} exceed the model's context of {n_ctx} "
+                          f"(max_position_embeddings); lower --max-completion-length")

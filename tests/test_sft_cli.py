@@ -169,3 +169,17 @@ def test_trls_generation_batch_size_is_not_taken_for_ours(tmp_path, capsys):
     with pytest.raises(ConfigError, match="'generation_batch_size' is now 'sampling_batch_size'.*buffer_size"):
         build_config("tiny", overrides={"generation_batch_size": 96})
     assert build_config("tiny", overrides={"sampling_batch_size": 96}).sampling_batch_size == 96
+
+
+@pytest.mark.parametrize("command", ["eval", "sft"])
+def test_a_completion_length_past_the_models_context_is_one_line(sft_model, tmp_path, capsys, command):
+    """eval and sft generate too (their evaluations): a length past the model's positions is refused
+    (--max-completion-length 100000 decoded for minutes), the default 300 on the tiny model is not."""
+    args = ["--task", "syllogism", "--max-completion-length", "100000"]
+    if command == "eval":
+        args += ["--model", sft_model, "--n", "1"]
+    else:
+        args += ["--preset", "tiny", "--out", str(tmp_path / "sft"), *SMALL]
+    assert main([command, *args]) == 2
+    assert "the model's context of 512" in one_error_line(capsys)
+    assert main(["eval", "--task", "syllogism", "--model", sft_model, "--n", "1", "--json"]) == 0
