@@ -127,6 +127,12 @@ class TrainConfig:
         def bad(name: str, why: str) -> None:
             raise ConfigError(f"invalid --{name.replace('_', '-')}: {why}")
 
+        for fld in dataclasses.fields(self):  # the Python API too: TrainConfig(trace="false") is not tracing off
+            default = fld.default if fld.default is not dataclasses.MISSING else fld.default_factory()  # type: ignore[misc]
+            setattr(self, fld.name, _typed(fld.name, getattr(self, fld.name), default))
+        if not isinstance(self.task_kwargs, dict):
+            bad("task_kwargs", f"{self.task_kwargs!r} is not a JSON object (a dict of task knobs)")
+
         choices = {
             "algo": ("grpo", "ppo"),
             "loss_type": ("grpo", "dr_grpo", "dapo", "bnpo"),

@@ -460,3 +460,4 @@ def test_chunked_head_bench_runs_at_cpu_size():
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "MISMATCH" not in proc.stdout and proc.stdout.count("largest difference") == 4
     assert "chunks of 20 rows" in proc.stdout and "full / chunked:" in proc.stdout
+

@@ -266,3 +266,16 @@ def test_out_that_is_the_model_folder_is_refused_and_the_model_kept(sft_model, t
     assert run_main(["train", "--preset", "tiny", "--model", sft_model, "--out", spelled]) == 2
     assert "is the --model folder" in one_error_line(capsys)
     assert sorted(p.name for p in Path(sft_model).iterdir()) == before
+
+
+def test_the_config_api_checks_types_as_the_cli_does():
+    from minigrpo.config import ConfigError, TrainConfig
+
+    for bad_kw, message in ((dict(trace="false"), "--trace: 'false' is not true/false"),
+                            (dict(num_generations=2.5), "--num-generations: 2.5 is not an integer"),
+                            (dict(beta=None), "--beta: None is not a number"),
+                            (dict(task_kwargs=[1]), "--task-kwargs")):
+        with pytest.raises(ConfigError, match=message):
+            TrainConfig(**bad_kw).validate()
+    cfg = TrainConfig(beta=0, num_generations=4.0).validate()
+    assert (cfg.beta, cfg.num_generations) == (0.0, 4) and isinstance(cfg.num_generations, int)
