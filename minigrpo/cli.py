@@ -48,6 +48,8 @@ def _config_from_args(args: argparse.Namespace, command: str) -> TrainConfig:
     overrides = {name: getattr(args, name) for name in field_names()
                  if getattr(args, name, None) is not None and name != "max_steps"}
     if args.max_steps is not None:
+        if command == "sft" and args.sft_steps is not None:
+            raise ConfigError("--max-steps and --sft-steps both set the SFT steps of `minigrpo sft`: give one")
         overrides["sft_steps" if command == "sft" else "max_steps"] = args.max_steps
         if command == "sft":  # counted steps replace a preset's epochs, unless --sft-epochs is given too
             overrides.setdefault("sft_epochs", 0)
@@ -125,6 +127,7 @@ def _parser() -> argparse.ArgumentParser:
 
     fetch = sub.add_parser("fetch", help="fetch and convert an offline model (smollm2-135m)")
     fetch.add_argument("name", choices=["smollm2-135m"])
+    parser.commands = dict(sub.choices)  # name -> its parser (its errors point at its own --help)
     return parser
 
 
@@ -289,7 +292,10 @@ def main(argv: list[str] | None = None) -> int:
     from .trace.reader import trace_warnings_as_lines
     from .trace.schema import TraceError
 
-    args = _parser().parse_args(_join_negative_numbers(sys.argv[1:] if argv is None else argv))
+    parser = _parser()
+    args, unknown = parser.parse_known_args(_join_negative_numbers(sys.argv[1:] if argv is None else argv))
+    if unknown:  # said by the subcommand's parser, whose --help lists its flags
+        parser.commands.get(args.command, parser).error(f"unrecognized arguments: {' '.join(unknown)}")
     try:
         with trace_warnings_as_lines():
             return _run(args)

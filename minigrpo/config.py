@@ -320,7 +320,7 @@ def load_config_file(path: str | Path) -> dict[str, Any]:
     except OSError as exc:
         raise ConfigError(f"cannot read config file {str(path)!r} ({exc.strerror}); check its permissions") from None
     try:
-        if path.suffix == ".json":
+        if path.suffix.lower() == ".json":
             data = json.loads(text)
         else:
             import tomllib

@@ -183,3 +183,11 @@ def test_a_completion_length_past_the_models_context_is_one_line(sft_model, tmp_
     assert main([command, *args]) == 2
     assert "the model's context of 512" in one_error_line(capsys)
     assert main(["eval", "--task", "syllogism", "--model", sft_model, "--n", "1", "--json"]) == 0
+
+
+def test_flag_mistakes_point_at_the_commands_own_help(capsys):
+    with pytest.raises(SystemExit):
+        main(["train", "--bogus", "1"])
+    assert one_error_line(capsys).endswith("see `minigrpo train --help`")
+    assert main(["sft", "--max-steps", "2", "--sft-steps", "5"]) == 2
+    assert "give one" in one_error_line(capsys)
