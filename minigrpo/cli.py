@@ -301,7 +301,8 @@ def main(argv: list[str] | None = None) -> int:
             return _run(args)
     except (ConfigError, TaskError, ModelLoadError, TrainingError, TraceError) as exc:
         # a bad config or task fails alike on every data-parallel rank: rank 0 alone says so
-        if not isinstance(exc, (ConfigError, TaskError)) or os.environ.get("RANK", "0") == "0":
+        other_rank = os.environ.get("WORLD_SIZE", "1") not in ("", "1") and os.environ.get("RANK", "0") != "0"
+        if not isinstance(exc, (ConfigError, TaskError)) or not other_rank:
             print(f"minigrpo: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

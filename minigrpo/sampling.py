@@ -20,9 +20,10 @@ def nucleus_mask(probs: torch.Tensor, top_p: float) -> torch.Tensor:
 
     A token is kept iff the tokens ranked above it hold less than top_p of the mass, i.e. iff it
     and the tokens ranked below it hold more than 1 − top_p; so the most probable token is always
-    kept. As transformers' ``TopPLogitsWarper`` (what ``model.generate`` applies): the mass is
-    summed from the least probable token up (fewer rounding errors than from the top), and of
-    tied tokens the higher id ranks above. (B, V) -> (B, V) bool.
+    kept. The mass is summed from the least probable token up, as transformers' ``TopPLogitsWarper``
+    (what ``model.generate`` applies) sums it (fewer rounding errors than from the top). Of tied
+    tokens the higher id ranks above (transformers leaves the order of ties to an unstable sort,
+    so on ties the two may keep different tokens of equal probability). (B, V) -> (B, V) bool.
     """
     sorted_p, order = probs.sort(dim=-1, descending=False, stable=True)
     keep = sorted_p.cumsum(dim=-1) > 1 - top_p

@@ -104,6 +104,7 @@ def check_sft_out(out: Path) -> None:
 def run_sft(cfg, out_dir: str | Path, log=print) -> dict:
     """SFT into ``out_dir``; bad input fails before anything is written, and a failure removes what this run wrote."""
     out = Path(out_dir)
+    cfg.validate()
     check_sft_out(out)
     runtime.seed_everything(cfg.seed)
     device = runtime.pick_device(cfg.device)

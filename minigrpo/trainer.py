@@ -44,6 +44,7 @@ class RLTrainer:
     hands_probes_hidden = False  # micro_loss passes its hidden states to probes.capture when probes.wants_hidden
 
     def __init__(self, cfg, out_dir: str | Path, resume: bool = False, log=print):
+        cfg.validate()  # a config built in Python (dataclasses.replace) is checked as build_config checks it
         self.cfg, self.out, self.resume, self.log = cfg, Path(out_dir), resume, log
         device = runtime.pick_device(cfg.device)
         self.dist = distributed.setup("nccl" if device.type == "cuda" else "gloo")  # one rank outside a launcher
@@ -128,6 +129,8 @@ class RLTrainer:
                                         f"{self._kept()}; continue with the same command plus --resume") from None
         except torch.cuda.OutOfMemoryError:
             raise runtime.TrainingError(runtime.oom_advice(self.stage, self._stage_step(), cfg, self._kept())) from None
+        except BrokenPipeError:  # our output's reader went away (`| head`): main exits quietly
+            raise
         except OSError as exc:  # a full disk while writing the trace or a checkpoint
             raise runtime.TrainingError(
                 f"cannot write {exc.filename or self.out} during the {self.stage} of step {self._stage_step()} "
@@ -205,10 +208,11 @@ class RLTrainer:
                 self.step_times.append(metrics["step_time"])
                 evaluate_now = bool(cfg.eval_every and self.step % cfg.eval_every == 0)
                 save_now = bool(cfg.save_steps and self.step % cfg.save_steps == 0)
+                stop = self._stop_agreed()
                 record = functools.partial(self._record_step, writer, exp, metrics, self.step, self.rollout_id)
                 last_of_rollout = it == cfg.num_iterations - 1 and start + per_step >= n
                 if last_of_rollout and self._may_defer_record() and self.step < cfg.max_steps \
-                        and not (evaluate_now or save_now or self._stop.requested):
+                        and not (evaluate_now or save_now or stop):
                     self._pending_record = record  # written while the next rollout decodes
                 else:
                     record()
@@ -217,12 +221,20 @@ class RLTrainer:
                     result = self._evaluate()
                     self.history.append({"step": self.step, "eval": result})
                     self.log(_eval_line(f"step {self.step}", result))
-                if save_now or self._stop.requested:
+                if save_now or stop:
                     self._checkpoint()
-                if self._stop.requested:
+                if stop:
                     raise runtime.TrainingError(f"stopped at step {self.step} as asked; checkpoint and trace kept in "
                                                 f"{self.out}: continue with the same command plus --resume")
         self.rollout_id += 1
+
+    def _stop_agreed(self) -> bool:
+        """Whether a Ctrl-C / SIGTERM asked to stop after this update, agreed by every rank: a signal
+        reaches the ranks at different instants, and a rank that stopped alone would pair its
+        checkpoint's collectives with another rank's next ones."""
+        if not self.dist.active:
+            return self._stop.requested
+        return self.dist.reduce_stats({"stop": float(self._stop.requested)})["stop"] > 0
 
     def _rollout_metrics(self, exp: Experience) -> dict[str, float]:
         """The rollout's metrics over every rank's completions: a rank's means weighted by the
@@ -447,7 +459,8 @@ class RLTrainer:
         self.checkpoint_step = self.step
         self._kept_rollout = state["rollout_id"]
         self.rollout_id = state["rollout_id"] + 1
-        if "rollout_first_step" in state and state.get("knobs") == self._experience_knobs():
+        # data parallel: the checkpoint holds rank 0's share of the rollout only, so every rank samples afresh
+        if "rollout_first_step" in state and state.get("knobs") == self._experience_knobs() and not self.dist.active:
             self.rng.seed(self.cfg.seed + 7919 * state["rollout_id"])  # the items of that rollout, drawn again
             items = sample_items(self.train_data, self.cfg.prompts_per_rollout, self.rng)
             exp = runtime.load_experience(self._ckpt, items, self.device)
@@ -456,7 +469,10 @@ class RLTrainer:
             if exp is not None and exp.prompts == [build_prompt(item, self.tokenizer) for item in exp.items]:
                 self.rollout_id = state["rollout_id"]
                 self._resumed = (exp, state["rollout_first_step"])
-        if self._resumed is None:
+        if self._resumed is None and self.dist.active:
+            self.log("a data-parallel run does not continue the checkpointed rollout (its checkpoint holds rank 0's "
+                     "share only): a fresh rollout follows")
+        elif self._resumed is None:
             self.log("the checkpointed rollout does not fit this config: a fresh rollout follows")
         self.log(f"resuming {self.out} at step {self.step}")
         if self.step >= self.cfg.max_steps:

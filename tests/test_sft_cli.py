@@ -152,10 +152,15 @@ def test_a_closed_output_pipe_is_not_an_error(monkeypatch, capsys):
 
 def test_a_bad_config_is_said_once_in_a_data_parallel_run(tmp_path, capsys, monkeypatch):
     """Every rank fails alike on a bad config: rank 0 prints the line, the others only exit 2."""
+    monkeypatch.setenv("WORLD_SIZE", "2")
     for rank, lines in (("1", 0), ("0", 1)):
         monkeypatch.setenv("RANK", rank)
         assert main(["train", "--preset", "tiny", "--num-generations", "1", "--out", str(tmp_path / "x")]) == 2
         assert len(capsys.readouterr().err.strip().splitlines()) == lines
+    monkeypatch.setenv("WORLD_SIZE", "1")  # a RANK left in the environment of a one-process command
+    monkeypatch.setenv("RANK", "1")
+    assert main(["train", "--preset", "tiny", "--num-generations", "1", "--out", str(tmp_path / "x")]) == 2
+    assert len(capsys.readouterr().err.strip().splitlines()) == 1
 
 
 def test_trls_generation_batch_size_is_not_taken_for_ours(tmp_path, capsys):

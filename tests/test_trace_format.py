@@ -791,3 +791,14 @@ def test_export_csv_failing_midway_keeps_the_old_file(tmp_path):
     with pytest.raises(TypeError):
         export_csv(trace, out)
     assert out.read_text() == "old\n" and [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
+
+
+def test_export_csv_writes_through_a_link(tmp_path):
+    """--csv through a symlink (or to a pipe, /dev/stdout) writes into it instead of replacing it."""
+    path = tmp_path / "t"
+    make_synthetic_trace(path, n_steps=3)
+    target, link = tmp_path / "target.csv", tmp_path / "link.csv"
+    target.write_text("")
+    link.symlink_to(target)
+    assert export_csv(load(path), link) == 3
+    assert link.is_symlink() and len(target.read_text().splitlines()) == 4

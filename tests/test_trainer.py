@@ -648,3 +648,16 @@ def test_each_data_parallel_rank_resumes_its_own_random_stream(tmp_path):
     torch.manual_seed(999)
     runtime.load_checkpoint_state(tmp_path, opt, sched, rank=1)
     assert torch.equal(torch.rand(3), expected[1])  # the saved (rank 0's) state: seed 22 here
+
+
+def test_a_closed_output_pipe_stops_training_as_a_broken_pipe(sft_model, tmp_path):
+    """`minigrpo train ... | head`: the log's write fails with BrokenPipeError, which reaches `main`
+    (a quiet exit 141), not the full-disk message the trainer gives other OSErrors."""
+    from minigrpo.grpo import GRPOTrainer
+
+    def closed_pipe(line):
+        if line.startswith("step"):
+            raise BrokenPipeError(32, "Broken pipe")
+
+    with pytest.raises(BrokenPipeError):
+        GRPOTrainer(fast_config(model=sft_model, max_steps=2, logging_steps=1), tmp_path, log=closed_pipe).train()

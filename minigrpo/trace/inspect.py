@@ -119,7 +119,12 @@ def export_csv(trace: Trace, out_path: str | os.PathLike) -> int:
         text.flush()
         text.detach()
 
-    atomic_write(os.fspath(out_path), write, durable=False)
+    out_path = os.fspath(out_path)
+    if os.path.islink(out_path) or (os.path.exists(out_path) and not os.path.isfile(out_path)):
+        with open(out_path, "wb") as f:  # a link, a pipe, /dev/stdout: written through, not replaced
+            write(f)
+    else:
+        atomic_write(out_path, write, durable=False)
     return len(trace.steps)
 
 

@@ -279,3 +279,17 @@ def test_the_config_api_checks_types_as_the_cli_does():
             TrainConfig(**bad_kw).validate()
     cfg = TrainConfig(beta=0, num_generations=4.0).validate()
     assert (cfg.beta, cfg.num_generations) == (0.0, 4) and isinstance(cfg.num_generations, int)
+
+
+def test_the_trainers_check_a_config_built_in_python(tmp_path):
+    import dataclasses
+
+    from minigrpo.config import ConfigError, build_config
+    from minigrpo.grpo import GRPOTrainer
+    from minigrpo.sft import run_sft
+
+    odd = dataclasses.replace(build_config("tiny"), trace="false")
+    for start in (lambda: GRPOTrainer(odd, tmp_path / "rl"), lambda: run_sft(odd, tmp_path / "sft")):
+        with pytest.raises(ConfigError, match="--trace: 'false' is not true/false"):
+            start()
+    assert not (tmp_path / "rl").exists() and not (tmp_path / "sft").exists()
