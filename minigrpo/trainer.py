@@ -208,11 +208,10 @@ class RLTrainer:
                 self.step_times.append(metrics["step_time"])
                 evaluate_now = bool(cfg.eval_every and self.step % cfg.eval_every == 0)
                 save_now = bool(cfg.save_steps and self.step % cfg.save_steps == 0)
-                stop = self._stop_agreed()
                 record = functools.partial(self._record_step, writer, exp, metrics, self.step, self.rollout_id)
                 last_of_rollout = it == cfg.num_iterations - 1 and start + per_step >= n
                 if last_of_rollout and self._may_defer_record() and self.step < cfg.max_steps \
-                        and not (evaluate_now or save_now or stop):
+                        and not (evaluate_now or save_now or self._stop.requested):  # one process: no collective
                     self._pending_record = record  # written while the next rollout decodes
                 else:
                     record()
@@ -221,6 +220,7 @@ class RLTrainer:
                     result = self._evaluate()
                     self.history.append({"step": self.step, "eval": result})
                     self.log(_eval_line(f"step {self.step}", result))
+                stop = self._stop_agreed()  # after the record: a Ctrl-C while it is logged stops here too
                 if save_now or stop:
                     self._checkpoint()
                 if stop:
