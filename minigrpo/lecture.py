@@ -32,6 +32,7 @@ from typing import Callable, Optional
 from .files import write_via_path
 from .render import QUALITIES, REPO_ROOT, SCENES, find_trace, for_algo, scene_name
 from .trace import trace_dir
+from .trace.inspect import display_name
 
 DEFAULT_TRACE = REPO_ROOT / "traces" / "demo-grpo-syllogism"
 DEFAULT_PPO_TRACE = REPO_ROOT / "traces" / "demo-ppo-syllogism"
@@ -476,9 +477,9 @@ def build_lecture(trace: Optional[str] = None, ppo_trace: Optional[str] = None, 
 
         plot(trace_dir, out_dir / "plots", log=log)
         figures = [out_dir / "plots" / f"{name}.png" for name in FIGURES]
-    steps_text = f", steps {steps}" if steps else ""
+    steps_text = f", scenes at steps {steps}" if steps else ""  # the figures cover the whole run
     title = f"{meta.algo.upper()} on {meta.task}"
-    subtitle = f"model {meta.model} · trace {trace_dir.name}{steps_text} · {QUALITIES[quality]}"
+    subtitle = f"model {meta.model} · {display_name(trace_dir)}{steps_text} · {QUALITIES[quality]}"
     build = {"quality": quality, "jobs": jobs, "trace": str(trace_dir), "ppo_trace": str(ppo_dir) if ppo_dir else None,
              "render_seconds": round(render_s, 1), "scene_seconds": {j.scene: round(j.seconds, 1) for j in done}}
     result = assemble([(j.scene, CHAPTERS[j.scene], j.video) for j in done], out_dir, title, subtitle, figures, build)

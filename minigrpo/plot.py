@@ -11,6 +11,7 @@ numbers on a slide can be checked against the trace.
 
 from __future__ import annotations
 
+import io
 import json
 import math
 import os
@@ -164,6 +165,7 @@ STYLE = {  # matplotlib rc for every figure: the scenes' colours, type large eno
     "axes.titlesize": 22, "axes.labelsize": 18, "xtick.labelsize": 15, "ytick.labelsize": 15,
     "legend.fontsize": 14, "legend.facecolor": C.CARD, "legend.edgecolor": C.GRID, "legend.labelcolor": C.FG,
     "lines.linewidth": 2.0, "svg.fonttype": "path", "axes.spines.top": False, "axes.spines.right": False,
+    "text.parse_math": False,  # a token such as "$$" or "$x$" is text, not mathtext
 }
 
 
@@ -276,9 +278,14 @@ def fig_reward_accuracy(plt, trace, base):
 
 
 def fig_kl(plt, trace, base):
-    beta = (trace.meta.config or {}).get("beta")
-    title = "KL to the reference policy" + (f" (β = {beta:g})" if isinstance(beta, (int, float)) else "")
-    return _metric_figure(plt, trace, title, [("kl", "KL(π_θ ‖ π_ref), k3 token mean", C.REF)], "KL")
+    cfg = trace.meta.config or {}
+    # GRPO weighs it by β in the loss (ρ-weighted with use_bias_correction_kl); PPO by kl_coef in the reward
+    name, coef = ("kl_coef", cfg.get("kl_coef")) if trace.meta.algo == "ppo" else ("β", cfg.get("beta"))
+    weight = f" ({name} = {coef:g})" if isinstance(coef, (int, float)) and not isinstance(coef, bool) else ""
+    series = [("kl", "KL(π_θ ‖ π_ref), k3 token mean", C.REF)]
+    if trace.meta.algo != "ppo" and cfg.get("use_bias_correction_kl"):
+        series.append(("kl/ratio_weighted", "ρ · k3 token mean: the loss's KL term", C.NEW))
+    return _metric_figure(plt, trace, "KL to the reference policy" + weight, series, "KL")
 
 
 def fig_clip_fractions(plt, trace, base):
@@ -349,9 +356,13 @@ def fig_decision_heatmap(plt, trace, base):
         _empty(ax, "no probed decision position (first token inside <answer>) in this trace")
     else:
         cmap = LinearSegmentedColormap.from_list("minigrpo", [C.GRID, C.OLD, C.CLIP]).with_extremes(bad=C.BG)
-        m = np.ma.masked_invalid(np.array(data["p_after"], dtype=float))
         steps = data["steps"]
-        im = ax.imshow(m, aspect="auto", cmap=cmap, vmin=0.0, vmax=1.0, interpolation="nearest",
+        # one column per step from the first to the last, blank where no decision was probed (a
+        # downsampled trace): imshow spreads its columns evenly, so they must be every step's
+        grid = np.full((len(data["tokens"]), steps[-1] - steps[0] + 1), np.nan)
+        grid[:, np.asarray(steps) - steps[0]] = np.array(data["p_after"], dtype=float)
+        im = ax.imshow(np.ma.masked_invalid(grid), aspect="auto", cmap=cmap, vmin=0.0, vmax=1.0,
+                       interpolation="nearest",
                        extent=(steps[0] - 0.5, steps[-1] + 0.5, len(data["tokens"]) - 0.5, -0.5))
         ax.set_yticks(range(len(data["tokens"])))
         ax.set_yticklabels([readable(t) for t in data["tokens"]], fontfamily=C.MONO, fontsize=16, color=C.FG)
@@ -412,21 +423,25 @@ DRAW = {"reward_accuracy": fig_reward_accuracy, "kl": fig_kl, "clip_fractions": 
 def _draw_all(trace, trace_dir, summary_path, base, out: Path) -> dict:
     from .trace.encode import jsonable
 
-    out.mkdir(parents=True, exist_ok=True)
     plt = pyplot()
     result: dict = {"trace": str(trace_dir), "summary": str(summary_path) if summary_path else None,
                     "files": [], "figures": {}}
-    for name in FIGURES:
+    drawn: list[tuple[Path, bytes]] = []  # every figure is drawn before any file is written: a figure
+    for name in FIGURES:                   # that fails to draw leaves no partial set behind
         with plt.rc_context(STYLE):
             fig, data = DRAW[name](plt, trace, base)
             try:
                 for fmt in FORMATS:
-                    target = out / f"{name}.{fmt}"
-                    write_via_path(target, lambda tmp, f=fmt: fig.savefig(tmp, format=f))
-                    result["files"].append(str(target))
+                    buffer = io.BytesIO()
+                    fig.savefig(buffer, format=fmt)
+                    drawn.append((out / f"{name}.{fmt}", buffer.getvalue()))
             finally:
                 plt.close(fig)
         result["figures"][name] = data
+    out.mkdir(parents=True, exist_ok=True)
+    for target, content in drawn:
+        write_via_path(target, lambda tmp, c=content: tmp.write_bytes(c))
+        result["files"].append(str(target))
     result = jsonable(result, "plot data")
     text = json.dumps(result, indent=1, ensure_ascii=False)
     write_via_path(out / "plot_data.json", lambda tmp: tmp.write_text(text))

@@ -87,8 +87,9 @@ class GRPOAdvantage(Scene):
             f = formula(r"A_i = \frac{R_i - \mu}{\sigma + \varepsilon}", "A_i = (R_i − μ) / (σ + ε)", P.BODY)
         elif rule == "center":
             f = formula(r"A_i = R_i - \mu", "A_i = R_i − μ   (scale_rewards = none)", P.BODY)
-        else:
-            f = label("A_i as recorded (batch-scaled)", P.BODY, P.FG)
+        else:  # batch scaling divides by the rollout's σ; anything else is shown as recorded, not explained
+            scaled = (trace.meta.config or {}).get("scale_rewards") == "batch"
+            f = label("A_i as recorded (batch-scaled)" if scaled else "A_i as recorded", P.BODY, P.FG)
         f.next_to(stats, DOWN, buff=0.3).align_to(stats, LEFT)
         if f.get_bottom()[1] < -3.85:
             f.shift(UP * (-3.85 - f.get_bottom()[1]))

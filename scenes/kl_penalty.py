@@ -133,9 +133,15 @@ class KLPenalty(Scene):
                                 mono=True, max_width=6.8)).arrange(DOWN, buff=0.12)
         else:
             b = D.beta(trace)
-            obj = formula(r"J = L_{clip} - \beta\,\mathrm{KL}", "J = L_clip − β · KL", P.BODY + 4)
+            if c.get("use_bias_correction_kl"):  # the loss's term is ρ·k3 (logged as kl/ratio_weighted)
+                obj = formula(r"J = L_{clip} - \beta\,\rho\,\mathrm{KL}", "J = L_clip − β · ρ · KL", P.BODY + 4)
+            else:
+                obj = formula(r"J = L_{clip} - \beta\,\mathrm{KL}", "J = L_clip − β · KL", P.BODY + 4)
             if np.isfinite(b) and b == 0:
                 note = label("β = 0 in this run: KL is only monitored", P.LABEL, P.CLIP, max_width=6.8)
+            elif c.get("use_bias_correction_kl"):
+                note = label(f"β = {b:g}, KL weighted by ρ = π_θ/π_old (run config)", P.LABEL, P.CLIP,
+                             mono=True, max_width=6.8)
             else:
                 note = label(f"β = {b:g}  (run config)", P.LABEL + 4, P.CLIP, mono=True)
         VGroup(obj, note).arrange(DOWN, buff=0.3).move_to([3.6, -2.75, 0])

@@ -167,8 +167,8 @@ class PPOvsGRPO(Scene):
         tim = (D.metric_mean(ppo, "step_time"), D.metric_mean(grpo, "step_time"))
         # peak memory is the whole process (CUDA: torch's peak allocation; CPU: peak RSS, where the
         # runtime dominates for a tiny model); train_state_mb counts weights + grads + Adam state exactly
-        cost = VGroup(self._cost_row("peak memory", mem, "MB", "{:.0f}"),
-                      self._cost_row("weights+grads+Adam", state, "MB", "{:.1f}"),
+        cost = VGroup(self._cost_row("peak memory", mem, "MiB", "{:.0f}"),
+                      self._cost_row("weights+grads+Adam", state, "MiB", "{:.1f}"),
                       self._cost_row("time per update", tim, "s", "{:.2f}")).arrange(RIGHT, buff=0.6)
         cost.move_to([0, -2.85, 0])
         dev = lambda t: str((t.meta.extra or {}).get("device", "device n/a"))  # noqa: E731

@@ -238,3 +238,45 @@ def test_a_torn_last_line_is_one_warning_line(tmp_path, capsys):
     torn = [line for line in err if "torn last line" in line]
     assert len(torn) == 1 and torn[0].startswith("minigrpo: warning: ") and "TraceWarning" not in torn[0]
     assert not any("warnings.warn" in line or "return _load" in line for line in err)
+
+
+def test_decision_heatmap_columns_sit_at_their_steps_when_steps_are_missing(tmp_path):
+    """A downsampled trace probes every 10th update: each column is drawn at its own step (imshow
+    spreads the columns it is given evenly over the axis), blank between."""
+    from minigrpo.plot import STYLE, decision_heatmap, fig_decision_heatmap, pyplot
+    from minigrpo.trace import load
+    from minigrpo.trace.downsample import downsample
+
+    downsample(DEMO_GRPO, tmp_path / "ds", probe_every=10)
+    trace = load(tmp_path / "ds")
+    data = decision_heatmap(trace)
+    steps = data["steps"]
+    assert len(steps) > 2 and steps[-1] - steps[0] + 1 > len(steps)  # the test has gaps
+    plt = pyplot()
+    with plt.rc_context(STYLE):
+        fig, _ = fig_decision_heatmap(plt, trace, None)
+    grid = np.ma.filled(fig.axes[0].images[0].get_array(), np.nan)
+    plt.close(fig)
+    assert grid.shape[1] == steps[-1] - steps[0] + 1
+    for j, step in enumerate(steps):
+        np.testing.assert_allclose(grid[:, step - steps[0]], np.array(data["p_after"], float)[:, j])
+    assert np.isnan(grid[:, steps[1] - steps[0] - 1]).all()  # a step without a probed decision is blank
+
+
+def test_a_dollar_token_is_text_and_ppos_kl_names_its_coefficient():
+    import io
+
+    from minigrpo.plot import STYLE, fig_kl, pyplot
+    from minigrpo.trace import load
+
+    plt = pyplot()
+    with plt.rc_context(STYLE):
+        fig, ax = plt.subplots()
+        ax.set_yticks([0, 1])
+        ax.set_yticklabels(["$$", "$x$"])  # mathtext would refuse the first and italicise the second
+        fig.savefig(io.BytesIO(), format="png")
+        plt.close(fig)
+        fig, _ = fig_kl(plt, load(REPO / "traces" / "demo-ppo-syllogism"), None)
+    title = " ".join(t.get_text() for t in fig.texts + [fig.axes[0].title])
+    plt.close(fig)
+    assert "kl_coef = 0.02" in title and "β" not in title

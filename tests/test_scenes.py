@@ -543,3 +543,28 @@ def test_title_card_names_the_run_of_a_run_trace():
     assert trace_name("runs/grpo/trace/") == "run grpo"
     assert trace_name("traces/demo-grpo-syllogism") == "trace demo-grpo-syllogism"
     assert trace_name("trace") == "trace trace"  # nothing above it to name
+
+
+def test_a_curve_readout_at_a_null_step_says_na():
+    """A step whose metric was recorded null reads n/a, not its neighbour's value."""
+    from scenes.components.curves import MetricCurve, fmt_value
+
+    c = MetricCurve([1, 2, 3], [0.475, float("nan"), 0.5], "reward", show_marker=False)
+    assert fmt_value(c.nearest_value(2)) == "n/a"
+    assert c.nearest_value(1.2) == 0.475 and c.nearest_value(2.9) == 0.5
+
+
+def test_a_flagship_at_a_moved_position_is_followed_at_moved_positions(traces):
+    """Probes without a decision position: the flagship falls back to a moved position, and its
+    later updates are followed at moved positions too (they were dropped: "no later update")."""
+    trace = load(traces["grpo"])
+    for step in trace.steps:
+        probes = step.probes
+        for p in probes:
+            p.positions = [q for q in p.positions if q.kind != "decision"]
+        step.probes = probes
+    probe = trace.steps[0].probes[0]
+    shot = D.Shot(0, 0, probe, D.position(probe, "moved"))
+    later = D.follow(trace, shot)
+    assert later and all(s.position.kind == "moved" for s in later)
+    assert [s.step_index for s in later] == list(range(1, 1 + len(later)))

@@ -17,7 +17,7 @@ from .layout import META_FILE, PAYLOAD_DIR, ROLLOUTS_FILE, STEPS_FILE
 from .reader import TraceWarning, load, probe_counts, trace_dir
 from .schema import Trace, TraceError
 
-__all__ = ["summary", "export_csv", "metric_names", "payload_bytes", "cli_inspect", "cli_export"]
+__all__ = ["summary", "display_name", "export_csv", "metric_names", "payload_bytes", "cli_inspect", "cli_export"]
 
 
 def metric_names(trace: Trace) -> list[str]:
@@ -95,6 +95,16 @@ def summary(trace: Trace) -> str:
             lines.append(f"           {name:<{width}}  {finite.size:>5}  {_fmt(present[0]):>12}  "
                          f"{_fmt(present[-1]):>12}  {lo:>12}  {hi:>12}")
     return "\n".join(lines)
+
+
+def display_name(path) -> str:
+    """``trace NAME`` for a trace folder, ``run NAME`` for a run's (``runs/NAME/trace``: every run's
+    trace folder is called trace, so its run folder is what tells runs apart)."""
+    path = os.path.normpath(str(path))
+    name = os.path.basename(path)
+    if name == "trace" and os.path.basename(os.path.dirname(path)):
+        return f"run {os.path.basename(os.path.dirname(path))}"
+    return f"trace {name}"
 
 
 def export_csv(trace: Trace, out_path: str | os.PathLike) -> int:

@@ -174,11 +174,11 @@ class MetricCurve(VGroup):
         return float(np.interp(x, self.xs[fin], self.ys[fin]))
 
     def nearest_value(self, x: float) -> float:
-        fin = np.isfinite(self.ys)
-        if not fin.any():
+        """The metric recorded at the step nearest ``x``: NaN (shown as n/a) where that step recorded
+        null, never a neighbour's value."""
+        if not len(self.xs):
             return np.nan
-        xs, ys = self.xs[fin], self.ys[fin]
-        return float(ys[int(np.argmin(np.abs(xs - x)))])
+        return float(self.ys[int(np.argmin(np.abs(self.xs - x)))])
 
     def _sync(self):
         x = float(self.k.get_value())

@@ -300,15 +300,17 @@ def pick_flagship(trace, probe_index: Optional[int] = None) -> Shot:
 
 def follow(trace, shot: Shot, max_updates: int = DEFAULT_FOLLOW) -> list[Shot]:
     """Later updates of the same decision: per later step, a probe of the same prompt at its
-    decision position, else that step's first probe with a decision position."""
+    decision position, else that step's first probe with a decision position. A shot at a
+    ``moved`` position (its probes had no decision) is followed at ``moved`` positions alike."""
     st0 = trace.steps[shot.step_index]
     prompt = prompt_of(st0, shot.probe)
+    kind = shot.position.kind
     out: list[Shot] = []
     for si in range(shot.step_index + 1, len(trace.steps)):
         if len(out) >= max_updates:
             break
         st = trace.steps[si]
-        cands = [(pi, p, position(p, "decision")) for pi, p in enumerate(st.probes)]
+        cands = [(pi, p, position(p, kind)) for pi, p in enumerate(st.probes)]
         cands = [c for c in cands if c[2] is not None]
         if not cands:
             continue

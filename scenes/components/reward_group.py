@@ -206,9 +206,9 @@ class RewardLine(VGroup):
                                               color=P.MUTED, stroke_width=3))
             self.std_label = Text("±σ", font=P.FONT, font_size=font_size, color=P.MUTED).next_to(
                 self.std_lines[1], UP, buff=0.08)
-        else:
-            self.std_label = Text("σ = 0", font=P.FONT, font_size=font_size, color=P.NEG).next_to(
-                self.mean_line, RIGHT, buff=0.2)
+        else:  # σ = 0, or not recorded (null)
+            self.std_label = Text("σ = 0" if np.isfinite(std) else "σ = n/a", font=P.FONT, font_size=font_size,
+                                  color=P.NEG).next_to(self.mean_line, RIGHT, buff=0.2)
         ends = VGroup(
             Text(fmt_num(lo + pad), font=P.MONO, font_size=font_size - 2, color=P.MUTED).move_to([x(lo + pad), -0.35, 0]),
             Text(fmt_num(hi - pad), font=P.MONO, font_size=font_size - 2, color=P.MUTED).move_to([x(hi - pad), -0.35, 0]),

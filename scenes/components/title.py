@@ -48,13 +48,10 @@ def trace_caption(trace, steps=None) -> str:
 
 
 def trace_name(path) -> str:
-    """``trace NAME`` for a trace folder, ``run NAME`` for a run's (``runs/NAME/trace``: every run's
-    trace folder is called trace, so its run folder is what tells runs apart)."""
-    path = os.path.normpath(str(path))
-    name = os.path.basename(path)
-    if name == "trace" and os.path.basename(os.path.dirname(path)):
-        return f"run {os.path.basename(os.path.dirname(path))}"
-    return f"trace {name}"
+    """``run NAME`` for a run's ``trace/``, else ``trace NAME`` (minigrpo.trace.inspect.display_name)."""
+    from minigrpo.trace.inspect import display_name
+
+    return display_name(path)
 
 
 class TitleCard(VGroup):
