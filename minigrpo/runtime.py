@@ -69,6 +69,14 @@ def train_state_mb(modules, optimizer) -> float:
     return total / 2**20
 
 
+def write_summary(out_dir: Path, summary: dict) -> None:
+    """OUT/summary.json, strict JSON (a NaN, e.g. a task without a majority baseline, written as null)."""
+    from .trace.encode import jsonable
+
+    text = json.dumps(jsonable(summary, "summary"), indent=2, allow_nan=False)
+    atomic_write_text(Path(out_dir) / "summary.json", text)
+
+
 def atomic_write_text(path: Path, text: str) -> None:
     """``path`` holds either its old content or all of ``text``, never a part (temp file + rename)."""
     atomic_write(os.fspath(path), lambda f: f.write(text.encode("utf-8")))

@@ -24,7 +24,6 @@ from . import optim, runtime
 from .config import ConfigError
 from .evaluate import evaluate
 from .models import build_tiny, load_model
-from .trace.encode import jsonable
 from .sft_targets import sft_target, task_corpus
 from .tasks import RewardConfig, TaskError, build_prompt, load_train_eval, score_completion
 
@@ -171,7 +170,6 @@ def _train_sft(cfg, out: Path, device, dtype, eval_data, items, log) -> dict:
                "examples": len(examples), "targets_too_long": too_long,
                "before": before, "after": after, "train_seconds": time.time() - started,
                "peak_memory_mb": runtime.peak_memory_mb(device)}
-    # strict JSON: a task with no majority baseline has NaN there, written as null
-    runtime.atomic_write_text(out / "summary.json", json.dumps(jsonable(summary, "summary"), indent=2, allow_nan=False))
+    runtime.write_summary(out, summary)
     runtime.atomic_write_text(out / "train_config.json", json.dumps(cfg.to_dict(), indent=2))
     return summary

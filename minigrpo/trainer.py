@@ -34,7 +34,6 @@ from .experience import Experience, collect, sample_items, trace_groups
 from .models import load_model
 from .probes import ProbeRecorder
 from .tasks import build_prompt, load_train_eval
-from .trace.encode import jsonable
 from .trace.schema import Step
 
 
@@ -142,8 +141,7 @@ class RLTrainer:
                 writer.close()
         summary = self._summary(before, after, time.time() - started)
         if self.dist.is_main:
-            text = json.dumps(jsonable(summary, "summary"), indent=2, allow_nan=False)  # NaN -> null (strict JSON)
-            runtime.atomic_write_text(self.out / "summary.json", text)
+            runtime.write_summary(self.out, summary)
         self.dist.barrier()
         self.dist.close()
         return summary

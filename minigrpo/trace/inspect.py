@@ -14,7 +14,7 @@ import numpy as np
 
 from ..files import atomic_write, is_temp
 from .layout import META_FILE, PAYLOAD_DIR, ROLLOUTS_FILE, STEPS_FILE
-from .reader import TraceWarning, load, probe_counts, trace_dir
+from .reader import TraceWarning, load, probe_counts, trace_dir, trace_warnings_as_lines
 from .schema import Trace, TraceError
 
 __all__ = ["summary", "display_name", "export_csv", "metric_names", "payload_bytes", "cli_inspect", "cli_export"]
@@ -139,15 +139,10 @@ def export_csv(trace: Trace, out_path: str | os.PathLike) -> int:
 
 
 def _load_for_cli(path: str, lazy: bool) -> Trace:
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always", TraceWarning)
-        trace = load(trace_dir(path), lazy=lazy)  # a run folder works too
-    for w in caught:
-        if issubclass(w.category, TraceWarning):
-            print(f"warning: {w.message}", file=sys.stderr)
-        else:
-            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
-    return trace
+    with warnings.catch_warnings():
+        warnings.simplefilter("always", TraceWarning)  # every load says so, not the first one in a process
+        with trace_warnings_as_lines(prefix="warning: "):
+            return load(trace_dir(path), lazy=lazy)  # a run folder works too
 
 
 def cli_inspect(path: str | os.PathLike) -> int:

@@ -26,14 +26,21 @@ def inside(file: str) -> None:
                                   f"may only refer to its own files: copy the trace without links"))
 
 
+def payload_problem(full: str) -> str | None:
+    """Why a payload file cannot be opened ("is missing", "is not a file"), or None."""
+    if os.path.isfile(full):
+        return None
+    return "is not a file" if os.path.exists(full) else "is missing"
+
+
 class Npz:
     """An open npz payload with checked, typed access to its arrays."""
 
     def __init__(self, path: str, rel: str, w: Where, field_name: str):
         self.full = full = os.path.join(path, rel)
-        if not os.path.isfile(full):
-            what = "is not a file" if os.path.exists(full) else "is missing"
-            raise w.error(field_name, f"payload file {rel} {what} ({full})", FIX_PAYLOAD)
+        problem = payload_problem(full)
+        if problem:
+            raise w.error(field_name, f"payload file {rel} {problem} ({full})", FIX_PAYLOAD)
         inside(full)
         try:
             npz = np.load(full, allow_pickle=False)

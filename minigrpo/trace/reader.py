@@ -56,11 +56,11 @@ from .layout import (
     probe_key,
     probe_shape_problems,
 )
-from .npz import Npz, inside
+from .npz import Npz, inside, payload_problem
 from .schema import FORMAT_NAME, FORMAT_VERSION, Group, Meta, Probe, ProbePosition, Step, Trace, TraceError
 
-__all__ = ["TraceWarning", "trace_warnings_as_lines", "LazyStep", "load", "read_meta", "read_index", "probe_counts", "StepSelection",
-           "trace_dir"]
+__all__ = ["TraceWarning", "trace_warnings_as_lines", "LazyStep", "load", "read_meta", "read_index", "probe_counts",
+           "StepSelection", "trace_dir"]
 
 StepSelection = Union[None, int, slice, range, Iterable[int]]
 
@@ -427,10 +427,10 @@ def _make_step(path: str, rec: StepRecord, groups: list[Group], lazy: bool) -> S
         return Step(step=rec.step, rollout=rec.rollout, metrics=rec.metrics,
                     probes=_load_probes(path, rec, groups), groups=groups)
     full = os.path.join(path, rec.payload or "")
-    if rec.probes and not os.path.isfile(full):  # found now, as the strict load finds it (only probes need it)
-        what = "is not a file" if os.path.exists(full) else "is missing"
+    problem = payload_problem(full) if rec.probes else None  # found now, as the strict load finds it
+    if problem:
         raise Where(os.path.join(path, STEPS_FILE), rec.line).error(
-            "payload", f"payload file {rec.payload} {what} ({full})", FIX_PAYLOAD)
+            "payload", f"payload file {rec.payload} {problem} ({full})", FIX_PAYLOAD)
     step = LazyStep.__new__(LazyStep)
     step.__dict__.update(step=rec.step, rollout=rec.rollout, metrics=rec.metrics, groups=groups,
                          _loader=lambda: _load_probes(path, rec, groups),
