@@ -23,9 +23,10 @@ import torch.nn.functional as F
 from . import optim, runtime
 from .config import ConfigError
 from .evaluate import evaluate
-from .models import build_tiny, load_model
+from .models import load_model
 from .sft_targets import sft_target, task_corpus
 from .tasks import RewardConfig, TaskError, build_prompt, load_train_eval, score_completion
+from .tiny import build_tiny
 
 
 def sft_items(data, cfg) -> list[tuple[dict, str]]:
