@@ -33,7 +33,8 @@ class GRPOTrainer(RLTrainer):
         per_token, stats = grpo_token_loss(logp, exp.logp_old[rows], logp_ref, advantages, cfg.beta,
                                            cfg.epsilon_low, cfg.epsilon_upper, cfg.use_bias_correction_kl)
         loss = reduce(per_token, mask, cfg, normalizer)
-        policy_loss = reduce(per_token - cfg.beta * stats["kl_term"], mask, cfg, normalizer)
+        # without a KL term the loss is the policy loss (0 · an overflowed KL would be NaN)
+        policy_loss = reduce(per_token - cfg.beta * stats["kl_term"], mask, cfg, normalizer) if cfg.beta else loss
         self.probes.capture_rows(rows, hidden, logp=logp, ratio=stats["ratio"], clipped_low=stats["clipped_low"],
                                  clipped_high=stats["clipped_high"], kl=stats["kl"], advantage=advantages)
         out = token_stats(mask, loss, policy_loss, stats, entropy)

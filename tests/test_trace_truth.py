@@ -89,3 +89,24 @@ def test_decision_position_bisection_equals_the_linear_definition(sft_model):
         assert decision_position(tok, ids) == linear(ids), tok.decode(ids)
         found.append(decision_position(tok, ids))
     assert any(f is not None and f > 1 for f in found) and None in found  # both kinds of case were exercised
+
+
+def test_validate_takes_a_kl_that_overflowed_float32_as_the_trainer_holds_it(tmp_path):
+    """A token whose log π_ref − log π is past about 88.7 nats has k3 = inf in the trainer's float32:
+    validate expects inf there (it computed e^100 in float64 and called the trace wrong), and
+    still reports an inf where the KL is finite."""
+    from minigrpo.trace import validate
+    from trace_factory import build_synthetic, write_synthetic
+
+    meta, rollouts, steps = build_synthetic("grpo", n_steps=2)
+    probe = steps[0].probes[0]
+    probe.logp_ref[0] = probe.logp[0] + 100.0
+    probe.kl[0] = np.float32(np.inf)
+    write_synthetic(tmp_path / "over", meta, rollouts, steps)
+    assert validate(tmp_path / "over") == []
+
+    meta, rollouts, steps = build_synthetic("grpo", n_steps=2)
+    steps[0].probes[0].kl[0] = np.float32(np.inf)  # its log-probs are close: the KL is small
+    write_synthetic(tmp_path / "wrong", meta, rollouts, steps)
+    problems = validate(tmp_path / "wrong")
+    assert len(problems) == 1 and "probes[0].kl" in problems[0]

@@ -440,6 +440,18 @@ def test_kl_at_padding_stays_finite_where_log_pi_of_the_pad_token_underflows(sft
     assert torch.isfinite(stats["sum:kl"]) and torch.isfinite(stats["policy_loss"])
 
 
+def test_without_beta_the_policy_loss_is_the_loss_even_where_the_kl_overflows(sft_model, tmp_path):
+    """β = 0: the KL is only logged, and a token whose k3 overflows float32 (log π_ref − log π > 88.7)
+    left 0 · inf = NaN in the policy loss while the loss itself was finite (recorded as null)."""
+    trainer, exp = _update_batch(sft_model, tmp_path, beta=0.0)
+    exp.logp_ref = exp.logp_ref.clone()
+    exp.logp_ref[0, 0] = exp.logp_old[0, 0] + 100.0  # k3 = e^100 - 101: inf in float32
+    rows = list(range(8))
+    loss, stats = trainer.micro_loss(exp, rows, {"num_rows": 8, "num_items_in_batch": 1.0})
+    assert torch.isinf(stats["sum:kl"])  # the KL is what it is ...
+    assert torch.isfinite(loss) and stats["policy_loss"] == loss  # ... and costs the loss nothing
+
+
 @pytest.mark.parametrize("loss_type", ["grpo", "dr_grpo", "dapo", "bnpo"])
 def test_a_step_loss_does_not_depend_on_its_micro_batches(sft_model, tmp_path, loss_type):
     """12 rows as 3 × 4, as 5 + 5 + 2 and as one micro-batch: the same gradient (bnpo: the same
@@ -610,6 +622,8 @@ def test_bias_corrected_kl_changes_the_gradient_and_is_logged(sft_model, tmp_pat
     for corrected in (False, True):
         trainer, exp = _update_batch(sft_model, tmp_path / str(corrected), beta=0.5,
                                      use_bias_correction_kl=corrected)
+        # a reference apart from the policy: at π = π_ref, k3 and so ∇ρ·k3 are 0 (up to rounding)
+        exp.logp_ref = exp.logp_ref - 0.5 * exp.rollout.completion_mask
         rows = list(range(8))
         grads[corrected], _ = _step_gradient(trainer, exp, rows, 4)
         _, stats = trainer.micro_loss(exp, rows, {"num_rows": 8, "num_items_in_batch": 1.0})

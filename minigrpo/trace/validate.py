@@ -28,7 +28,16 @@ def _close(a: np.ndarray, b: np.ndarray, rtol: float, atol: float) -> np.ndarray
     a = np.asarray(a, dtype=np.float64)
     b = np.asarray(b, dtype=np.float64)
     same_nan = np.isnan(a) & np.isnan(b)
-    return same_nan | (np.abs(a - b) <= atol + rtol * np.abs(b))
+    same_inf = np.isinf(a) & (a == b)
+    with np.errstate(invalid="ignore"):
+        return same_nan | same_inf | (np.abs(a - b) <= atol + rtol * np.abs(b))
+
+
+def _as_float32(x: np.ndarray) -> np.ndarray:
+    """A value computed in float64 as the trainer's float32 holds it: past float32's largest, inf
+    (a ratio or a KL of a token whose log-probs moved by more than about 88 nats)."""
+    with np.errstate(over="ignore"):
+        return np.asarray(x, np.float64).astype(np.float32).astype(np.float64)
 
 
 def _first_bad(ok: np.ndarray) -> str:
@@ -77,11 +86,13 @@ def semantic_problems(trace: Trace, index: Optional[TraceIndex] = None) -> list[
         for i, p in enumerate(s.probes):
             f = f"{where}: field probes[{i}]"
             lp, old, ref = (np.asarray(x, np.float64) for x in (p.logp, p.logp_old, p.logp_ref))
-            ok = _close(p.ratio, np.exp(lp - old), 1e-4, 1e-6)
+            with np.errstate(over="ignore"):
+                ok = _close(p.ratio, _as_float32(np.exp(lp - old)), 1e-4, 1e-6)
             if not ok.all():
                 problems.append(f"{f}.ratio: != exp(logp - logp_old) at {_first_bad(ok)}")
             d = ref - lp
-            k3 = np.exp(d) - d - 1
+            with np.errstate(over="ignore"):
+                k3 = _as_float32(np.expm1(d) - d)
             ok = _close(p.kl, k3, 1e-4, 1e-5 * (1 + np.abs(d)))
             if not ok.all():
                 problems.append(f"{f}.kl: != exp(logp_ref - logp) - (logp_ref - logp) - 1 at {_first_bad(ok)}")
