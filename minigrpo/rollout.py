@@ -234,8 +234,9 @@ def _head_matches_forward(model) -> bool:
     model.eval()  # dropout would make the two forwards differ
     try:
         ids = torch.tensor([[0, 1]], device=next(model.parameters()).device)
-        logits = model(input_ids=ids, use_cache=False).logits.float()
-        hidden = model.get_decoder()(input_ids=ids, use_cache=False).last_hidden_state
+        mask = torch.ones_like(ids)  # id 0 is often the pad id: without a mask transformers warns about it
+        logits = model(input_ids=ids, attention_mask=mask, use_cache=False).logits.float()
+        hidden = model.get_decoder()(input_ids=ids, attention_mask=mask, use_cache=False).last_hidden_state
         from_head = model.get_output_embeddings()(hidden).float()
     except Exception:  # a model that cannot be run this way: its own forward is always right
         return False
@@ -322,22 +323,29 @@ def completion_hidden(model, batch: Rollout) -> torch.Tensor:
     decoder = model.get_decoder()
     lp, lc = batch.prompt_ids.shape[1], batch.completion_ids.shape[1]
     attention_mask = torch.cat([batch.prompt_mask, batch.completion_mask.to(batch.prompt_mask.dtype)], dim=1)
-    positions = _positions(attention_mask)
+    positions = positions_from_mask(attention_mask)
     prompt_key = torch.cat([batch.prompt_ids, batch.prompt_mask.to(batch.prompt_ids.dtype)], dim=1)
     unique_prompts, row_prompt = torch.unique(prompt_key, dim=0, return_inverse=True)
-    if unique_prompts.shape[0] == len(batch):
-        out = decoder(input_ids=torch.cat([batch.prompt_ids, batch.completion_ids], dim=1),
-                      attention_mask=attention_mask, position_ids=positions, use_cache=False)
-        return out.last_hidden_state[:, lp - 1: lp - 1 + lc, :]
-    prompt_ids, prompt_mask = unique_prompts[:, :lp], unique_prompts[:, lp:].to(batch.prompt_mask.dtype)
-    prompt_out = decoder(input_ids=prompt_ids, attention_mask=prompt_mask, position_ids=_positions(prompt_mask),
-                         use_cache=True)
-    cache = _cache_of(prompt_out)
-    cache.batch_select_indices(row_prompt)
-    out = decoder(input_ids=batch.completion_ids, attention_mask=attention_mask, position_ids=positions[:, lp:],
-                  use_cache=True, **{_cache_arg(decoder): cache})
-    # position lp-1 (last prompt token) predicts completion token 0; completion token t predicts t+1
-    return torch.cat([prompt_out.last_hidden_state[row_prompt, -1:], out.last_hidden_state[:, :-1]], dim=1)
+    if unique_prompts.shape[0] < len(batch) and type(decoder) not in _CACHE_NOT_SHARED:
+        prompt_ids, prompt_mask = unique_prompts[:, :lp], unique_prompts[:, lp:].to(batch.prompt_mask.dtype)
+        prompt_out = decoder(input_ids=prompt_ids, attention_mask=prompt_mask,
+                             position_ids=positions_from_mask(prompt_mask), use_cache=True)
+        cache = _cache_of(prompt_out)
+        try:
+            cache.batch_select_indices(row_prompt)
+        except (AttributeError, NotImplementedError):  # a layer state it cannot index (Mamba, LFM2's convolutions)
+            _CACHE_NOT_SHARED.add(type(decoder))
+        else:
+            out = decoder(input_ids=batch.completion_ids, attention_mask=attention_mask, position_ids=positions[:, lp:],
+                          use_cache=True, **{_cache_arg(decoder): cache})
+            # position lp-1 (last prompt token) predicts completion token 0; completion token t predicts t+1
+            return torch.cat([prompt_out.last_hidden_state[row_prompt, -1:], out.last_hidden_state[:, :-1]], dim=1)
+    out = decoder(input_ids=torch.cat([batch.prompt_ids, batch.completion_ids], dim=1),
+                  attention_mask=attention_mask, position_ids=positions, use_cache=False)
+    return out.last_hidden_state[:, lp - 1: lp - 1 + lc, :]
+
+
+_CACHE_NOT_SHARED: set[type] = set()  # decoders whose prompt cache cannot be indexed out to the rows
 
 
 def _forward_full(model, batch: Rollout, temperature: float, output_hidden: bool):
@@ -345,15 +353,15 @@ def _forward_full(model, batch: Rollout, temperature: float, output_hidden: bool
     not a plain output layer, e.g. with logit soft-capping or scaling; and the tests' reference)."""
     input_ids = torch.cat([batch.prompt_ids, batch.completion_ids], dim=1)
     attention_mask = torch.cat([batch.prompt_mask, batch.completion_mask.to(batch.prompt_mask.dtype)], dim=1)
-    out = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=_positions(attention_mask),
-                output_hidden_states=output_hidden, use_cache=False)
+    out = model(input_ids=input_ids, attention_mask=attention_mask,
+                position_ids=positions_from_mask(attention_mask), output_hidden_states=output_hidden, use_cache=False)
     lp, lc = batch.prompt_ids.shape[1], batch.completion_ids.shape[1]
     logits = out.logits[:, lp - 1: lp - 1 + lc, :].float() / temperature
     hidden = out.hidden_states[-1][:, lp - 1: lp - 1 + lc, :] if output_hidden else None
     return logits, hidden
 
 
-def _positions(attention_mask: torch.Tensor) -> torch.Tensor:
+def positions_from_mask(attention_mask: torch.Tensor) -> torch.Tensor:
     """Position ids counted over real tokens, so a left-padded row is scored as it was sampled."""
     return (attention_mask.long().cumsum(dim=1) - 1).clamp(min=0)
 

@@ -459,6 +459,7 @@ def test_the_fast_backend_refuses_a_short_sliding_window_at_start(gqa_model):
     from minigrpo.runtime import check_context
 
     model, _ = gqa_model
+    assert fast.unsupported(model, 56) is None  # the decode check, run (and kept) with the model's own config
     saved = getattr(model.config, "sliding_window", None), getattr(model.config, "layer_types", None)
     model.config.sliding_window = 64
     if saved[1]:
@@ -490,6 +491,9 @@ def test_gqa_sampled_logprobs_equal_a_plain_forward_pass(gqa_model):
     (dict(sliding_window=8, use_sliding_window=False), None),
     (dict(sliding_window=8, layer_types=["full_attention"] * 2), None),  # Qwen3 default
     (dict(sliding_window=8, layer_types=["full_attention", "sliding_attention"]), 8),
+    (dict(window_size=8, attention_layers=["global", "local"]), 8),  # GPT-Neo: its local layers
+    (dict(window_size=8, attention_layers=["global", "global"]), None),
+    (dict(window_size=256, attention_layers=["global", "local"]), None),
 ])
 def test_which_sliding_windows_the_fast_backend_refuses(config, expected):
     from types import SimpleNamespace
@@ -980,3 +984,48 @@ def test_nucleus_matches_transformers_top_p_on_random_rows():
         theirs = torch.isfinite(TopPLogitsWarper(top_p)(None, logits.clone()))
         ours = sampling.nucleus_mask(torch.softmax(logits, -1), top_p)
         assert (ours != theirs).any(-1).sum() == 0, top_p
+
+
+def _small_causal_lm(model_type: str, **config):
+    """A two-layer random model of ``model_type`` (float32, CPU), for what the fast backend accepts."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    torch.manual_seed(0)
+    cfg = AutoConfig.for_model(model_type, vocab_size=96, **config)
+    return AutoModelForCausalLM.from_config(cfg).eval()
+
+
+@pytest.mark.parametrize("model_type,config,reason", [
+    # ALiBi from a 2-D mask: the model's forward fails under our 4-D mask
+    ("bloom", dict(hidden_size=32, n_layer=2, n_head=4), "cannot decode BloomForCausalLM"),
+    # state that is not keys and values (a convolution): named by the config
+    ("lfm2", dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+                  num_key_value_heads=2, layer_types=["conv", "full_attention"], block_ff_dim=64,
+                  block_auto_adjust_ff_dim=False), "has conv layers"),
+    # GPT-Neo's local attention: a window under another name
+    ("gpt_neo", dict(hidden_size=32, num_layers=2, num_heads=4, attention_types=[[["global", "local"], 1]],
+                     window_size=16, max_position_embeddings=128), "sliding window of 16 tokens"),
+])
+def test_the_fast_backend_refuses_models_its_loop_cannot_reproduce(model_type, config, reason):
+    """One line at start (check_context), not a traceback or wrong log-probs at the first rollout."""
+    from minigrpo.runtime import check_context
+
+    model = _small_causal_lm(model_type, **config)
+    assert reason in fast.unsupported(model, 100)
+    with pytest.raises(ConfigError, match="invalid --rollout-backend fast:.*use rollout_backend 'hf'") as err:
+        check_context(model, fast_config(rollout_backend="fast", max_prompt_length=60, max_completion_length=40))
+    assert "\n" not in str(err.value)
+
+
+def test_the_decode_check_finds_what_the_config_does_not_say():
+    """The once-per-model check compares our two greedy steps with the model's own forward: GPT-Neo
+    with a window shorter than its check input (the config check set aside) is told apart, the same
+    model with a long window and an untied GPT-2 (absolute positions) pass."""
+    narrow = _small_causal_lm("gpt_neo", hidden_size=32, num_layers=2, num_heads=4, window_size=2,
+                              attention_types=[[["local"], 2]], max_position_embeddings=64)
+    assert "does not reproduce GPTNeoForCausalLM's own forward" in fast._disagrees_with_forward(narrow)
+    wide = _small_causal_lm("gpt_neo", hidden_size=32, num_layers=2, num_heads=4, window_size=64,
+                            attention_types=[[["local"], 2]], max_position_embeddings=64)
+    assert fast._disagrees_with_forward(wide) is None
+    gpt2 = _small_causal_lm("gpt2", n_embd=32, n_layer=2, n_head=4, n_positions=64, tie_word_embeddings=False)
+    assert fast.unsupported(gpt2, 60) is None

@@ -130,3 +130,26 @@ def test_update_logprobs_are_zero_at_padding(grouped_rollout, path):
     assert torch.equal(logp[~mask], torch.zeros_like(logp[~mask])) and (raw[~mask] < -1).all()
     torch.testing.assert_close(logp[mask], raw[mask].detach(), rtol=0, atol=2e-5)
     assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
+
+
+def test_a_model_whose_prompt_cache_cannot_be_shared_is_scored_row_by_row(grouped_rollout):
+    """LFM2 keeps convolution states its cache cannot index out to a group's rows (transformers'
+    ``batch_select_indices``): scoring and the update's forward run one full pass per row instead of
+    raising AttributeError, with the numbers of the model's own forward."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    from minigrpo.rollout import completion_logprobs_entropy, score_logprobs
+
+    _, rollout = grouped_rollout
+    torch.manual_seed(0)
+    config = AutoConfig.for_model("lfm2", vocab_size=int(rollout.completion_ids.max()) + 1, hidden_size=32,
+                                  intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+                                  num_key_value_heads=2, layer_types=["conv", "full_attention"], block_ff_dim=64,
+                                  block_auto_adjust_ff_dim=False)
+    model = AutoModelForCausalLM.from_config(config).eval()
+    batch = rollout.select(list(range(6)))  # two groups of three
+    full, _ = _forward_full(model, batch, temperature=0.7, output_hidden=False)
+    own = logprobs_from_logits(full, batch.completion_ids) * batch.completion_mask
+    torch.testing.assert_close(score_logprobs(model, batch, 0.7, 6), own, rtol=0, atol=1e-5)
+    logp, _, _ = completion_logprobs_entropy(model, batch, 0.7)
+    torch.testing.assert_close(logp.detach() * batch.completion_mask, own, rtol=0, atol=1e-5)
