@@ -45,7 +45,7 @@ class PPOTrainer(RLTrainer):
 
     def setup_algorithm(self) -> None:
         hidden = self.policy.config.hidden_size
-        critic_lm = copy.deepcopy(self.policy).train() if self.cfg.critic == "separate" else None
+        critic_lm = copy.deepcopy(self.policy) if self.cfg.critic == "separate" else None  # in the policy's mode
         self.value_model = ValueModel(critic_lm, hidden).to(self.device)
         self.extra_modules["value_model"] = self.value_model
 

@@ -59,7 +59,7 @@ class RLTrainer:
         runtime.check_context(self.policy, cfg)
         if getattr(self.tokenizer, "minigrpo_note", None):
             log(self.tokenizer.minigrpo_note)
-        self.policy.train()
+        self.policy.train(not cfg.disable_dropout)  # eval mode: every dropout off, the module's and the attention's
         # the reference is the starting model, also when the policy comes from a checkpoint
         ref = load_model(cfg.model, device=self.device, dtype=self.dtype)[0] if self._ckpt else copy.deepcopy(self.policy)
         self.ref = ref.eval().requires_grad_(False)

@@ -675,3 +675,36 @@ def test_a_closed_output_pipe_stops_training_as_a_broken_pipe(sft_model, tmp_pat
 
     with pytest.raises(BrokenPipeError):
         GRPOTrainer(fast_config(model=sft_model, max_steps=2, logging_steps=1), tmp_path, log=closed_pipe).train()
+
+
+@pytest.fixture(scope="module")
+def dropout_model(sft_model, tmp_path_factory):
+    """A two-layer GPT-2 with GPT-2's dropout (0.1 on embeddings, attention and residuals), the tiny tokenizer."""
+    from transformers import AutoTokenizer, GPT2Config, GPT2LMHeadModel
+
+    tok = AutoTokenizer.from_pretrained(sft_model)
+    eos = tok.eos_token_id
+    torch.manual_seed(0)
+    model = GPT2LMHeadModel(GPT2Config(vocab_size=len(tok), n_embd=32, n_layer=2, n_head=4, n_positions=256,
+                                       bos_token_id=eos, eos_token_id=eos, pad_token_id=eos))
+    assert model.config.resid_pdrop == model.config.attn_pdrop == 0.1
+    out = tmp_path_factory.mktemp("gpt2-dropout")
+    model.save_pretrained(out)
+    tok.save_pretrained(out)
+    return str(out)
+
+
+@pytest.mark.parametrize("disable_dropout", [True, False])
+def test_disable_dropout_makes_the_first_update_start_at_the_reference(dropout_model, tmp_path, disable_dropout):
+    """π_old, π_ref and the probes are computed without dropout; the update's forward too with
+    disable_dropout (the default): the first update then has KL = 0 and ρ = 1. With dropout on (TRL's
+    default) a model that has dropout starts away from its own reference."""
+    from minigrpo.grpo import GRPOTrainer
+
+    cfg = fast_config(model=dropout_model, max_steps=1, disable_dropout=disable_dropout, trace=True)
+    GRPOTrainer(cfg, tmp_path / "run", log=lambda *_: None).train()
+    metrics = load(tmp_path / "run" / "trace").steps[0].metrics
+    if disable_dropout:
+        assert abs(metrics["kl"]) < 1e-6 and abs(metrics["ratio_mean"] - 1) < 1e-5
+    else:
+        assert metrics["kl"] > 1e-4 and abs(metrics["ratio_mean"] - 1) > 1e-4, metrics
