@@ -85,10 +85,12 @@ def _parser() -> argparse.ArgumentParser:
     ev.add_argument("--n", type=int, default=500, help="number of eval items")
     ev.add_argument("--json", action="store_true", help="print one JSON object")
 
-    trace = sub.add_parser("trace", help="inspect or export a trace")
+    trace = sub.add_parser("trace", help="inspect, export, validate or downsample a trace")
     tsub = trace.add_subparsers(dest="trace_command", required=True)
     ins = tsub.add_parser("inspect", help="print a summary")
     ins.add_argument("path")
+    val = tsub.add_parser("validate", help="check every record and number; exit 1 if a problem is found")
+    val.add_argument("path")
     exp = tsub.add_parser("export", help="write the scalar metrics as CSV")
     exp.add_argument("path")
     exp.add_argument("--csv", required=True, help="output CSV file")
@@ -153,8 +155,10 @@ def _run(args: argparse.Namespace) -> int:
 
         return cli_downsample(args.src, args.dst, args.probe_every, args.keep_first)
     if args.command == "trace":
-        from .trace.inspect import cli_export, cli_inspect
+        from .trace.inspect import cli_export, cli_inspect, cli_validate
 
+        if args.trace_command == "validate":
+            return cli_validate(args.path)
         return cli_inspect(args.path) if args.trace_command == "inspect" else cli_export(args.path, args.csv)
     if args.command == "render":
         from .render import render

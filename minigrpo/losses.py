@@ -331,15 +331,33 @@ def value_loss(values, old_values, returns, mask, clip_range_value):
     return loss, vf_clipfrac
 
 
+# Returns that differ only by float32 rounding do not vary: the trainer's returns are float32 sums
+# (R = A + V, A a GAE sum over the completion, KL-penalty rewards on every token), so each carries a
+# residue of a few eps times the size of the terms summed, i.e. of max|R| + max|V| (|A| <= |R| + |V|).
+# max|R| alone is no scale: returns that are all ~0 have std(R) ~ max|R|. Up to a few hundred terms
+# leave a residue of ~sqrt(n) * eps * scale, so k = 100 covers them, while any real spread above
+# 100 * eps = 1.2e-5 of the scale still counts as variance (returns 1e-3 apart with V ~ 1: 30x above).
+EV_ROUNDING_K = 100.0
+
+
+def returns_vary(returns: Tensor, values: Tensor) -> bool:
+    """Whether std(R) (population) exceeds float32 rounding of the terms R is summed from (see above)."""
+    if not returns.numel():
+        return False
+    scale = returns.abs().max() + values.abs().max()
+    return bool(returns.std(unbiased=False) > EV_ROUNDING_K * torch.finfo(torch.float32).eps * scale)
+
+
 @torch.no_grad()
 def explained_variance(values: Tensor, returns: Tensor, mask: Tensor) -> float:
     """1 - Var[R - V] / Var[R] over masked entries (population variances, float64).
 
-    1 = perfect value function, 0 = no better than a constant, < 0 worse. nan if Var[R] == 0.
+    1 = perfect value function, 0 = no better than a constant, < 0 worse. nan (recorded as null)
+    when the returns do not vary: Var[R] == 0, or only by float32 rounding (:func:`returns_vary`),
+    where the ratio would be rounding noise (e.g. -3e14 for returns that are all ~0).
     """
     m = mask.bool()
     r, v = returns[m].double(), values[m].double()
-    var_r = r.var(unbiased=False) if r.numel() else torch.tensor(0.0)
-    if var_r == 0:
+    if not returns_vary(r, v):
         return float("nan")
-    return float(1 - (r - v).var(unbiased=False) / var_r)
+    return float(1 - (r - v).var(unbiased=False) / r.var(unbiased=False))

@@ -45,10 +45,23 @@ def find_run(path: str | os.PathLike) -> tuple[Path, Optional[Path]]:
         raise PlotError(f"{p} does not exist; pass a run folder (with trace/ and summary.json) or a trace folder")
     trace_dir = Path(resolve(p))
     if not (trace_dir / "meta.json").is_file():
+        _refuse_run_without_trace(p)
         raise PlotError(f"{p} holds neither meta.json (a trace folder) nor trace/meta.json (a run folder); "
                         f"pass the folder `minigrpo train --out` wrote, or its trace/")
     summary = trace_dir.parent / "summary.json"  # the run folder's, whichever folder was given
     return trace_dir, (summary if summary.is_file() else None)
+
+
+def _refuse_run_without_trace(p: Path) -> None:
+    """A run folder with no trace/ (`train --trace false`, an SFT run): PlotError in the trace reader's words."""
+    if not (p / "train_config.json").is_file() or (p / "trace").exists():
+        return
+    from .trace import TraceError, read_meta
+
+    try:
+        read_meta(p)  # raises, explaining such a folder as `minigrpo trace inspect` does
+    except TraceError as e:
+        raise PlotError(f"nothing to plot: {e}") from None
 
 
 def read_summary(path: Optional[Path]) -> Optional[dict]:

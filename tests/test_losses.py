@@ -363,6 +363,38 @@ def test_explained_variance():
     assert math.isnan(L.explained_variance(t([1.0, 2.0]), t([3.0, 3.0]), t([1, 1])))
 
 
+def hand_ev(values, returns) -> float:
+    r, v = np.asarray(returns, np.float64), np.asarray(values, np.float64)
+    return float(1 - np.var(r - v) / np.var(r))
+
+
+def test_explained_variance_is_nan_when_returns_vary_only_by_float32_rounding():
+    """R = A + V with A = R' - V in float32: R' constant (0.1) or ~0 leaves a rounding residue in R
+    (Var[R] > 0) that the plain formula turns into a huge negative number; it is nan instead."""
+    values = torch.rand(4, 64, generator=torch.Generator().manual_seed(0), dtype=torch.float32)
+    mask = torch.ones(4, 64)
+    constant = (0.1 - values) + values
+    near_zero = ((values + 1) - 1) - values  # every return 0 up to ~1e-8
+    for returns in (constant, near_zero):
+        assert returns.double().var() > 0  # the residue is there
+        assert hand_ev(values, returns) < -1e6  # and the plain formula makes noise of it
+        assert math.isnan(L.explained_variance(values, returns, mask))
+    assert near_zero.abs().max() < 1e-7
+    assert math.isnan(L.explained_variance(t([1.0, 2.0]), t([0.0, 0.0]), t([1, 1])))
+    assert math.isnan(L.explained_variance(t([1.0, 2.0]), t([5.0, 5.0]), t([0, 0])))  # nothing masked in
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_explained_variance_of_a_small_real_spread_is_the_formula(dtype):
+    values, returns = t([0.9, 1.0, 1.1], dtype), t([1.000, 1.001, 1.002], dtype)
+    ev = L.explained_variance(values, returns, t([1, 1, 1]))
+    assert math.isfinite(ev) and ev == pytest.approx(hand_ev(values, returns), rel=1e-9)
+    # the same spread around 0 (values ~1e-3): also real variance
+    values, returns = t([-1e-3, 0.0, 2e-3], dtype), t([0.0, 1e-3, 2e-3], dtype)
+    ev = L.explained_variance(values, returns, t([1, 1, 1]))
+    assert math.isfinite(ev) and ev == pytest.approx(hand_ev(values, returns), rel=1e-9)
+
+
 # ----------------------------------------------------------------------------- the update's chunked output layer
 @pytest.mark.parametrize("rows", [1, 3, 7, 100])
 @pytest.mark.parametrize("with_bias", [False, True])
@@ -461,3 +493,20 @@ def test_chunked_head_bench_runs_at_cpu_size():
     assert "MISMATCH" not in proc.stdout and proc.stdout.count("largest difference") == 4
     assert "chunks of 20 rows" in proc.stdout and "full / chunked:" in proc.stdout
 
+
+
+def test_k3_is_never_below_zero_in_float32():
+    """exp(d) - d - 1 comes out slightly negative for small |d| in float32 (the step-1 KL was logged
+    as -3e-9); expm1(d) - d, the same function, does not, and stays within float32 rounding of the float64 value."""
+    from minigrpo.losses import k3_kl
+
+    torch.manual_seed(0)
+    for scale in (1e-7, 1e-4, 1e-2, 1.0):
+        logp = torch.randn(200_000) * scale
+        kl = k3_kl(logp, torch.zeros_like(logp))
+        naive = torch.exp(-logp) + logp - 1
+        assert (kl >= 0).all()
+        assert scale == 1.0 or (naive < 0).any()  # what the old formula did
+        d = -logp.double()  # float64 reference; float32 rounding of d itself bounds the error by ~eps·|d|
+        exact = torch.expm1(d) - d
+        assert ((kl.double() - exact).abs() <= 2 * torch.finfo(torch.float32).eps * d.abs() + 1e-6 * exact).all()

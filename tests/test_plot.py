@@ -207,6 +207,24 @@ def test_plot_errors(tmp_path, capsys):
     assert blocker.read_text() == "keep"
 
 
+def test_a_run_trained_without_a_trace_is_explained(tmp_path, capsys):
+    """`train --trace false` (or `sft`) leaves train_config.json and summary.json but no trace/: plot says
+    so, in the words of `minigrpo trace inspect`, instead of asking for the folder it was given."""
+    from minigrpo.cli import main
+
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "train_config.json").write_text("{}")
+    (run / "summary.json").write_text("{}")
+    with pytest.raises(PlotError, match=r"nothing to plot: .*run folder with no trace.*--trace false"):
+        plot(run, tmp_path / "o")
+    assert main(["plot", str(run), "-o", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("minigrpo: error: nothing to plot") and "--trace false" in err[0]
+    assert "pass the folder" not in err[0]
+    assert not (tmp_path / "o").exists()
+
+
 def test_default_out_is_named_after_the_run_from_any_folder(tmp_path, monkeypatch):
     """`plot .` inside a run folder is `plot /abs/run`; inside a trace folder it refuses to write there."""
     from minigrpo.plot import default_out

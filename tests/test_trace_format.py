@@ -31,7 +31,7 @@ from minigrpo.trace import (
     read_index,
     validate,
 )
-from minigrpo.trace.inspect import cli_export, cli_inspect, export_csv, metric_names, summary
+from minigrpo.trace.inspect import cli_export, cli_inspect, cli_validate, export_csv, metric_names, summary
 
 sys.path.insert(0, os.path.dirname(__file__))
 from trace_factory import build_synthetic, make_synthetic_trace, write_synthetic  # noqa: E402
@@ -643,6 +643,63 @@ def test_cli_inspect_warns_on_one_line_for_a_torn_line(trace_dir, capsys):
     assert cli_inspect(trace_dir) == 0
     err = capsys.readouterr().err.splitlines()
     assert len(err) == 1 and err[0].startswith("warning: ") and "torn" in err[0]
+
+
+def test_cli_validate_a_good_trace_or_run_folder(trace_dir, tmp_path, capsys):
+    import shutil
+
+    from minigrpo.cli import main
+
+    assert main(["trace", "validate", str(trace_dir)]) == 0
+    captured = capsys.readouterr()
+    assert captured.out == f"trace OK: 5 steps, 3 rollouts in {trace_dir}\n" and captured.err == ""
+    run = tmp_path / "run"
+    shutil.copytree(trace_dir, run / "trace")
+    assert cli_validate(run) == 0
+    assert capsys.readouterr().out.startswith(f"trace OK: 5 steps, 3 rollouts in {run / 'trace'}")
+
+
+def test_cli_validate_prints_each_problem_then_a_count(trace_dir, capsys):
+    """A tampered number in steps.jsonl: the problem on its own line, then the verdict; exit status 1."""
+    from minigrpo.cli import main
+
+    def tamper(d):
+        d["metrics"]["clip_ratio/region_mean"] += 0.25
+        return d
+
+    rewrite_line(os.path.join(trace_dir, "steps.jsonl"), 2, tamper)
+    assert main(["trace", "validate", str(trace_dir)]) == 1
+    out = capsys.readouterr().out.splitlines()
+    assert len(out) == 2, out
+    assert "steps.jsonl line 2 (step 2): field metrics.clip_ratio/region_mean:" in out[0]
+    assert out[1] == f"1 problem in {trace_dir}"
+
+
+@pytest.mark.parametrize("damage, fragment", [
+    (_malformed_middle, "steps.jsonl line 2"),  # structural: the check stops there
+    (lambda p: open(os.path.join(p, "steps.jsonl"), "ab").write(b'{"step": 6, "rollo'), "torn last line"),
+])
+def test_cli_validate_counts_structural_and_torn_lines_as_problems(trace_dir, capsys, damage, fragment):
+    damage(trace_dir)
+    assert cli_validate(trace_dir) == 1
+    captured = capsys.readouterr()
+    out = captured.out.splitlines()
+    assert len(out) == 2 and fragment in out[0] and out[1].startswith("1 problem in "), captured.out
+    assert captured.err == ""
+
+
+def test_cli_validate_a_path_that_is_not_a_trace(tmp_path, capsys):
+    from minigrpo.cli import main
+
+    (tmp_path / "sft-run").mkdir()
+    (tmp_path / "sft-run" / "train_config.json").write_text("{}")
+    for path, fragment in [(tmp_path / "missing", "no such trace directory"),
+                           (tmp_path / "sft-run", "a run folder with no trace in it")]:
+        assert main(["trace", "validate", str(path)]) == 2
+        captured = capsys.readouterr()
+        lines = captured.err.splitlines()
+        assert captured.out == "" and len(lines) == 1, captured
+        assert lines[0].startswith("error: ") and fragment in lines[0]
 
 
 def test_export_csv_columns(tmp_path, capsys):

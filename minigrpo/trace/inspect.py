@@ -1,7 +1,8 @@
-"""Human summaries and CSV export of traces (behind ``minigrpo trace inspect|export``)."""
+"""Human summaries, CSV export and validation of traces (behind ``minigrpo trace inspect|export|validate``)."""
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import math
@@ -14,10 +15,12 @@ import numpy as np
 
 from ..files import atomic_write, is_temp
 from .layout import META_FILE, PAYLOAD_DIR, ROLLOUTS_FILE, STEPS_FILE
-from .reader import TraceWarning, load, probe_counts, trace_dir, trace_warnings_as_lines
+from .reader import TraceWarning, load, probe_counts, read_index, read_meta, trace_dir, trace_warnings_as_lines
 from .schema import Trace, TraceError
+from .validate import validate
 
-__all__ = ["summary", "display_name", "export_csv", "metric_names", "payload_bytes", "cli_inspect", "cli_export"]
+__all__ = ["summary", "display_name", "export_csv", "metric_names", "payload_bytes", "cli_inspect", "cli_export",
+           "cli_validate"]
 
 
 def metric_names(trace: Trace) -> list[str]:
@@ -138,11 +141,17 @@ def export_csv(trace: Trace, out_path: str | os.PathLike) -> int:
     return len(trace.steps)
 
 
-def _load_for_cli(path: str, lazy: bool) -> Trace:
+@contextlib.contextmanager
+def _warnings_as_lines():
     with warnings.catch_warnings():
         warnings.simplefilter("always", TraceWarning)  # every load says so, not the first one in a process
         with trace_warnings_as_lines(prefix="warning: "):
-            return load(trace_dir(path), lazy=lazy)  # a run folder works too
+            yield
+
+
+def _load_for_cli(path: str, lazy: bool) -> Trace:
+    with _warnings_as_lines():
+        return load(trace_dir(path), lazy=lazy)  # a run folder works too
 
 
 def cli_inspect(path: str | os.PathLike) -> int:
@@ -172,4 +181,35 @@ def cli_export(path: str | os.PathLike, out: str | os.PathLike) -> int:
         print(f"error: cannot write {os.fspath(out)}: {e.strerror or e}", file=sys.stderr)
         return 2
     print(f"wrote {rows} rows x {2 + len(metric_names(trace))} columns to {os.fspath(out)}")
+    return 0
+
+
+def _plural(n: int, word: str) -> str:
+    return f"{n} {word}" + ("" if n == 1 else "s")
+
+
+def cli_validate(path: str | os.PathLike) -> int:
+    """Print every problem :func:`validate` finds in the trace at ``path``, one a line, then a verdict line.
+
+    Returns 0 when the trace is consistent, 1 when problems were found (a structural one, which stops
+    the check, counts as one), 2 when ``path`` is not a trace (``error: ...`` on one line, as inspect).
+    """
+    path = trace_dir(os.fspath(path))  # a run folder works too
+    try:
+        read_meta(path)  # no trace here (no meta.json, another format): the path is wrong, not the trace
+    except TraceError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    try:
+        problems, stopped = validate(path), ""
+    except TraceError as e:
+        problems, stopped = [str(e)], " (the check stops at a structural problem: fix it, then validate again)"
+    for problem in problems:
+        print(problem)
+    if problems:
+        print(f"{_plural(len(problems), 'problem')} in {path}{stopped}")
+        return 1
+    with _warnings_as_lines():
+        index = read_index(path)  # JSON only, for the counts
+    print(f"trace OK: {_plural(len(index.steps), 'step')}, {_plural(len(index.rollouts), 'rollout')} in {path}")
     return 0
