@@ -252,10 +252,39 @@ def set_rng_state(state: dict) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-# The config knobs that shape a rollout buffer and the updates made on it: a checkpointed
-# rollout is only continued by a run with the same values.
+# The config knobs that shape a rollout buffer (its completions, rewards, advantages, log-probs)
+# and the updates made on it: a checkpointed rollout is only continued by a run with the same values.
 EXPERIENCE_KNOBS = ("num_generations", "buffer_size", "per_device_train_batch_size",
-                    "gradient_accumulation_steps", "num_iterations", "seed", "algo")
+                    "gradient_accumulation_steps", "num_iterations", "seed", "algo", "train_size", "task_kwargs",
+                    "temperature", "top_p", "max_prompt_length", "max_completion_length", "format_weight",
+                    "correctness_weight", "penalize_premise_copy", "scale_rewards", "advantage_eps", "beta",
+                    "dynamic_sampling", "max_num_gen_batches", "kl_coef", "gamma", "lam", "whiten_advantages")
+
+# The knobs a resumed run may change: how long and how fast it trains, where and how it samples,
+# what it logs, the batch shapes (a fresh rollout follows, above). Every other knob says what a
+# traced run's records mean (meta.config describes every step of a trace: ε, β, the loss, τ, the
+# rewards, the probes, ...): a traced run refuses to resume with another value of it.
+RESUMABLE_KNOBS = frozenset({
+    "max_steps", "learning_rate", "lr_scheduler_type", "warmup_steps", "weight_decay", "adam_beta1", "adam_beta2",
+    "max_grad_norm", "nan_policy", "disable_dropout", "save_steps", "logging_steps", "eval_every", "eval_n",
+    "device", "dtype", "rollout_backend", "compile_decode", "fused_decode", "sampling_batch_size", "trace",
+    "num_generations", "buffer_size", "per_device_train_batch_size", "gradient_accumulation_steps", "num_iterations",
+    "sft_steps", "sft_epochs", "sft_learning_rate", "sft_lr_scheduler_type", "sft_batch_size", "sft_size", "sft_style",
+})
+
+
+def check_trace_config(trace_path: Path, recorded: dict, config: dict) -> dict:
+    """The knobs this resumed run changes against the config its trace recorded, ``{name: [old, new]}``;
+    a change of a knob outside RESUMABLE_KNOBS is refused in one line (the trace's earlier steps
+    were recorded under the old value, and its readers take meta.config for every step)."""
+    changed = {k: [recorded[k], v] for k, v in config.items() if k in recorded and recorded[k] != v}
+    for key, (old, new) in changed.items():
+        if key not in RESUMABLE_KNOBS and key not in ("model", "task", "algo", "critic"):  # check_same_run's
+            flag = f"--{key.replace('_', '-')}"
+            raise TrainingError(f"cannot resume {Path(trace_path).parent}: its trace was recorded with {flag} "
+                                f"{_flag_value(old)}, this command has {flag} {_flag_value(new)}; resume with {flag} "
+                                f"{_flag_value(old)}, or start a new run in a new --out")
+    return changed
 
 
 def save_experience(folder: Path, exp) -> None:

@@ -34,7 +34,8 @@ from .experience import Experience, collect, sample_items, trace_groups
 from .models import load_model
 from .probes import ProbeRecorder
 from .tasks import build_prompt, load_train_eval
-from .trace.schema import Step
+from .trace.reader import read_meta
+from .trace.schema import Step, TraceError
 
 
 class RLTrainer:
@@ -418,8 +419,13 @@ class RLTrainer:
                 warnings.simplefilter("always")
                 writer = TraceWriter(path, meta, resume=self.resume, compress=True)
             if self.resume:  # drop what was recorded after the checkpoint: those updates are redone
+                changed = runtime.check_trace_config(path, writer.meta.config or {}, self.cfg.to_dict())
                 writer.rewind(self.step, self._kept_rollout)
                 self._check_trace_reaches_checkpoint(writer)
+                if changed:
+                    writer.note_resume(self.step, self.cfg.to_dict(), changed)
+                    self.log("resumed with other knobs, noted in the trace's meta.json: "
+                             + ", ".join(f"{key} {old} -> {new}" for key, (old, new) in changed.items()))
         except FileExistsError:
             raise runtime.TrainingError(f"{path} already holds a trace; choose a new --out, or add --resume "
                                         f"to continue that run") from None
@@ -449,6 +455,12 @@ class RLTrainer:
             self.log(f"no checkpoint in {self.out} yet: starting from the beginning")
             return
         runtime.check_same_run(self._ckpt, self._run_facts())
+        if self.cfg.trace and self.dist.is_main:  # refused before anything is loaded (_open_trace notes the rest)
+            try:
+                runtime.check_trace_config(self.out / "trace", read_meta(self.out / "trace").config or {},
+                                           self.cfg.to_dict())
+            except TraceError:
+                pass  # no trace, or a damaged one: _open_trace says which
         state = runtime.load_checkpoint_state(self.out, self.optimizer, self.scheduler, self.extra_modules,
                                               rank=self.dist.rank)
         optim.apply_config(self.scheduler, self.cfg, self.cfg.learning_rate)

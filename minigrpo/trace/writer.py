@@ -3,7 +3,8 @@
 Layout (names in ``layout.py``; documented in ``docs/trace-format.md``)::
 
     TRACE/
-      meta.json            Meta, written once, atomically (tmp + os.replace)
+      meta.json            Meta, written atomically (tmp + os.replace) at the start, and again
+                           when a resumed run changes knobs (``note_resume``)
       rollouts.jsonl       one JSON line per rollout (its groups; token ids in a payload)
       steps.jsonl          one JSON line per optimizer update (metrics + probe descriptions)
       payloads/*.npz       numpy arrays (no pickle): rollout_NNNNNN.npz, step_NNNNNN.npz
@@ -172,6 +173,17 @@ class TraceWriter:
             for name in os.listdir(folder):
                 if is_temp(name) and os.path.isfile(os.path.join(folder, name)):
                     os.remove(os.path.join(folder, name))
+
+    def note_resume(self, after_step: int, config: dict, changed: dict) -> None:
+        """A resumed run that changed some knobs (``{name: [old, new]}``) from the update after
+        ``after_step`` on: meta.json (rewritten atomically) gets its config, and ``extra["resumed"]``
+        one entry per such resume, so that the earlier steps' values stay on record."""
+        self._check_open()
+        extra = dict(self.meta.extra or {})
+        extra["resumed"] = [*extra.get("resumed", []), {"after_step": after_step, "changed": changed}]
+        self.meta = dataclasses.replace(self.meta, config=config, extra=extra)
+        text = json.dumps(meta_to_json(self.meta), indent=1, ensure_ascii=False, allow_nan=False) + "\n"
+        self.bytes_written += files.atomic_write(os.path.join(self.path, META_FILE), lambda f: f.write(text.encode()))
 
     def _check_open(self) -> None:
         if self._closed:

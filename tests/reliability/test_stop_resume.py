@@ -89,6 +89,50 @@ def test_resume_refuses_a_run_of_another_kind_in_one_line(sft_model, tmp_path, c
     assert sorted(p.name for p in tmp_path.iterdir()) == before  # no trace/ started
 
 
+@pytest.mark.parametrize("change, flag", [
+    (dict(epsilon=0.3), "--epsilon 0.2"), (dict(beta=0.2), "--beta"), (dict(temperature=0.5), "--temperature"),
+    (dict(loss_type="dapo"), "--loss-type"), (dict(probe_top_k=3), "--probe-top-k"),
+])
+def test_a_traced_run_refuses_to_resume_with_knobs_its_records_are_read_with(sft_model, tmp_path, change, flag):
+    """meta.config describes every step of a trace (validate, the scenes and the figures read ε, β, τ
+    and the rest from it): resuming with another value would make the earlier steps wrong. Refused in
+    one line before the trace or the checkpoint is touched (the run went on silently before)."""
+    first, _ = H.trainer(sft_model, tmp_path, max_steps=1, save_steps=1)
+    first.train()
+    meta = (tmp_path / "trace" / "meta.json").read_bytes()
+    with pytest.raises(TrainingError, match=f"its trace was recorded with {re.escape(flag)}.*resume with {flag}"):
+        _resumed(sft_model, tmp_path, max_steps=2, save_steps=1, **change).train()
+    assert (tmp_path / "trace" / "meta.json").read_bytes() == meta
+    assert [s.step for s in load(tmp_path / "trace").steps] == [1]
+
+
+def test_knobs_a_resume_may_change_are_noted_in_the_trace(sft_model, tmp_path):
+    """--max-steps and --learning-rate may change (they apply from the first resumed update): meta.json
+    then holds the new config, and extra["resumed"] the old values and the step after which they changed."""
+    from minigrpo.trace import validate
+
+    first, _ = H.trainer(sft_model, tmp_path, max_steps=1, save_steps=1, learning_rate=3e-4)
+    first.train()
+    _resumed(sft_model, tmp_path, max_steps=2, save_steps=1, learning_rate=1e-4).train()
+    trace = load(tmp_path / "trace")
+    assert trace.meta.config["max_steps"] == 2 and trace.meta.config["learning_rate"] == 1e-4
+    assert trace.meta.extra["resumed"] == [{"after_step": 1, "changed": {"learning_rate": [3e-4, 1e-4],
+                                                                         "max_steps": [1, 2]}}]
+    assert [s.step for s in trace.steps] == [1, 2] and validate(tmp_path / "trace") == []
+
+
+def test_an_untraced_run_resumed_with_another_temperature_samples_a_fresh_rollout(sft_model, tmp_path):
+    """The checkpointed rollout's log π_old and advantages belong to its temperature (and rewards,
+    scaling, β): a resume that changes one of them samples afresh instead of training on them."""
+    first, _ = H.trainer(sft_model, tmp_path, max_steps=1, save_steps=1, trace=False, num_iterations=2)
+    first.train()
+    logs = []
+    trainer, _ = H.trainer(sft_model, tmp_path, max_steps=2, save_steps=1, trace=False, num_iterations=2,
+                           temperature=0.5)
+    GRPOTrainer(trainer.cfg, tmp_path, resume=True, log=logs.append).train()
+    assert any("does not fit this config: a fresh rollout follows" in line for line in logs)
+
+
 def test_summary_json_is_strict_json(sft_model, tmp_path, monkeypatch):
     import json
 
