@@ -66,7 +66,7 @@ class TrainConfig:
     num_iterations: int = 2  # passes over each rollout buffer
     max_steps: int = 100  # optimizer steps
     nan_policy: str = "stop"  # NaN/inf loss or gradient: stop (keep the last checkpoint) | skip (drop the update)
-    disable_dropout: bool = True  # RL: the policy (and critic) update with dropout off (TRL's knob; TRL's default False)
+    disable_dropout: bool = True  # RL: policy (and critic) updates with dropout off (TRL's knob; TRL's default False)
 
     # --- GRPO ----------------------------------------------------------------------
     beta: float = 0.04  # weight of the k3 KL penalty to the reference policy

@@ -455,7 +455,7 @@ class RLTrainer:
             self.log(f"no checkpoint in {self.out} yet: starting from the beginning")
             return
         runtime.check_same_run(self._ckpt, self._run_facts())
-        if self.cfg.trace and self.dist.is_main:  # refused before anything is loaded (_open_trace notes the rest)
+        if self.cfg.trace:  # refused before anything loads, on each rank that sees the trace (_open_trace notes it)
             try:
                 runtime.check_trace_config(self.out / "trace", read_meta(self.out / "trace").config or {},
                                            self.cfg.to_dict())
