@@ -77,7 +77,10 @@ class GRPOAdvantage(Scene):
         bottom_y = table.get_bottom()[1] - 0.35
         line = RewardLine(group.rewards, group.mean, group.std, width=5.2)
         line.move_to([3.6, 0, 0]).align_to([0, bottom_y, 0], UP)
-        stats = label(f"μ = {fmt_num(group.mean)}    σ = {fmt_num(group.std)}", P.LABEL + 2, P.CLIP, mono=True)
+        eps = float((trace.meta.config or {}).get("advantage_eps", 1e-4) or 0.0)
+        shown_eps = f"    ε = {fmt_num(eps)}" if rule == "z" and abs(eps) >= 0.005 else ""  # TRL's 1e-4 shows as 0.00
+        stats = label(f"μ = {fmt_num(group.mean)}    σ = {fmt_num(group.std)}{shown_eps}", P.LABEL + 2, P.CLIP,
+                      mono=True)
         stats.move_to([-3.6, 0, 0]).align_to([0, bottom_y - 0.05, 0], UP)
         self.shown.update(mean=float(group.mean), std=float(group.std))
         self.play(FadeIn(line), FadeIn(stats), run_time=1.0)

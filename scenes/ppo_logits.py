@@ -46,10 +46,10 @@ from scenes.components.title import heading, play_title  # noqa: E402
 from scenes.components.tokens import TokenStrip, display_token, wrapped_text  # noqa: E402
 
 
-def before_title(shot) -> str:
-    """The "before" bars are π_θ at this step (``probs_before``); they are π_old only when this
-    step's ratio at the token is 1 (the first update on a rollout)."""
-    same = float(shot.probe.ratio[shot.position.pos]) == 1.0
+def before_title(trace, shot) -> str:
+    """The "before" bars are π_θ at this step (``probs_before``); they are π_old only on the first
+    update trained on a rollout (ρ = 1 there up to rounding; an exact test of ρ == 1 missed most)."""
+    same = D.opens_its_rollout(trace, shot.step(trace))
     return "before the update (π_θ = π_old)" if same else "before this update (π_θ)"
 
 
@@ -76,15 +76,18 @@ class PPOLogits(Scene):
         self.question, self.strip = self._prompt_and_strip(trace, shot)
         self.play(FadeIn(self.question), FadeIn(self.strip), run_time=1.0)
         kind = "first token inside <answer>" if shot.position.kind == "decision" else (
-            "no decision position recorded: the token whose probability moved most")
-        self.note = label(f"framed: {kind}", P.SMALL, P.CLIP).move_to([0, 1.02, 0]).align_to(self.strip, LEFT)
+            "the token that moved most (no decision position recorded)")
+        self.note = label(f"framed: {kind}", P.SMALL, P.CLIP, max_width=8.8).move_to([0, 1.02, 0])
+        # under the strip's start; a strip shorter than the note (a short completion) would push it
+        # off the frame and over the sampled-token panel: then it starts at the frame's left margin
+        self.note.align_to(self.strip if self.strip.width >= self.note.width else [-6.6, 0, 0], LEFT)
         self.play(FadeIn(self.note), run_time=0.5)
 
         # -- 3. bars before the update ---------------------------------------------------
         self.chart = LogitBarChart(n_bars=5, width=7.6, bar_height=2.2, font_size=P.SMALL, label_chars=6)
         self.chart.shift(np.array([-5.75, -2.5, 0]) - self.chart.origin)
         self.chart.seat(shot.position, "before", run_time=0)
-        self.chart_title = label(before_title(shot), P.LABEL, P.OLD).move_to([-2.05, 0.4, 0])
+        self.chart_title = label(before_title(trace, shot), P.LABEL, P.OLD).move_to([-2.05, 0.4, 0])
         self.play(FadeIn(self.chart), FadeIn(self.chart_title), run_time=1.0)
 
         # -- right panel: sampled token, advantage, ratio band, reward curve ----------------
@@ -113,7 +116,9 @@ class PPOLogits(Scene):
             self._update(trace, nxt, first=False)
             prev = nxt
         if not later:
-            self.play(FadeIn(label("no later update in the chosen steps", P.SMALL, P.MUTED).to_edge(DOWN, buff=0.2)))
+            # under the bars' title: the bottom edge holds the bars' logits and the reward curve
+            self.play(FadeIn(label("no later update in the chosen steps", P.SMALL, P.MUTED)
+                             .next_to(self.chart_title, DOWN, buff=0.08)))
         self.wait(1.5)
 
     # ----------------------------------------------------------------------------------

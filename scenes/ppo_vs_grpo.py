@@ -36,7 +36,7 @@ from manim import (  # noqa: E402
 from scenes.components import data as D  # noqa: E402
 from scenes.components import palette as P  # noqa: E402
 from scenes.components.layout import label, setup  # noqa: E402
-from scenes.components.reward_group import fmt_num  # noqa: E402
+from scenes.components.reward_group import fmt_num, std_plus_eps_text  # noqa: E402
 from scenes.components.title import heading, trace_caption  # noqa: E402
 from scenes.components.title import TitleCard  # noqa: E402
 
@@ -126,8 +126,7 @@ class PPOvsGRPO(Scene):
         # PPO: advantage bars, value + return lines
         axp = left[0]
         p_bars = self._bars(axp, a)
-        v_line = VMobject(stroke_width=4, color=P.VALUE).set_points_as_corners([axp.c2p(t, y) for t, y in enumerate(v)])
-        r_line = VMobject(stroke_width=4, color=P.RETURN).set_points_as_corners([axp.c2p(t, y) for t, y in enumerate(r)])
+        v_line, r_line = self._series(axp, v, P.VALUE), self._series(axp, r, P.RETURN)
         legend = VGroup(label("— value V(s_t)", P.TINY, P.VALUE), label("— return", P.TINY, P.RETURN),
                         label("▮ GAE advantage", P.TINY, P.FG)).arrange(RIGHT, buff=0.3)
         # centred on the plot, and above `left`, whose top is the highest y label
@@ -146,7 +145,8 @@ class PPOvsGRPO(Scene):
         if rule == "z":
             ri = float(grp.rewards[gp.index])
             z = ["A = (R − μ) / (σ + ε)  for all tokens",
-                 f"= ({fmt_num(ri)} − {fmt_num(grp.mean)}) / {fmt_num(grp.std)} = {fmt_num(float(ga[0]), True)}"]
+                 f"= ({fmt_num(ri)} − {fmt_num(grp.mean)}) / {std_plus_eps_text(grp.std, grpo.meta.config or {})} "
+                 f"= {fmt_num(float(ga[0]), True)}"]
         elif rule == "center":
             ri = float(grp.rewards[gp.index])
             z = ["A = R − μ  for all tokens", f"= {fmt_num(ri)} − {fmt_num(grp.mean)} = {fmt_num(float(ga[0]), True)}"]
@@ -198,6 +198,12 @@ class PPOvsGRPO(Scene):
         xlab = label(f"token t = 0 … {T - 1}", P.TINY, P.MUTED).next_to(ax.c2p(T - 0.5, lo), DOWN, buff=0.08)
         xlab.align_to(ax.c2p(T - 0.5, lo), RIGHT)
         return VGroup(ax, zero, yax, ylab, xlab)
+
+    def _series(self, ax, ys, color):
+        """A line through (t, y_t); a one-token series as a level segment across its token (one point draws nothing)."""
+        points = [ax.c2p(t, y) for t, y in enumerate(ys)] if len(ys) > 1 else \
+            [ax.c2p(-0.35, float(ys[0])), ax.c2p(0.35, float(ys[0]))]
+        return VMobject(stroke_width=4, color=color).set_points_as_corners(points)
 
     def _bars(self, ax, ys):
         bars = VGroup()

@@ -351,16 +351,26 @@ def test_clip_band_edges_keep_the_configs_digits():
     assert (band_edge(1 - 0.125), band_edge(1 + 0.28), band_edge(0.8)) == ("0.875", "1.28", "0.8")
 
 
-def test_ppo_logits_names_the_before_bars_by_the_ratio():
+def test_ppo_logits_names_the_before_bars_by_the_first_update_of_a_rollout(traces):
+    """π_θ = π_old on the first update trained on each rollout, also where its recorded ρ is 1 only up
+    to rounding (an exact ρ == 1 test named most of them "π_θ"); a --steps range starting mid-rollout
+    does not make its first step one."""
     from types import SimpleNamespace
 
+    from scenes.components import data as D
     from scenes.ppo_logits import before_title
 
-    def shot(rho):
-        return SimpleNamespace(probe=SimpleNamespace(ratio=np.array([rho, 1.0])), position=SimpleNamespace(pos=0))
-
-    assert before_title(shot(1.0)) == "before the update (π_θ = π_old)"
-    assert before_title(shot(1.727)) == "before this update (π_θ)"
+    full = load(traces["grpo"])
+    first = {s.step for s in full.steps if s.step == min(t.step for t in full.steps if t.rollout == s.rollout)}
+    assert first and len(first) < len(full.steps)
+    titles = set()
+    for lo in (None, 2):
+        trace = D.load_trace(traces["grpo"], (lo, None))
+        for st in trace.steps:
+            title = before_title(trace, SimpleNamespace(step=lambda _, st=st: st))
+            assert title == ("before the update (π_θ = π_old)" if st.step in first else "before this update (π_θ)")
+            titles.add(title)
+    assert len(titles) == 2
 
 
 def test_the_same_completion_in_another_rollout_is_another_context(traces):
@@ -568,3 +578,48 @@ def test_a_flagship_at_a_moved_position_is_followed_at_moved_positions(traces):
     later = D.follow(trace, shot)
     assert later and all(s.position.kind == "moved" for s in later)
     assert [s.step_index for s in later] == list(range(1, 1 + len(later)))
+
+
+def test_the_flagship_prefers_a_moved_position_it_can_follow(traces):
+    """A trace whose probes record no decision position: the flagship opens on a probe whose prompt
+    comes back later with a moved position (the preference only looked at decision positions, so it
+    opened on the last step and followed nothing)."""
+    from scenes.components import data as D
+
+    trace = load(traces["grpo"])
+    for st in trace.steps:
+        for p in st.probes:
+            p.positions = [q for q in p.positions if q.kind != "decision"]
+    followable = [(si, pi) for si, st in enumerate(trace.steps) for pi, p in enumerate(st.probes)
+                  if D.position(p, "moved") and any(D.prompt_of(s, q) == D.prompt_of(st, p) and D.position(q, "moved")
+                                                    for s in trace.steps[si + 1:] for q in s.probes)]
+    assert followable, "the synthetic trace should have a prompt that comes back"
+    last = trace.steps[-1].probes[0]  # the last step's probe moved most: it wins every other preference
+    moved = D.position(last, "moved")
+    j = list(np.asarray(moved.token_ids)).index(int(moved.sampled_token_id))
+    moved.probs_before, moved.probs_after = np.array(moved.probs_before, float), np.array(moved.probs_after, float)
+    moved.probs_before[j], moved.probs_after[j] = 0.0, 1.0
+    shot = D.pick_flagship(trace)
+    assert shot.position.kind == "moved" and (shot.step_index, shot.probe_index) in followable
+    assert D.follow(trace, shot, D.DEFAULT_FOLLOW)
+
+
+def test_the_z_score_line_shows_epsilon_where_it_changes_the_arithmetic():
+    """(0.20 − 0.95) / 0.50 = −0.50 was on screen for advantage_eps = 1 (σ + ε = 1.50): ε is shown
+    wherever it is visible at two decimals, and left out at TRL's 1e-4."""
+    from scenes.components.reward_group import std_plus_eps_text
+
+    assert std_plus_eps_text(0.5, {"advantage_eps": 1.0}) == "(0.50 + 1.00)"
+    assert std_plus_eps_text(0.5, {"advantage_eps": 1e-4}) == std_plus_eps_text(0.5, {}) == "0.50"
+
+
+def test_a_one_token_value_line_is_drawn():
+    """A PPO probe of one token gave value and return "lines" of one point, which draw nothing."""
+    from manim import Axes
+
+    from scenes.ppo_vs_grpo import PPOvsGRPO
+
+    ax = Axes(x_range=[-0.5, 0.5, 1], y_range=[-1, 2, 1], x_length=5.4, y_length=2.8)
+    line = PPOvsGRPO._series(None, ax, np.array([1.719]), "#ffffff")
+    assert line.width > 1.0 and abs(line.get_center()[1] - ax.c2p(0, 1.719)[1]) < 1e-6
+    assert PPOvsGRPO._series(None, ax, np.array([0.0, 1.0]), "#ffffff").get_num_points() > 0

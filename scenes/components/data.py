@@ -144,6 +144,25 @@ def load_trace(path: str | os.PathLike, steps: tuple[Optional[int], Optional[int
     return trace
 
 
+def opens_its_rollout(trace, step) -> bool:
+    """Whether ``step`` is the first update trained on its rollout, where π_θ = π_old (ρ = 1 up to the
+    rounding of two forward passes, not bit for bit), by the whole trace's step list, so a
+    ``--steps`` range that starts mid-rollout does not count its first step as one."""
+    first = getattr(trace, "_rollout_first_step", None)
+    if first is None:
+        try:
+            from minigrpo.trace import read_index
+
+            records = read_index(str(trace.path)).steps
+        except Exception:  # noqa: BLE001 - the loaded steps then stand for the trace
+            records = trace.steps
+        first = {}
+        for r in records:
+            first[r.rollout] = min(first.get(r.rollout, r.step), r.step)
+        trace._rollout_first_step = first
+    return first.get(step.rollout) == step.step
+
+
 def _fmt_range(lo, hi) -> str:
     return f"{'' if lo is None else lo}:{'' if hi is None else hi}"
 
@@ -277,7 +296,9 @@ def pick_flagship(trace, probe_index: Optional[int] = None) -> Shot:
 
     best, best_key = None, None
     for si, st in enumerate(steps):
-        later_prompts = {prompt_of(s, p) for s in steps[si + 1:] for p in s.probes if position(p, "decision")}
+        # prompts that come back later with a position of the same kind: follow() can go on with them
+        later_prompts = {kind: {prompt_of(s, p) for s in steps[si + 1:] for p in s.probes if position(p, kind)}
+                         for kind in ("decision", "moved")}
         for pi, pr in enumerate(st.probes):
             for kind, kind_rank in (("decision", 1), ("moved", 0)):
                 pp = position(pr, kind)
@@ -286,7 +307,7 @@ def pick_flagship(trace, probe_index: Optional[int] = None) -> Shot:
                 key = (
                     kind_rank,
                     abs(float(pr.advantage[pp.pos])) > 1e-6,
-                    prompt_of(st, pr) in later_prompts,
+                    prompt_of(st, pr) in later_prompts[kind],
                     _clipped_at(pr, pp.pos),
                     round(_moved(pp), 6),
                     -si,

@@ -32,6 +32,13 @@ def fmt_num(v: float, signed: bool = False) -> str:
     return s.replace("-", "−")
 
 
+def std_plus_eps_text(std: float, config) -> str:
+    """The divisor σ + ε of a z-scored advantage as the scenes print it: σ alone where ε (TRL's 1e-4)
+    does not show at two decimals, else "(σ + ε)" with both values, so the line's arithmetic holds."""
+    eps = float(config.get("advantage_eps", 1e-4) or 0.0)
+    return fmt_num(std) if abs(eps) < 0.005 else f"({fmt_num(std)} + {fmt_num(eps)})"
+
+
 class RewardGroup(VGroup):
     """A table: ``#`` · completion · reward parts · R · A, one row per completion.
 
