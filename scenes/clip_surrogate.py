@@ -5,7 +5,7 @@ Storyboard
   2. the per-token objective  L = min(ρA, clip(ρ, 1−ε, 1+ε_high)·A)  with ε, ε_high from
      the run config
   3. two panels, A > 0 and A < 0: L/|A| against ρ (solid), the unclipped ρA/|A| (dashed),
-     the clip band shaded
+     the clip band shaded (cut to the ρ axis; an edge beyond it is named at the panel's side)
   4. every probed token of the chosen steps (ρ = probe.ratio, A = probe.advantage) dropped
      on its curve at (ρ, L(ρ, A)/|A|); tokens the trainer clipped (probe.clipped_low/high)
      ringed in yellow
@@ -35,17 +35,30 @@ from manim import (  # noqa: E402
 
 from scenes.components import data as D  # noqa: E402
 from scenes.components import palette as P  # noqa: E402
+from scenes.components.clip_band import band_edge, place_tick_labels, tick_leaders  # noqa: E402
 from scenes.components.layout import label, setup  # noqa: E402
 from scenes.components.title import formula, heading, play_title  # noqa: E402
 
 MAX_DOTS = 160  # per panel (clipped tokens get up to half of them)
 RHO_MAX = 3.0
+PANELS = ((1, -3.55), (-1, 3.55))  # (sign of A, x of the panel's centre)
+NARROW_BAND = 1.4  # a band narrower than this (scene units) gets one "[1−ε, 1+ε_high]" label
+MIN_BAND_WIDTH = 0.04  # a band narrower than this (under ~2 px at -ql) is outlined to stay visible
 
 
 def surrogate(rho, adv, eps, eps_high):
     rho = np.asarray(rho, float)
     adv = np.asarray(adv, float)
     return np.minimum(rho * adv, np.clip(rho, 1 - eps, 1 + eps_high) * adv)
+
+
+def rho_range(rhos, eps, eps_high):
+    """The panels' ρ range, inside [0, RHO_MAX]: the tokens and the band twice over, as far as they
+    fit (a band edge beyond it gets a note at the panel's side, see ClipPanel)."""
+    rhos = np.asarray(rhos if len(rhos) else [1.0], float)
+    lo = max(0.0, min(1 - 2 * eps, float(np.min(rhos)) - 0.05))
+    hi = min(RHO_MAX, max(1 + 2 * eps_high, float(np.max(rhos)) + 0.05))
+    return lo, hi
 
 
 def probe_tokens(trace):
@@ -102,12 +115,12 @@ class ClipSurrogate(Scene):
         params.next_to(f, DOWN, buff=0.18)
         self.play(FadeIn(f), FadeIn(params), run_time=1.0)
 
-        rhos = np.array([r[0] for r in rows]) if rows else np.array([1.0])
-        lo = max(0.0, min(1 - 2 * eps, float(np.min(rhos)) - 0.05))
-        hi = min(RHO_MAX, max(1 + 2 * eps_high, float(np.max(rhos)) + 0.05))
+        lo, hi = rho_range([r[0] for r in rows], eps, eps_high)
         panels = VGroup()
-        for sign, cx in ((1, -3.55), (-1, 3.55)):
-            panels.add(self._panel(sign, cx, lo, hi, eps, eps_high))
+        for sign, cx in PANELS:
+            panel = ClipPanel(sign, cx, lo, hi, eps, eps_high)
+            self.axes[sign] = panel.ax
+            panels.add(panel)
         self.play(FadeIn(panels), run_time=1.2)
 
         # -- the trace's tokens --------------------------------------------------------------
@@ -148,32 +161,17 @@ class ClipSurrogate(Scene):
         self.play(FadeIn(counts), FadeIn(fr), run_time=0.8)
         self.wait(2.0)
 
-    @staticmethod
-    def _ticks(ax, y0, lo, hi, eps, eps_high):
-        """Tick labels under the ρ axis: band edges, 1, the range ends — none overlapping."""
-        def txt(v):
-            return "1" if v == 1 else f"{v:.3f}".rstrip("0").rstrip(".")
 
-        cands = [(1 - eps, 0), (1 + eps_high, 0), (1.0, 1), (lo, 2), (hi, 2)]  # (value, priority)
-        placed, out = [], VGroup()
-        if abs(ax.c2p(1 + eps_high, y0)[0] - ax.c2p(1 - eps, y0)[0]) < 1.4:
-            # a narrow band: one label "[1-ε, 1+ε_high]" under its middle instead of two colliding ones
-            m = label(f"[{txt(1 - eps)}, {txt(1 + eps_high)}]", P.TINY, P.MUTED, mono=True)
-            m.next_to(ax.c2p(1.0, y0), DOWN, buff=0.1)
-            placed.append((m.get_x(), m.width))
-            out.add(m)
-            cands = [(lo, 2), (hi, 2)]
-        for v, _ in sorted(cands, key=lambda c: c[1]):
-            m = label(txt(v), P.TINY, P.MUTED, mono=True).next_to(ax.c2p(v, y0), DOWN, buff=0.1)
-            if any(abs(m.get_x() - x) < (m.width + w) / 2 + 0.12 for x, w in placed):
-                continue
-            placed.append((m.get_x(), m.width))
-            out.add(m)
-        return out
+class ClipPanel(VGroup):
+    """One panel: L/|A| against ρ for the sign of A, the unclipped line dashed, the clip band shaded.
 
-    def _panel(self, sign, cx, lo, hi, eps, eps_high):
-        xs = np.linspace(lo, hi, 200)
-        ys = surrogate(xs, sign, eps, eps_high)
+    The band is cut to the axis' [lo, hi]; an edge beyond the axis gets no tick but a note at that
+    side of the panel ("1+ε_high = 6 →"). ``ax``, ``band``, ``tick_labels`` (each with
+    ``tick_value``) and ``edge_notes`` are kept for the tests.
+    """
+
+    def __init__(self, sign, cx, lo, hi, eps, eps_high, **kwargs):
+        super().__init__(**kwargs)
         # y range holds the unclipped line ρA/|A| too, so the cut-off part is visible
         y_lo, y_hi = (lo, hi) if sign > 0 else (-hi, -lo)
         pad = 0.06 * (y_hi - y_lo)
@@ -182,24 +180,79 @@ class ClipSurrogate(Scene):
                   x_length=5.6, y_length=3.6, tips=False,
                   axis_config={"stroke_opacity": 0, "include_ticks": False})
         ax.move_to([cx, -0.75, 0])
-        self.axes[sign] = ax
+        self.ax, self.lo, self.hi, self.y0, self.y1 = ax, lo, hi, y0, y1
         frame = VGroup(Line(ax.c2p(lo, y0), ax.c2p(hi, y0), color=P.MUTED, stroke_width=2.5),
                        Line(ax.c2p(lo, y0), ax.c2p(lo, y1), color=P.MUTED, stroke_width=2.5))
-        band = Polygon(ax.c2p(1 - eps, y0), ax.c2p(1 + eps_high, y0), ax.c2p(1 + eps_high, y1),
-                       ax.c2p(1 - eps, y1), stroke_width=0).set_fill(P.CLIP, 0.12)
+        self.band = self._band(max(lo, 1 - eps), min(hi, 1 + eps_high))
         raw = DashedVMobject(VMobject().set_points_as_corners([ax.c2p(x, sign * x) for x in (lo, hi)]),
                              num_dashes=28, stroke_width=2.5, color=P.MUTED)
+        xs = np.linspace(lo, hi, 200)
         curve = VMobject(stroke_width=5, color=P.POS if sign > 0 else P.NEG).set_points_as_corners(
-            [ax.c2p(x, y) for x, y in zip(xs, ys)])
+            [ax.c2p(x, y) for x, y in zip(xs, surrogate(xs, sign, eps, eps_high))])
         title = label("A > 0: raise the token" if sign > 0 else "A < 0: lower the token", P.LABEL + 2,
                       P.POS if sign > 0 else P.NEG, weight="BOLD").next_to(ax, UP, buff=0.15)
-        xl = self._ticks(ax, y0, lo, hi, eps, eps_high)
+        self.tick_labels = self._ticks(eps, eps_high)
+        leaders = tick_leaders(self.tick_labels, ax.c2p(lo, y0)[1] - 0.02)
         xname = label("ρ", P.LABEL, P.FG).next_to(ax.c2p(hi, y0), RIGHT, buff=0.12)
         yname = label("L / |A|", P.SMALL, P.FG).rotate(np.pi / 2).next_to(frame[1], LEFT, buff=0.12)
+        self.edge_notes = self._edge_notes(sign, eps, eps_high)
+        self.add(self.band, frame, raw, curve, title, self.tick_labels, leaders, xname, yname, self._legend(sign),
+                 self.edge_notes)
+
+    def x_at(self, rho):
+        """Scene x of ratio ``rho`` on this panel's axis."""
+        return float(self.ax.c2p(rho, self.y0)[0])
+
+    def _legend(self, sign):
+        """The dashed line's legend in the top corner the curve leaves free."""
+        ax, lo, hi, y1 = self.ax, self.lo, self.hi, self.y1
         legend = label("dashed: ρA/|A| without clipping", P.TINY, P.MUTED)
-        legend.next_to(ax.c2p(lo if sign < 0 else hi, y1 if sign > 0 else y1), DOWN, buff=0.05)
+        legend.next_to(ax.c2p(lo if sign < 0 else hi, y1), DOWN, buff=0.05)
         if sign > 0:
-            legend.align_to(ax.c2p(lo, y1), LEFT).shift(RIGHT * 0.15)
+            return legend.align_to(ax.c2p(lo, y1), LEFT).shift(RIGHT * 0.15)
+        return legend.align_to(ax.c2p(hi, y1), RIGHT).shift(LEFT * 0.1)
+
+    def _band(self, a, b):
+        """The band [a, b] (already cut to the axis) shaded over the panel's height; one thinner
+        than MIN_BAND_WIDTH is outlined too, so it still shows as a line where it is."""
+        ax, y0, y1 = self.ax, self.y0, self.y1
+        band = Polygon(ax.c2p(a, y0), ax.c2p(b, y0), ax.c2p(b, y1), ax.c2p(a, y1), stroke_width=0)
+        band.set_fill(P.CLIP, 0.12)
+        if band.width < MIN_BAND_WIDTH:
+            band.set_stroke(P.CLIP, width=4, opacity=0.5)
+        return band
+
+    def _ticks(self, eps, eps_high):
+        """Tick labels under the ρ axis: the band edges inside the axis, 1, the range ends (in that
+        order of importance), none overlapping; a narrow band gets one "[1−ε, 1+ε_high]" under 1."""
+        lo, hi = self.lo, self.hi
+        values = [v for v in (1 - eps, 1 + eps_high, 1.0) if lo <= v <= hi]  # most important first
+        if len(values) == 3 and self.x_at(values[1]) - self.x_at(values[0]) < NARROW_BAND:
+            texts = [(1.0, f"[{band_edge(values[0])}, {band_edge(values[1])}]")]
         else:
-            legend.align_to(ax.c2p(hi, y1), RIGHT).shift(LEFT * 0.1)
-        return VGroup(band, frame, raw, curve, title, xl, xname, yname, legend)
+            texts = [(v, band_edge(v)) for v in values]
+        texts += [(lo, band_edge(lo)), (hi, band_edge(hi))]
+        ticks = [(v, self.x_at(v), text) for v, text in texts]
+        y = self.ax.c2p(lo, self.y0)[1]
+
+        def make(text, x):
+            return label(text, P.TINY, P.MUTED, mono=True).next_to(np.array([x, y, 0]), DOWN, buff=0.1)
+
+        return place_tick_labels(ticks, make, (self.x_at(lo), self.x_at(hi)))
+
+    def _edge_notes(self, sign, eps, eps_high):
+        """A note at the panel's side for each band edge beyond the axis ("1+ε_high = 6 →"), above
+        or below the middle, wherever the curve's end is not."""
+        notes = VGroup()
+        beyond = ((1 - eps, f"← 1−ε = {band_edge(1 - eps)}", self.lo, LEFT),
+                  (1 + eps_high, f"1+ε_high = {band_edge(1 + eps_high)} →", self.hi, RIGHT))
+        for v, text, end, side in beyond:
+            if self.lo <= v <= self.hi:
+                continue
+            note = label(text, P.TINY, P.CLIP, mono=True)
+            curve_high = float(surrogate(end, sign, eps, eps_high)) > (self.y0 + self.y1) / 2
+            y = self.ax.c2p(end, self.y0)[1] + 0.3 if curve_high else self.ax.c2p(end, self.y1)[1] - 0.6
+            note.move_to([self.x_at(end), y, 0]).align_to(self.ax.c2p(end, self.y0), side).shift(-side * 0.1)
+            note.tick_value = float(v)
+            notes.add(note)
+        return notes

@@ -9,6 +9,7 @@ from manim import (
     RIGHT,
     Dot,
     Line,
+    Mobject,
     Rectangle,
     Triangle,
     ValueTracker,
@@ -25,13 +26,81 @@ def band_edge(v: float) -> str:
     return f"{v:.3f}".rstrip("0").rstrip(".")
 
 
+TICK_GAP = 0.3  # least free space between two tick labels on one row (a mono space reads as one number)
+TICK_REACH = 0.6  # a slid label still starts at most this far from its tick (a leader line joins them)
+
+
+def place_tick_labels(ticks, make, x_range, gap: float = TICK_GAP) -> VGroup:
+    """Tick labels on one row that never touch each other.
+
+    ``ticks`` are ``(value, x, text)``, most important first; ``make(text, x)`` builds the label
+    of one under its tick. A label that would touch one already placed slides away from it, to
+    the side its value lies on (so the row keeps the values' order), as long as it still starts
+    within TICK_REACH of its tick and its centre stays inside ``x_range``; one that finds no such
+    place is left out. Each label kept has ``tick_value`` (the number it stands for) and
+    ``tick_x``; :func:`tick_leaders` joins the slid ones to their ticks.
+    """
+    placed = VGroup()
+    for value, x, text in ticks:
+        m = make(text, x)
+        m.tick_value, m.tick_x = float(value), float(x)
+        if _slide_clear(m, placed, gap) and _may_stand_for(m, x_range):
+            placed.add(m)
+    return placed
+
+
+def tick_leaders(labels: VGroup, y_tick: float, color=P.MUTED) -> VGroup:
+    """A thin line from the tick (at height ``y_tick``) of every label that slid off it to the
+    label's near top corner."""
+    lines = VGroup()
+    for m in labels:
+        left, right = m.get_left()[0], m.get_right()[0]
+        if left <= m.tick_x <= right:
+            continue
+        x = left if m.tick_x < left else right
+        lines.add(Line([m.tick_x, y_tick, 0], [x, m.get_top()[1], 0], color=color, stroke_width=2))
+    return lines
+
+
+def _clash(m: Mobject, placed: VGroup, gap: float):
+    """The first placed label that ``m`` touches (closer than ``gap``), or None."""
+    gap -= 1e-9  # a label slid to exactly ``gap`` off another one is clear of it
+    for p in placed:
+        if m.get_left()[0] < p.get_right()[0] + gap and p.get_left()[0] < m.get_right()[0] + gap:
+            return p
+    return None
+
+
+def _slide_clear(m: Mobject, placed: VGroup, gap: float) -> bool:
+    """Slide ``m`` sideways off every placed label; False when it cannot get clear."""
+    for _ in range(2 * len(placed) + 1):  # each slide passes one label; more means it is boxed in
+        hit = _clash(m, placed, gap)
+        if hit is None:
+            return True
+        if hit.tick_value == m.tick_value:
+            return False  # the same number is already on the row
+        if m.tick_value > hit.tick_value:
+            m.shift(RIGHT * (hit.get_right()[0] + gap - m.get_left()[0]))
+        else:
+            m.shift(LEFT * (m.get_right()[0] - hit.get_left()[0] + gap))
+    return False
+
+
+def _may_stand_for(m: Mobject, x_range) -> bool:
+    """A slid label still reads as its tick's: it starts near the tick, its centre is on the axis."""
+    off = max(m.get_left()[0] - m.tick_x, m.tick_x - m.get_right()[0], 0.0)
+    return off <= TICK_REACH + 1e-9 and x_range[0] - 1e-9 <= m.get_x() <= x_range[1] + 1e-9
+
+
 class RatioBand(VGroup):
     """A number line around 1 with the trust region shaded and a dot at ρ.
 
     ``rho`` is a ValueTracker; animate it (``band.rho.animate.set_value(x)``) and the
     dot and readout follow. Values beyond the drawn range pin the dot to the end and
     show an arrow. :meth:`set_clipped` turns the dot and band yellow with a "clipped"
-    tag; ``self.clipped`` records the state (tests read it).
+    tag; ``self.clipped`` records the state (tests read it). The axis starts at 0 at the
+    lowest (no ratio is negative); tick labels of a lopsided band never overlap
+    (:func:`place_tick_labels`).
     """
 
     def __init__(
@@ -50,23 +119,18 @@ class RatioBand(VGroup):
         self.eps = float(epsilon)
         self.eps_high = float(epsilon if epsilon_high is None else epsilon_high)
         half = span if span is not None else 2.2 * max(self.eps, self.eps_high)
-        self.lo, self.hi = 1.0 - half, 1.0 + half
+        self.lo, self.hi = max(0.0, 1.0 - half), 1.0 + half  # a ratio is never negative
         self.width_ = width
         self.symbol = symbol
         self.clipped = False
         self.rho = ValueTracker(float(rho))
 
         self.axis = Line(LEFT * width / 2, RIGHT * width / 2, color=P.MUTED, stroke_width=3)
-        x_lo, x_hi = self.x_of(1 - self.eps), self.x_of(1 + self.eps_high)
+        # the band as far as the axis reaches (all of it unless ``span`` is set narrower)
+        x_lo, x_hi = self.x_of(max(self.lo, 1 - self.eps)), self.x_of(min(self.hi, 1 + self.eps_high))
         self.band = Rectangle(width=x_hi - x_lo, height=0.42, stroke_width=2, stroke_color=P.CLIP)
         self.band.set_fill(P.CLIP, 0.16).move_to([(x_lo + x_hi) / 2, 0, 0])
-        ticks = VGroup()
-        labels = VGroup()
-        for v, txt in ((1 - self.eps, band_edge(1 - self.eps)), (1.0, "1"), (1 + self.eps_high, band_edge(1 + self.eps_high))):
-            x = self.x_of(v)
-            ticks.add(Line([x, -0.14, 0], [x, 0.14, 0], color=P.FG, stroke_width=3))
-            labels.add(Text(txt, font=P.MONO, font_size=font_size, color=P.MUTED).move_to([x, -0.42, 0]))
-        self.ticks, self.tick_labels = ticks, labels
+        self.ticks, self.tick_labels, self.tick_leaders = self._ticks(font_size)
         self.band_label = VGroup()
         if band_text:
             self.band_label = Text(band_text, font=P.FONT, font_size=font_size, color=P.CLIP)
@@ -82,10 +146,25 @@ class RatioBand(VGroup):
         self.ghost = Circle(radius=0.17, color=P.FG, stroke_width=4).set_z_index(2)
         self.ghost.set_stroke(opacity=0)
         self.ghost_value = None
-        self.add(self.band, self.axis, ticks, labels, self.band_label, self.arrow, self.ghost, self.dot, self.readout,
-                 self.tag)
+        self.add(self.band, self.axis, self.ticks, self.tick_labels, self.tick_leaders, self.band_label, self.arrow,
+                 self.ghost, self.dot, self.readout, self.tag)
         self._sync()
         self.add_updater(lambda m: m._sync())
+
+    def _ticks(self, font_size: float):
+        """Tick marks at 1 − ε, 1, 1 + ε_high, their labels (in that order of importance: one that
+        would collide slides aside, joined to its mark by a leader line, or is left out) and the
+        leader lines. The marks always stand at the true values."""
+        values = [v for v in (1 - self.eps, 1.0, 1 + self.eps_high) if self.lo <= v <= self.hi]
+        marks = VGroup(*[Line([self.x_of(v), -0.14, 0], [self.x_of(v), 0.14, 0], color=P.FG, stroke_width=3)
+                         for v in values])
+
+        def make(text, x):
+            return Text(text, font=P.MONO, font_size=font_size, color=P.MUTED).move_to([x, -0.42, 0])
+
+        labels = place_tick_labels([(v, self.x_of(v), band_edge(v)) for v in values], make,
+                                   (-self.width_ / 2, self.width_ / 2))
+        return marks, labels, tick_leaders(labels, -0.16)
 
     def x_of(self, v: float) -> float:
         """x (in the band's own coordinates before any move) of ratio ``v``."""
