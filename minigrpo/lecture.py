@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Callable, Optional
 
 from .files import write_via_path
-from .render import QUALITIES, REPO_ROOT, SCENES, find_trace, for_algo, scene_name
+from .render import QUALITIES, REPO_ROOT, SCENES, find_trace, for_algo, scene_name, with_probes
 from .slides import slides_html, timestamp
 from .trace import trace_dir
 from .trace.inspect import display_name
@@ -114,7 +114,8 @@ def probe(video: Path) -> dict:
 
 
 # ----------------------------------------------------------------------------- choosing scenes
-def choose_scenes(scenes: Optional[str], algo: str, have_ppo: bool, log: Callable[[str], None]) -> list[str]:
+def choose_scenes(scenes: Optional[str], algo: str, have_ppo: bool, log: Callable[[str], None],
+                  trace: Optional[Path] = None) -> list[str]:
     if scenes:
         names = []
         for raw in scenes.split(","):
@@ -130,6 +131,8 @@ def choose_scenes(scenes: Optional[str], algo: str, have_ppo: bool, log: Callabl
     else:
         names = list(CHAPTERS)
     keep = for_algo(names, algo, log)
+    if trace is not None:
+        keep = with_probes(keep, trace, log)
     if "ppo_vs_grpo" in keep and not have_ppo:
         log("minigrpo: skipping ppo_vs_grpo: no PPO trace (pass --ppo-trace, a trace of `minigrpo train --algo ppo`)")
         keep.remove("ppo_vs_grpo")
@@ -386,7 +389,7 @@ def build_lecture(trace: Optional[str] = None, ppo_trace: Optional[str] = None, 
         if not _STEPS.match(str(steps)):
             raise LectureError(f"--steps {steps!r} is not a step range; use a:b (a <= step < b), a: or a single step")
     meta = read_meta(str(trace_dir))
-    names = choose_scenes(scenes, meta.algo, ppo_dir is not None, log)
+    names = choose_scenes(scenes, meta.algo, ppo_dir is not None, log, trace_dir)
     jobs = jobs or os.cpu_count() or 1
     out_dir = Path(out).expanduser().resolve() if out else DEFAULT_OUT
     try:

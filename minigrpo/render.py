@@ -101,16 +101,38 @@ def for_algo(names: list[str], algo: str, log: Callable[[str], None]) -> list[st
     return [n for n in names if n not in GRPO_ONLY]
 
 
+NEEDS_PROBES = ("ppo_logits", "kl_penalty", "ppo_vs_grpo")  # they replay probed completions token by token
+
+
+def with_probes(names: list[str], trace: Path, log: Callable[[str], None]) -> list[str]:
+    """``names`` without the scenes that replay probes when the trace recorded none in any step
+    (``--probe-completions 0``), each skip logged; the rest (advantages, the clipped objective,
+    the whole run) still render. An unreadable trace is left for the scenes to report."""
+    from .trace import TraceError, read_index, trace_dir
+
+    try:
+        if any(rec.probes for rec in read_index(trace_dir(trace)).steps):
+            return names
+    except (TraceError, OSError):
+        return names
+    for name in names:
+        if name in NEEDS_PROBES:
+            log(f"minigrpo: skipping {name}: it replays probed completions and this trace recorded none "
+                f"(trained with --probe-completions 0)")
+    return [n for n in names if n not in NEEDS_PROBES]
+
+
 def _applicable(names: list[str], trace: Path) -> list[str]:
-    """:func:`for_algo` for the trace at ``trace`` (said on stderr). An unreadable meta.json is
-    left for the scenes to report in their own words."""
+    """:func:`for_algo` and :func:`with_probes` for the trace at ``trace`` (said on stderr). An
+    unreadable meta.json is left for the scenes to report in their own words."""
     from .trace import TraceError, read_meta, trace_dir
 
+    say = lambda line: print(line, file=sys.stderr)  # noqa: E731
     try:
         algo = read_meta(trace_dir(trace)).algo
     except (TraceError, OSError):
         return names
-    return for_algo(names, algo, lambda line: print(line, file=sys.stderr))
+    return with_probes(for_algo(names, algo, say), trace, say)
 
 
 def render(

@@ -297,3 +297,25 @@ def test_slide_keys_step_through_and_play_the_clips(tmp_path):
         [2, "3 / 4", "-pP-"], [1, "2 / 4", "-Pp-"],
         [1, "2 / 4", "-pp-"], [1, "2 / 4", "-Pp-"]]  # k pauses and plays the clip
     assert out["hash"] == "#2" and out["replayed"] == 0
+
+
+def test_a_trace_without_probes_leaves_out_the_scenes_that_replay_them(tmp_path):
+    """--probe-completions 0: ppo_logits, kl_penalty and ppo_vs_grpo have nothing to replay (each
+    stopped the whole lecture, and `render --all`, with its "no probes" error); the other scenes
+    still make a lecture, and each skip is said."""
+    from trace_factory import build_synthetic, make_synthetic_trace, write_synthetic
+
+    from minigrpo.render import NEEDS_PROBES, with_probes
+
+    meta, rollouts, steps = build_synthetic("grpo", n_steps=2)
+    for step in steps:
+        step.probes = []
+    bare = tmp_path / "bare"
+    write_synthetic(bare, meta, rollouts, steps)
+    probed = make_synthetic_trace(tmp_path / "probed", "grpo", n_steps=2, fsync=False)
+    said = []
+    names = L.choose_scenes(None, "grpo", True, said.append, Path(bare))
+    assert names == [n for n in L.CHAPTERS if n not in NEEDS_PROBES]
+    assert len(said) == len(NEEDS_PROBES) and all("--probe-completions 0" in line for line in said)
+    assert L.choose_scenes(None, "grpo", True, said.append, Path(probed)) == list(L.CHAPTERS)
+    assert with_probes(["ppo_logits", "grpo_advantage"], Path(bare), said.append) == ["grpo_advantage"]
