@@ -147,7 +147,7 @@ class ClipSurrogate(Scene):
         n_clip = sum(1 for r in rows if r[2])
         n_drawn = len(self.dots_data)
         counts = label(
-            f"{len(rows)} probed tokens with A ≠ 0 in steps {D.step_range_text(trace)}"
+            f"{len(rows)} probed tokens with A ≠ 0 in {D.step_range_text(trace)}"
             f" · {n_clip} clipped (ringed)" + (f" · {n_drawn} drawn" if n_drawn < len(rows) else "")
             + (f" · {beyond} beyond the axes" if beyond else ""),
             P.SMALL, P.MUTED, max_width=13.4)

@@ -134,11 +134,18 @@ class GRPOAdvantage(Scene):
             lines = [
                 label("Groups where every completion gets the same reward", P.HEADING - 4, P.FG, weight="BOLD",
                       max_width=13),
-                label(f"none in steps {D.step_range_text(trace)} of this trace ({n} groups checked)", P.BODY, P.MUTED),
+                label(f"none in {D.step_range_text(trace)} of this trace ({n} group{'' if n == 1 else 's'} checked)",
+                      P.BODY, P.MUTED),
                 label("such a group has σ = 0, so A_i = 0 for all i: GRPO would learn nothing from it", P.LABEL,
                       P.MUTED, max_width=13),
             ]
-            if np.isfinite(frac):
+            if (trace.meta.config or {}).get("dynamic_sampling"):  # the metric counts groups the buffer left out
+                lines.append(label("dynamic sampling kept only groups whose rewards differ", P.LABEL, P.CLIP,
+                                   max_width=13))
+                if np.isfinite(frac):
+                    lines.append(label(f"frac_reward_zero_std over every group sampled, mean over these steps: "
+                                       f"{frac:.3f}", P.LABEL, P.CLIP, max_width=13))
+            elif np.isfinite(frac):
                 lines.append(label(f"metric frac_reward_zero_std, mean over these steps: {frac:.3f}", P.LABEL,
                                    P.CLIP, max_width=13))
             msg = VGroup(*lines).arrange(DOWN, buff=0.35)

@@ -45,7 +45,7 @@ class TrainingOverview(Scene):
         setup(self)
         trace = D.scene_trace()
         play_title(self, "Training at a glance", "every point is one optimizer update of this trace", trace)
-        self.add(heading(f"{trace.meta.algo.upper()} on {trace.meta.task}: steps {D.step_range_text(trace)}",
+        self.add(heading(f"{trace.meta.algo.upper()} on {trace.meta.task}: {D.step_range_text(trace)}",
                          P.HEADING - 4))
         xs = trace.step_numbers
         self.curves = {}

@@ -623,3 +623,17 @@ def test_a_one_token_value_line_is_drawn():
     line = PPOvsGRPO._series(None, ax, np.array([1.719]), "#ffffff")
     assert line.width > 1.0 and abs(line.get_center()[1] - ax.c2p(0, 1.719)[1]) < 1e-6
     assert PPOvsGRPO._series(None, ax, np.array([0.0, 1.0]), "#ffffff").get_num_points() > 0
+
+
+def test_step_ranges_read_as_english():
+    """"steps 1–1" and "1 groups" were on screen for a one-step trace."""
+    from types import SimpleNamespace
+
+    from scenes.components import data as D
+
+    def steps(*nums):
+        return SimpleNamespace(steps=[SimpleNamespace(step=n) for n in nums])
+
+    assert D.step_range_text(steps(1)) == "step 1"
+    assert D.step_range_text(steps(3, 4, 7)) == "steps 3–7"
+    assert D.step_range_text(steps()) == "no steps"

@@ -433,12 +433,15 @@ def move_vs_advantage(probe, pos: int) -> Optional[bool]:
 
 
 def step_range_text(trace) -> str:
+    """"steps 3–7", "step 3" (one step), "no steps"."""
     nums = [s.step for s in trace.steps]
-    return f"{min(nums)}–{max(nums)}" if nums else "none"
+    if not nums:
+        return "no steps"
+    return f"step {nums[0]}" if min(nums) == max(nums) else f"steps {min(nums)}–{max(nums)}"
 
 
 def no_probes(trace, what: str = "probes") -> SceneInputError:
     """The error for chosen steps that hold no probe the scene can use, with both ways out."""
     return SceneInputError(
-        f"no {what} in steps {step_range_text(trace)} of {trace.path}; choose other MINIGRPO_STEPS (--steps), "
+        f"no {what} in {step_range_text(trace)} of {trace.path}; choose other MINIGRPO_STEPS (--steps), "
         f"or record probes: `minigrpo train ... --probe-completions N` (N >= 1; the default is 2)")
