@@ -323,7 +323,7 @@ def test_reward_line_sigma_label_clears_the_dots(rewards):
     ([-6.2e-09, 24.2, 0.045], ("24.2", "0")),  # the k3 KL of the demo run: float rounding of 0 reads as 0
     ([0.83, 1.141, 0.9], ("1.141", "0.83")),
     ([-1.0, 1.0], ("1", "-1")),
-    ([2e-7, 5e-7], ("5e-07", "2e-07")),  # tiny but not small next to its own span: kept
+    ([2e-7, 5e-7], ("5.0e-7", "2.0e-7")),  # tiny but not small next to its own span: kept
 ])
 def test_metric_curve_axis_labels(ys, labels):
     from scenes.components.curves import MetricCurve
@@ -637,3 +637,11 @@ def test_step_ranges_read_as_english():
     assert D.step_range_text(steps(1)) == "step 1"
     assert D.step_range_text(steps(3, 4, 7)) == "steps 3–7"
     assert D.step_range_text(steps()) == "no steps"
+
+
+def test_compact_numbers_keep_two_significant_digits():
+    """A KL of 24358 was drawn as "2e4" and 13432 as "1e4"."""
+    from scenes.components.curves import fmt_value
+
+    assert [fmt_value(v) for v in (24358, 13432, -24358, 0.0031, 0.5, 12.34, 123.4, 0)] == \
+        ["2.4e4", "1.3e4", "-2.4e4", "3.1e-3", "0.5", "12.3", "123", "0"]

@@ -42,15 +42,14 @@ def fmt_value(v: float) -> str:
     a = abs(v)
     if a == 0:
         return "0"
-    if a >= 10000:
-        return f"{v:.0e}".replace("e+0", "e").replace("e+", "e")
+    if a >= 10000 or a < 0.01:  # two significant digits: 24358 -> 2.4e4 (was 2e4), 0.0031 -> 3.1e-3
+        mantissa, exponent = f"{v:.1e}".split("e")
+        return f"{mantissa}e{int(exponent)}"
     if a >= 100:
         return f"{v:.0f}"
     if a >= 10:
         return f"{v:.1f}"
-    if a >= 0.01:
-        return f"{v:.3f}".rstrip("0").rstrip(".")
-    return f"{v:.0e}"
+    return f"{v:.3f}".rstrip("0").rstrip(".")
 
 
 class MetricCurve(VGroup):
