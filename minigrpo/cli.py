@@ -304,10 +304,13 @@ def main(argv: list[str] | None = None) -> int:
         with trace_warnings_as_lines():
             return _run(args)
     except (ConfigError, TaskError, ModelLoadError, TrainingError, TraceError) as exc:
-        # a bad config or task fails alike on every data-parallel rank: rank 0 alone says so
+        # a bad config or task, an agreed stop, fail alike on every data-parallel rank: rank 0 alone says so;
+        # what another rank met on its own is said with its rank
         other_rank = os.environ.get("WORLD_SIZE", "1") not in ("", "1") and os.environ.get("RANK", "0") != "0"
-        if not isinstance(exc, (ConfigError, TaskError)) or not other_rank:
+        if not other_rank:
             print(f"minigrpo: error: {exc}", file=sys.stderr)
+        elif not (isinstance(exc, (ConfigError, TaskError)) or getattr(exc, "every_rank", False)):
+            print(f"minigrpo: error: [rank {os.environ.get('RANK')}] {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("minigrpo: interrupted", file=sys.stderr)

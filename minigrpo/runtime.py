@@ -25,7 +25,12 @@ from .optim import state_tensors
 
 
 class TrainingError(RuntimeError):
-    """A run that cannot go on (NaN loss, ...); the message is one line saying what to do."""
+    """A run that cannot go on (NaN loss, ...); the message is one line saying what to do.
+    ``every_rank``: raised alike on every data-parallel rank (an agreed stop), so rank 0 alone says it."""
+
+    def __init__(self, message: str, every_rank: bool = False):
+        super().__init__(message)
+        self.every_rank = every_rank
 
 
 def pick_device(name: str) -> torch.device:
@@ -206,7 +211,8 @@ def _flag_value(value) -> str:
 
 def load_checkpoint_state(out_dir: Path, optimizer, scheduler, extra_modules=None, rank: int = 0) -> dict:
     """Restore optimizer, scheduler, RNG states and extra modules from OUT/checkpoint; returns state.json.
-    Data parallel: ``rank`` gets its own RNG state where the checkpoint holds one per rank (else rank 0's).
+    Data parallel: ``rank`` gets its own RNG state where the checkpoint holds one per rank; a rank the
+    checkpoint's run did not have gets rank 0's, re-seeded by its rank (else it drew rank 0's numbers).
 
     trainer_state.pt is read with ``torch.load(weights_only=True)``: tensors, numbers, strings and
     containers only, so a checkpoint from someone else cannot run code.
@@ -219,6 +225,8 @@ def load_checkpoint_state(out_dir: Path, optimizer, scheduler, extra_modules=Non
         scheduler.load_state_dict(blob["scheduler"])
         per_rank = blob.get("rng_per_rank") or []
         set_rng_state(per_rank[rank] if rank < len(per_rank) else blob["rng"])
+        if rank >= max(1, len(per_rank)):  # more ranks than the checkpoint's run had: a stream of its own
+            seed_everything(random.getrandbits(31) + 1_000_003 * rank)
         for key, module in (extra_modules or {}).items():
             module.load_state_dict(blob["extra"][key])
         state = json.loads((ckpt / "state.json").read_text())
@@ -343,10 +351,14 @@ def load_experience(folder: Path, items: list, device):
 # --- faults the loop reports ---------------------------------------------------------------------
 class StopRequest:
     """Ctrl-C or SIGTERM during training: the first asks the loop to stop after the update in flight
-    (where it checkpoints and exits); a second Ctrl-C interrupts at once (the last checkpoint is kept)."""
+    (where it checkpoints and exits); a second Ctrl-C interrupts at once (the last checkpoint is kept).
+
+    A SIGTERM that follows a SIGINT is the same request, not a second one: torchrun, given Ctrl-C,
+    passes SIGINT to its workers and then, a millisecond later, SIGTERM (and SIGKILL after 30 s),
+    which read as "Ctrl-C again" stopped every rank without its checkpoint."""
 
     def __init__(self, log):
-        self.requested, self.log, self._old = False, log, {}
+        self.requested, self.log, self._old, self._first = False, log, {}, None
 
     def __enter__(self) -> "StopRequest":
         if threading.current_thread() is threading.main_thread():
@@ -356,8 +368,10 @@ class StopRequest:
 
     def _handle(self, signum, frame) -> None:
         if self.requested:
+            if (self._first, signum) == (signal.SIGINT, signal.SIGTERM):
+                return
             raise KeyboardInterrupt
-        self.requested = True
+        self.requested, self._first = True, signum
         self.log(f"{signal.Signals(signum).name}: stopping after the update in flight "
                  f"(Ctrl-C again stops at once, keeping the last checkpoint)")
 

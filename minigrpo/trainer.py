@@ -169,9 +169,6 @@ class RLTrainer:
                     f"--learning-rate, then --resume") from None
             self.prepare(exp)
             exp.truncated_prompts = runtime.truncated_prompts(self.tokenizer, exp.prompts, cfg.max_prompt_length)
-            if exp.truncated_prompts and not self.rollout_id:
-                self.log(f"{exp.truncated_prompts} of {len(exp.prompts)} prompts are longer than --max-prompt-length "
-                         f"{cfg.max_prompt_length}: their first tokens are cut (counted as frac_prompts_truncated)")
             self.flush_record()  # if the generation did not: the step's record before the next rollout's
             faults.hit("rollout")
             groups = self.dist.gather(trace_groups(exp, self.sequence_advantages(exp))) if cfg.trace else None
@@ -184,7 +181,11 @@ class RLTrainer:
         self._inflight = (exp, self.rollout_id, first_step)
         rollout_time = time.perf_counter() - t0
         rollout_metrics = self._rollout_metrics(exp)
-        rollout_metrics["frac_prompts_truncated"] = exp.truncated_prompts / len(exp.prompts)
+        cut, prompts = self._truncated_prompts(exp)
+        rollout_metrics["frac_prompts_truncated"] = cut / prompts
+        if cut and not self.rollout_id and first_step == self.step:
+            self.log(f"{cut:.0f} of {prompts:.0f} prompts are longer than --max-prompt-length "
+                     f"{cfg.max_prompt_length}: their first tokens are cut (counted as frac_prompts_truncated)")
         done = self.step - first_step  # updates already made on this rollout (by the run that was resumed)
         n = len(exp.rollout)
         per_step = cfg.completions_per_step
@@ -224,8 +225,14 @@ class RLTrainer:
                     self._checkpoint()
                 if stop:
                     raise runtime.TrainingError(f"stopped at step {self.step} as asked; checkpoint and trace kept in "
-                                                f"{self.out}: continue with the same command plus --resume")
+                                                f"{self.out}: continue with the same command plus --resume",
+                                                every_rank=True)  # the ranks agreed on it (_stop_agreed)
         self.rollout_id += 1
+
+    def _truncated_prompts(self, exp: Experience) -> tuple[float, float]:
+        """Prompts cut to --max-prompt-length, and prompts in all, over every rank's share of the rollout."""
+        counts = self.dist.reduce_stats({"cut": float(exp.truncated_prompts), "prompts": float(len(exp.prompts))})
+        return counts["cut"], counts["prompts"]
 
     def _stop_agreed(self) -> bool:
         """Whether a Ctrl-C / SIGTERM asked to stop after this update, agreed by every rank: a signal
@@ -399,7 +406,7 @@ class RLTrainer:
         if prompts % self.dist.world_size:
             raise runtime.TrainingError(
                 f"{prompts} prompts per rollout (buffer_size / num_generations) do not split evenly over "
-                f"{self.dist.world_size} processes; choose --buffer-size so that it does")
+                f"{self.dist.world_size} processes; choose --buffer-size so that it does", every_rank=True)
 
     def _open_trace(self):
         if not self.cfg.trace or not self.dist.is_main:
@@ -469,8 +476,11 @@ class RLTrainer:
         self.checkpoint_step = self.step
         self._kept_rollout = state["rollout_id"]
         self.rollout_id = state["rollout_id"] + 1
-        # data parallel: the checkpoint holds rank 0's share of the rollout only, so every rank samples afresh
-        if "rollout_first_step" in state and state.get("knobs") == self._experience_knobs() and not self.dist.active:
+        # data parallel: the checkpoint holds rank 0's share of the rollout only, so every rank samples afresh,
+        # also one process resuming a data-parallel run's checkpoint
+        one_process = not self.dist.active and state.get("world_size", 1) == 1
+        in_flight = "rollout_first_step" in state
+        if in_flight and state.get("knobs") == self._experience_knobs() and one_process:
             self.rng.seed(self.cfg.seed + 7919 * state["rollout_id"])  # the items of that rollout, drawn again
             items = sample_items(self.train_data, self.cfg.prompts_per_rollout, self.rng)
             exp = runtime.load_experience(self._ckpt, items, self.device)
@@ -479,10 +489,10 @@ class RLTrainer:
             if exp is not None and exp.prompts == [build_prompt(item, self.tokenizer) for item in exp.items]:
                 self.rollout_id = state["rollout_id"]
                 self._resumed = (exp, state["rollout_first_step"])
-        if self._resumed is None and self.dist.active:
-            self.log("a data-parallel run does not continue the checkpointed rollout (its checkpoint holds rank 0's "
-                     "share only): a fresh rollout follows")
-        elif self._resumed is None:
+        if self._resumed is None and in_flight and not one_process:
+            self.log(f"a data-parallel run or checkpoint does not continue the checkpointed rollout (the checkpoint, "
+                     f"of {state.get('world_size', 1)} process(es), holds rank 0's share only): a fresh rollout follows")
+        elif self._resumed is None and in_flight:
             self.log("the checkpointed rollout does not fit this config: a fresh rollout follows")
         self.log(f"resuming {self.out} at step {self.step}")
         if self.step >= self.cfg.max_steps:
@@ -495,9 +505,11 @@ class RLTrainer:
         rng_per_rank = self.dist.gather([runtime.rng_state()]) if self.dist.active else None  # every rank takes part
         if not self.dist.is_main:
             self.checkpoint_step = self.step
+            # wait for rank 0's write: a rank that went on to exit (a stop) made torchrun signal rank 0 mid-write
+            self.dist.barrier()
             return
         state = {"step": self.step, "rollout_id": self.rollout_id - 1, "skipped_updates": self.skipped_updates,
-                 "history": self.history, "run": self._run_facts()}
+                 "history": self.history, "run": self._run_facts(), "world_size": self.dist.world_size}
         exp = None
         if self._inflight is not None:
             exp, rollout_id, first_step = self._inflight
@@ -506,6 +518,7 @@ class RLTrainer:
         runtime.save_checkpoint(self.out, self.policy, self.tokenizer, self.optimizer, self.scheduler, state,
                                 self.extra_modules, experience=exp, rng_per_rank=rng_per_rank)
         self.checkpoint_step = self.step
+        self.dist.barrier()
 
     def _run_facts(self) -> dict:
         """What a resumed run must share with its checkpoint (else the checkpoint cannot continue it)."""

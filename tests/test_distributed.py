@@ -67,10 +67,13 @@ def _collectives(rank: int, world: int, init_file: str, out_dir: str) -> None:
               "dynamic_sampling/gen_batches": 3.0}][rank]
     exp = SimpleNamespace(rollout=[0] * 4, num_generations=4, rollout_metrics=lambda: dict(local))
     rollout = RLTrainer._rollout_metrics(SimpleNamespace(dist=d), exp)
+    # one of rank 0's four prompts cut to --max-prompt-length, none of rank 1's: 1 of 8 (was 1 of 4 on rank 0)
+    cut = RLTrainer._truncated_prompts(SimpleNamespace(dist=d), SimpleNamespace(truncated_prompts=1 - rank,
+                                                                                 prompts=["p"] * 4))
     # a stop asked of rank 0 alone (a signal reaches the ranks at different instants): both stop
     stop = RLTrainer._stop_agreed(SimpleNamespace(dist=d, _stop=SimpleNamespace(requested=rank == 0)))
     out = {"p1": p1.grad.tolist(), "p2": p2.grad.tolist(), "stats": stats, "picks": picks, "rollout": rollout,
-           "stop": stop,
+           "stop": stop, "cut": cut,
            "gather": d.gather([f"r{rank}a", f"r{rank}b"]), "weight": module.weight.tolist(),
            "synced": synced, "synced_after_nudge": d.in_sync([module]), "world": d.world_size, "main": d.is_main}
     Path(out_dir, f"{rank}.json").write_text(json.dumps(out))
@@ -86,6 +89,7 @@ def test_collectives_on_two_processes(tmp_path):
         assert r["weight"] == [[0.0, 0.0], [0.0, 0.0]]  # rank 0's weights everywhere
         assert r["synced"] is True and r["synced_after_nudge"] is False and r["world"] == 2
         assert r["stop"] is True
+        assert r["cut"] == [1.0, 8.0]
         # means weighted by what each rank covered (3 groups, 12 completions), counts added, batches averaged
         assert r["rollout"] == pytest.approx({"reward": (0.1 * 4 + 0.4 * 8) / 12, "frac_reward_zero_std": 2 / 3,
                                               "scorer_errors": 1.0, "dynamic_sampling/groups_sampled": 3.0,

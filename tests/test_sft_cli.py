@@ -196,3 +196,22 @@ def test_flag_mistakes_point_at_the_commands_own_help(capsys):
     assert one_error_line(capsys).endswith("see `minigrpo train --help`")
     assert main(["sft", "--max-steps", "2", "--sft-steps", "5"]) == 2
     assert "give one" in one_error_line(capsys)
+
+
+def test_a_data_parallel_error_is_said_once_or_with_its_rank(tmp_path, capsys, monkeypatch):
+    """An error every rank meets alike (an agreed stop, a buffer that does not split) is said by rank 0
+    alone; one another rank met on its own keeps its line, with its rank."""
+    from minigrpo import cli
+    from minigrpo.runtime import TrainingError
+
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    for every_rank in (True, False):
+        monkeypatch.setattr(cli, "_run", lambda args: (_ for _ in ()).throw(TrainingError("stopped", every_rank)))
+        for rank in ("0", "1"):
+            monkeypatch.setenv("RANK", rank)
+            assert main(["train", "--preset", "tiny", "--out", str(tmp_path / "x")]) == 2
+            err = capsys.readouterr().err.strip().splitlines()
+            if rank == "0":
+                assert err == ["minigrpo: error: stopped"]
+            else:
+                assert err == ([] if every_rank else ["minigrpo: error: [rank 1] stopped"])

@@ -634,7 +634,7 @@ def test_bias_corrected_kl_changes_the_gradient_and_is_logged(sft_model, tmp_pat
 def test_each_data_parallel_rank_resumes_its_own_random_stream(tmp_path):
     """The checkpoint keeps every rank's RNG state (gathered on rank 0); rank r restores state r
     (all ranks restored rank 0's, so they drew the same numbers after a resume); a checkpoint
-    without them gives every rank the saved one."""
+    without them gives rank 0 the saved one and the other ranks streams of their own."""
     from minigrpo import runtime
 
     class Saves:
@@ -657,11 +657,18 @@ def test_each_data_parallel_rank_resumes_its_own_random_stream(tmp_path):
         torch.manual_seed(999)
         runtime.load_checkpoint_state(tmp_path, opt, sched, rank=rank)
         assert torch.equal(torch.rand(3), expected[rank])
+    # a one-process checkpoint: rank 0 resumes its stream; a rank it did not have gets a stream of its own
+    # (it drew rank 0's numbers, so two ranks sampled the same completions), the same on every resume
     torch.manual_seed(22)
     runtime.save_checkpoint(tmp_path, Saves(), Saves(), opt, sched, {"step": 2})
-    torch.manual_seed(999)
-    runtime.load_checkpoint_state(tmp_path, opt, sched, rank=1)
-    assert torch.equal(torch.rand(3), expected[1])  # the saved (rank 0's) state: seed 22 here
+    drawn = {}
+    for rank in (0, 1, 1):
+        torch.manual_seed(999)
+        runtime.load_checkpoint_state(tmp_path, opt, sched, rank=rank)
+        draw = torch.rand(3)
+        assert torch.equal(draw, drawn.setdefault(rank, draw))
+    assert torch.equal(drawn[0], expected[1])  # the saved state: seed 22 here
+    assert not torch.equal(drawn[1], drawn[0])
 
 
 def test_a_closed_output_pipe_stops_training_as_a_broken_pipe(sft_model, tmp_path):
@@ -708,3 +715,43 @@ def test_disable_dropout_makes_the_first_update_start_at_the_reference(dropout_m
         assert abs(metrics["kl"]) < 1e-6 and abs(metrics["ratio_mean"] - 1) < 1e-5
     else:
         assert metrics["kl"] > 1e-4 and abs(metrics["ratio_mean"] - 1) > 1e-4, metrics
+
+
+def test_torchruns_sigterm_after_a_ctrl_c_is_the_same_stop_request():
+    """torchrun passes Ctrl-C to its workers as SIGINT, then SIGTERM a millisecond later: read as
+    "Ctrl-C again", every rank stopped at once without its checkpoint. A second Ctrl-C, or a second
+    SIGTERM, still stops at once."""
+    import signal
+
+    from minigrpo.runtime import StopRequest
+
+    said = []
+    stop = StopRequest(said.append)
+    stop._handle(signal.SIGINT, None)
+    stop._handle(signal.SIGTERM, None)  # torchrun's follow-up: no interruption
+    assert stop.requested and len(said) == 1
+    with pytest.raises(KeyboardInterrupt):
+        stop._handle(signal.SIGINT, None)
+    stop = StopRequest(said.append)
+    stop._handle(signal.SIGTERM, None)
+    with pytest.raises(KeyboardInterrupt):
+        stop._handle(signal.SIGTERM, None)
+
+
+def test_one_process_does_not_continue_a_data_parallel_checkpoints_rollout(sft_model, tmp_path):
+    """A data-parallel checkpoint holds rank 0's share of its rollout: one process resuming it trained on
+    that half (with dynamic sampling its prompts matched) and never on rank 1's; it samples afresh."""
+    from minigrpo.grpo import GRPOTrainer
+
+    cfg = fast_config(model=sft_model, max_steps=1, save_steps=1, num_iterations=2, trace=False)
+    GRPOTrainer(cfg, tmp_path, log=lambda *_: None).train()
+    state_file = tmp_path / "checkpoint" / "state.json"
+    state = json.loads(state_file.read_text())
+    assert state["world_size"] == 1 and "rollout_first_step" in state
+    state_file.write_text(json.dumps({**state, "world_size": 2}))
+    said = []
+    trainer = GRPOTrainer(build_config("tiny", overrides={**FAST, "model": sft_model, "max_steps": 2, "save_steps": 1,
+                                                          "num_iterations": 2, "trace": False}),
+                          tmp_path, resume=True, log=said.append)
+    trainer._restore()
+    assert trainer._resumed is None and any("holds rank 0's share only" in line for line in said)
