@@ -248,6 +248,10 @@ def _check_out(out: str, model: str, command: str, resume: bool = False) -> None
     if os.path.isdir(model) and os.path.realpath(out) == os.path.realpath(model):
         raise ConfigError(f"--out {out} is the --model folder; the run would overwrite the model it starts from "
                           f"(and its reference): choose another --out")
+    if resume and os.path.isfile(os.path.join(out, "config.json")) and \
+            not os.path.isdir(os.path.join(out, "checkpoint")):
+        raise ConfigError(f"--out {out} holds a model (config.json) but no checkpoint to resume: it is not a "
+                          f"training run this command can continue (an SFT model?); choose a new --out")
     if not resume and os.path.isfile(os.path.join(out, "config.json")):
         again = ", or add --resume to continue the run in it" \
             if command == "train" and os.path.isdir(os.path.join(out, "checkpoint")) else ""
@@ -290,11 +294,15 @@ def _join_negative_numbers(argv: list[str]) -> list[str]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from .models import ModelLoadError
-    from .runtime import TrainingError
-    from .tasks import TaskError
-    from .trace.reader import trace_warnings_as_lines
-    from .trace.schema import TraceError
+    try:  # torch, transformers and reasoning-gym take a second or two to import: a Ctrl-C then is one line too
+        from .models import ModelLoadError
+        from .runtime import TrainingError
+        from .tasks import TaskError
+        from .trace.reader import trace_warnings_as_lines
+        from .trace.schema import TraceError
+    except KeyboardInterrupt:
+        print("minigrpo: interrupted", file=sys.stderr)
+        return 130
 
     parser = _parser()
     args, unknown = parser.parse_known_args(_join_negative_numbers(sys.argv[1:] if argv is None else argv))

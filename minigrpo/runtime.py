@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import errno
 import json
@@ -113,7 +114,9 @@ def save_final_model(model, tokenizer, out_dir: Path) -> None:
         shutil.rmtree(tmp, ignore_errors=True)
         _raise_as_os_error(exc, tmp)
         raise
-    for i, item in enumerate(sorted(tmp.iterdir())):
+    # config.json moves last: a folder holding it is a model (loaders, `--out` refusals), so a kill while
+    # moving must not leave it next to missing weights
+    for i, item in enumerate(sorted(tmp.iterdir(), key=lambda f: (f.name == "config.json", f.name))):
         if i == 1:
             faults.hit("final")
         os.replace(item, out_dir / item.name)
@@ -349,6 +352,29 @@ def load_experience(folder: Path, items: list, device):
 
 
 # --- faults the loop reports ---------------------------------------------------------------------
+@contextlib.contextmanager
+def run_folder_lock(out: Path):
+    """An exclusive lock on the run folder ``out`` (flock on the folder itself, released when the process
+    ends however it ends) while a run writes into it: a second minigrpo run into the same --out is
+    refused in one line, where it rewound the first one's trace under it, or an SFT run's clean-up
+    deleted the model another run had just saved. Where there is no flock (Windows) nothing is locked."""
+    try:
+        import fcntl
+    except ImportError:
+        yield
+        return
+    fd = os.open(out, os.O_RDONLY)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise TrainingError(f"--out {out} is in use by another minigrpo run (train or sft) right now; wait "
+                                f"for it to end, or choose another --out") from None
+        yield
+    finally:
+        os.close(fd)
+
+
 class StopRequest:
     """Ctrl-C or SIGTERM during training: the first asks the loop to stop after the update in flight
     (where it checkpoints and exits); a second Ctrl-C interrupts at once (the last checkpoint is kept).

@@ -117,12 +117,13 @@ def run_sft(cfg, out_dir: str | Path, log=print) -> dict:
             break
         first_new = folder
     out.mkdir(parents=True, exist_ok=True)
-    try:
-        return _train_sft(cfg, out, device, dtype, eval_data, items, log)
-    except BaseException:
-        shutil.rmtree(first_new or out / ".tiny-base", ignore_errors=True)
-        shutil.rmtree(out / ".final.tmp", ignore_errors=True)
-        raise
+    with runtime.run_folder_lock(out):  # refused before the clean-up below could remove another run's files
+        try:
+            return _train_sft(cfg, out, device, dtype, eval_data, items, log)
+        except BaseException:
+            shutil.rmtree(first_new or out / ".tiny-base", ignore_errors=True)
+            shutil.rmtree(out / ".final.tmp", ignore_errors=True)
+            raise
 
 
 def _train_sft(cfg, out: Path, device, dtype, eval_data, items, log) -> dict:

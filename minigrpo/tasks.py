@@ -122,10 +122,46 @@ def _check_task(name: str, task_kwargs: dict[str, Any]) -> None:
             f"({len(DATASETS)} tasks; see reasoning_gym.factory.DATASETS)"
         )
     config_cls = DATASETS[name][1]
-    knobs = [f.name for f in dataclasses.fields(config_cls) if f.name not in ("seed", "size")]
-    for key in task_kwargs:
-        if key not in knobs:
-            raise TaskError(f"unknown config knob {key!r} for task {name!r}: valid knobs are {', '.join(knobs)}")
+    fields = {f.name: f for f in dataclasses.fields(config_cls) if f.name not in ("seed", "size")}
+    for key, value in task_kwargs.items():
+        if key not in fields:
+            raise TaskError(f"unknown config knob {key!r} for task {name!r}: valid knobs are {', '.join(fields)}")
+        expected = _knob_kind(fields[key])
+        if expected and not _is_kind(value, expected):
+            raise TaskError(f"invalid --task-kwargs: knob {key!r} of task {name!r} is {expected}, got {value!r} "
+                            f"({type(value).__name__}); its default is {_default_of(fields[key])!r}")
+
+
+def _default_of(fld: dataclasses.Field):
+    return fld.default_factory() if fld.default_factory is not dataclasses.MISSING else fld.default  # type: ignore
+
+
+_KINDS = {bool: "a true/false value", int: "an integer", float: "a number", str: "a string"}
+
+
+def _knob_kind(fld: dataclasses.Field) -> str | None:
+    """What a task knob takes, from its annotation where that is plainly bool, int, float or str (a
+    string under ``from __future__ import annotations``) and its default agrees; None for anything
+    else (Optional, Literal, tuples, enums), which reasoning-gym then checks itself."""
+    annotation = fld.type
+    if isinstance(annotation, str):
+        annotation = {"bool": bool, "int": int, "float": float, "str": str}.get(annotation.strip())
+    kind = _KINDS.get(annotation)
+    default = _default_of(fld)
+    if kind and default not in (None, dataclasses.MISSING) and not _is_kind(default, kind):
+        return None  # the task's own default disagrees with its annotation (rearc's diff_ub: int = 0.2)
+    return kind
+
+
+def _is_kind(value, kind: str) -> bool:
+    """A JSON/TOML value fits ``kind`` ("false" is not false; True is not an integer; 3 is a number)."""
+    if kind == "a true/false value":
+        return isinstance(value, bool)
+    if kind == "an integer":
+        return isinstance(value, int) and not isinstance(value, bool)
+    if kind == "a number":
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    return isinstance(value, str)
 
 
 def _create_dataset(name: str, size: int, seed: int, task_kwargs: dict[str, Any]):

@@ -15,6 +15,7 @@ run), NaN guard, interrupts, out-of-memory and full-disk messages, progress.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import functools
 import json
@@ -97,8 +98,12 @@ class RLTrainer:
 
     # --- the loop ------------------------------------------------------------------------
     def train(self) -> dict:
-        cfg = self.cfg
         self.out.mkdir(parents=True, exist_ok=True)
+        with runtime.run_folder_lock(self.out) if self.dist.is_main else contextlib.nullcontext():
+            return self._train()
+
+    def _train(self) -> dict:
+        cfg = self.cfg
         if self.resume:
             self._restore()
         writer = self._open_trace()

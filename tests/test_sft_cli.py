@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from minigrpo.cli import main
@@ -215,3 +217,67 @@ def test_a_data_parallel_error_is_said_once_or_with_its_rank(tmp_path, capsys, m
                 assert err == ["minigrpo: error: stopped"]
             else:
                 assert err == ([] if every_rank else ["minigrpo: error: [rank 1] stopped"])
+
+
+def test_a_run_folder_in_use_is_refused_and_loses_nothing(sft_model, tmp_path, capsys):
+    """Two runs into one --out: the second rewound the first's trace under it (train --resume) or, when
+    stopped, deleted the model the other had saved (sft's clean-up). A run holds a lock on its folder;
+    a second one is refused in one line and touches nothing."""
+    from minigrpo.runtime import run_folder_lock
+
+    out = tmp_path / "busy"
+    out.mkdir()
+    (out / "note.txt").write_text("the other run's")
+    with run_folder_lock(out):
+        for command in (["sft", "--preset", "tiny", "--sft-steps", "1"],
+                        ["train", "--preset", "tiny", "--model", sft_model, "--max-steps", "1"]):
+            assert main([*command, "--train-size", "40", "--eval-size", "4", "--eval-n", "4", "--out", str(out)]) == 2
+            err = capsys.readouterr().err.strip().splitlines()
+            assert err[-1].startswith("minigrpo: error: --out") and "in use by another minigrpo run" in err[-1]
+    assert sorted(p.name for p in out.iterdir()) == ["note.txt"]
+
+
+def test_resume_into_a_model_folder_without_a_checkpoint_is_refused(sft_model, tmp_path, capsys):
+    """`train --resume` into an SFT model's folder started from scratch and replaced the model."""
+    import shutil
+
+    out = tmp_path / "sft-copy"
+    shutil.copytree(sft_model, out)
+    before = (out / "model.safetensors").read_bytes()
+    assert main(["train", "--preset", "tiny", "--model", sft_model, "--out", str(out), "--resume", "--max-steps", "1"]) == 2
+    assert "no checkpoint to resume" in capsys.readouterr().err
+    assert (out / "model.safetensors").read_bytes() == before
+
+
+def test_a_ctrl_c_while_the_libraries_import_is_one_line(monkeypatch, capsys):
+    """torch, transformers and reasoning-gym take a second or two to import; a Ctrl-C then printed a
+    25-line traceback."""
+    import builtins
+
+    real_import = builtins.__import__
+
+    def interrupted(name, globals=None, locals=None, fromlist=(), level=0):
+        if level == 1 and name == "models":
+            raise KeyboardInterrupt
+        return real_import(name, globals, locals, fromlist, level)
+
+    monkeypatch.setattr(builtins, "__import__", interrupted)
+    assert main(["eval", "--preset", "tiny"]) == 130
+    assert capsys.readouterr().err.strip() == "minigrpo: interrupted"
+
+
+def test_a_killed_final_save_leaves_no_config_next_to_missing_weights(tmp_path, monkeypatch):
+    """The final model's files move from a temp folder one by one; config.json, which marks a folder
+    as a model, moved first, so a kill then left a "model" without weights that no run would replace."""
+    from minigrpo import faults, runtime
+
+    class Saves:
+        def save_pretrained(self, folder):
+            Path(folder).mkdir(parents=True, exist_ok=True)
+            for name in ("config.json", "generation_config.json", "model.safetensors"):
+                (Path(folder) / name).write_text(name)
+
+    monkeypatch.setattr(faults, "hit", lambda where: (_ for _ in ()).throw(KeyboardInterrupt()))
+    with pytest.raises(KeyboardInterrupt):
+        runtime.save_final_model(Saves(), Saves(), tmp_path)
+    assert not (tmp_path / "config.json").exists()

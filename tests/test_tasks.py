@@ -369,3 +369,22 @@ def test_scoring_worker_bench_agrees_at_a_small_size(capsys):
     assert bench.main(["--tasks", "4", "--items", "1"]) == 0
     out = capsys.readouterr().out
     assert "mismatches                           0" in out and "items scored by the worker" in out
+
+
+@pytest.mark.parametrize("name, knobs, expected", [
+    ("syllogism", {"allow_some": "false"}, "a true/false value"),  # a truthy string: "Some" premises stayed
+    ("chain_sum", {"min_digits": True}, "an integer"),
+    ("propositional_logic", {"min_vars": 2.5}, "an integer"),
+])
+def test_a_task_knob_of_the_wrong_type_is_one_line(name, knobs, expected):
+    with pytest.raises(TaskError) as err:
+        load_split(name, "train", 3, seed=0, **knobs)
+    assert "\n" not in str(err.value) and expected in str(err.value) and "--task-kwargs" in str(err.value)
+
+
+def test_task_knobs_of_the_right_type_pass():
+    """A float knob takes an integer; knobs whose annotation is not plain (Literal, Optional) are left to
+    reasoning-gym."""
+    assert len(load_split("syllogism", "train", 3, seed=0, allow_some=False)) == 3
+    assert len(load_split("basic_arithmetic", "train", 3, seed=0, format_style="natural")) == 3
+    assert len(load_split("manipulate_matrix", "train", 3, seed=0, w_rotate=2)) == 3  # a float knob
