@@ -51,8 +51,11 @@ def _config_from_args(args: argparse.Namespace, command: str) -> TrainConfig:
         if command == "sft" and args.sft_steps is not None:
             raise ConfigError("--max-steps and --sft-steps both set the SFT steps of `minigrpo sft`: give one")
         overrides["sft_steps" if command == "sft" else "max_steps"] = args.max_steps
-        if command == "sft":  # counted steps replace a preset's epochs, unless --sft-epochs is given too
-            overrides.setdefault("sft_epochs", 0)
+    steps_given = command == "sft" and (getattr(args, "sft_steps", None) is not None or args.max_steps is not None)
+    if steps_given and getattr(args, "sft_epochs", None):  # epochs would win, and the steps asked for be ignored
+        raise ConfigError("--sft-epochs and --sft-steps (or sft's --max-steps) both say how long SFT runs: give one")
+    if steps_given:  # counted steps replace the epochs of a preset or a config file
+        overrides["sft_epochs"] = 0
     return build_config(args.preset, args.config, overrides)
 
 

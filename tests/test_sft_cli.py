@@ -281,3 +281,23 @@ def test_a_killed_final_save_leaves_no_config_next_to_missing_weights(tmp_path, 
     with pytest.raises(KeyboardInterrupt):
         runtime.save_final_model(Saves(), Saves(), tmp_path)
     assert not (tmp_path / "config.json").exists()
+
+
+@pytest.mark.parametrize("flags, epochs, steps", [
+    (["--sft-steps", "5"], 0, 5),  # the steps asked for replace a preset's or a file's epochs (were ignored)
+    (["--max-steps", "5"], 0, 5),
+    (["--sft-epochs", "2"], 2, None),
+])
+def test_sft_steps_replace_epochs_from_a_preset_or_file(tmp_path, flags, epochs, steps):
+    from minigrpo.cli import _config_from_args, _parser
+
+    config = tmp_path / "run.toml"
+    config.write_text("sft_epochs = 3\n")
+    args, _ = _parser().parse_known_args(["sft", "--preset", "tiny", "--config", str(config), *flags])
+    cfg = _config_from_args(args, "sft")
+    assert cfg.sft_epochs == epochs and (steps is None or cfg.sft_steps == steps)
+
+
+def test_sft_steps_and_epochs_together_are_refused(capsys):
+    assert main(["sft", "--preset", "tiny", "--sft-epochs", "1", "--sft-steps", "5"]) == 2
+    assert "give one" in capsys.readouterr().err
