@@ -12,6 +12,7 @@ import io
 import json
 import math
 import os
+import shlex
 import sys
 
 from .config import ConfigError, TrainConfig, build_config, field_names
@@ -201,7 +202,9 @@ def _run(args: argparse.Namespace) -> int:
         raise ConfigError("eval prints its result and writes no files: drop --out (use --json > FILE to keep it)")
     if args.command == "eval" and args.eval_n is not None:
         raise ConfigError("eval counts its items with --n; --eval-n is how many items training evaluates")
-    out = args.out or f"runs/{args.command}-{cfg.algo if args.command == 'train' else 'sft'}-{cfg.task}"
+    if args.out is not None and not args.out.strip():
+        raise ConfigError("--out is empty; pass the folder for the run, or leave the flag out for the default")
+    out = args.out or (f"runs/train-{cfg.algo}-{cfg.task}" if args.command == "train" else f"runs/sft-{cfg.task}")
     if args.command in ("sft", "train"):
         _check_out(out, cfg.model, args.command, resume=getattr(args, "resume", False))
     if args.command == "eval":
@@ -239,7 +242,7 @@ def _run(args: argparse.Namespace) -> int:
         if os.environ.get("RANK", "0") != "0":  # data-parallel run: rank 0 reports
             return 0
     _print_table(summary)
-    print(f"\nmodel saved in {out} (load it with --model {out})")
+    print(f"\nmodel saved in {out} (load it with --model {shlex.quote(str(out))})")
     return 0
 
 

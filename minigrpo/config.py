@@ -272,7 +272,7 @@ def _coerce(name: str, value: Any) -> Any:
         if isinstance(default, int):
             return int(text)
         if isinstance(default, float) or name == "epsilon_high":
-            return None if name == "epsilon_high" and text.lower() == "none" else float(text)
+            return None if name == "epsilon_high" and text.lower() in ("none", "null") else float(text)
     except ValueError:
         kind = ("a true/false value" if isinstance(default, bool) else "an integer" if isinstance(default, int)
                 else "a number")

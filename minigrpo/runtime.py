@@ -10,6 +10,7 @@ import os
 import pickle
 import random
 import resource
+import shlex
 import shutil
 import signal
 import sys
@@ -209,7 +210,14 @@ def check_same_run(ckpt: Path, facts: dict) -> None:
 
 
 def _flag_value(value) -> str:
-    return str(value).lower() if isinstance(value, bool) else str(value)
+    """A config value as it is typed after its flag: true/false, none, JSON for a table or list."""
+    if isinstance(value, bool):
+        return str(value).lower()
+    if value is None:
+        return "none"
+    if isinstance(value, (dict, list)):
+        return shlex.quote(json.dumps(value))
+    return str(value)
 
 
 def load_checkpoint_state(out_dir: Path, optimizer, scheduler, extra_modules=None, rank: int = 0) -> dict:

@@ -301,3 +301,16 @@ def test_sft_steps_replace_epochs_from_a_preset_or_file(tmp_path, flags, epochs,
 def test_sft_steps_and_epochs_together_are_refused(capsys):
     assert main(["sft", "--preset", "tiny", "--sft-epochs", "1", "--sft-steps", "5"]) == 2
     assert "give one" in capsys.readouterr().err
+
+
+def test_values_in_messages_paste_back_as_flags(tmp_path, capsys):
+    """A resume refusal printed Python reprs (--task-kwargs {'allow_some': False}, --epsilon-high None),
+    the final line an unquoted path with a space; --epsilon-high null (JSON's word) and an empty --out."""
+    from minigrpo.config import build_config
+    from minigrpo.runtime import _flag_value
+
+    assert _flag_value({"allow_some": False}) == """'{"allow_some": false}'"""
+    assert (_flag_value(None), _flag_value(True), _flag_value(0.2)) == ("none", "true", "0.2")
+    assert build_config("tiny", None, {"epsilon_high": "null"}).epsilon_high is None
+    assert main(["sft", "--preset", "tiny", "--out", " "]) == 2
+    assert "--out is empty" in capsys.readouterr().err
