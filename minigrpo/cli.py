@@ -15,7 +15,7 @@ import os
 import shlex
 import sys
 
-from .config import ConfigError, TrainConfig, build_config, field_names
+from .config import ConfigError, TrainConfig, build_config, field_default, field_names
 
 SHARED_FLAGS = ("task", "model", "seed", "algo")
 
@@ -40,7 +40,7 @@ def _add_config_flags(parser: argparse.ArgumentParser) -> None:
     for f in dataclasses.fields(TrainConfig):
         if f.name == "max_steps":
             continue
-        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
+        default = field_default(f)
         fields.add_argument("--" + f.name.replace("_", "-"), dest=f.name, default=None, metavar="V",
                             help=f"default {default!r}")
 

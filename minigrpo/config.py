@@ -129,7 +129,7 @@ class TrainConfig:
             raise ConfigError(f"invalid --{name.replace('_', '-')}: {why}")
 
         for fld in dataclasses.fields(self):  # the Python API too: TrainConfig(trace="false") is not tracing off
-            default = fld.default if fld.default is not dataclasses.MISSING else fld.default_factory()  # type: ignore[misc]
+            default = field_default(fld)
             setattr(self, fld.name, _typed(fld.name, getattr(self, fld.name), default))
         if not isinstance(self.task_kwargs, dict):
             bad("task_kwargs", f"{self.task_kwargs!r} is not a JSON object (a dict of task knobs)")
@@ -247,10 +247,17 @@ def field_names() -> list[str]:
     return [f.name for f in dataclasses.fields(TrainConfig)]
 
 
+def field_default(fld: dataclasses.Field) -> Any:
+    """A dataclass field's default (its factory's value for a list or dict; MISSING where it has none)."""
+    if fld.default is not dataclasses.MISSING:
+        return fld.default
+    return fld.default_factory() if fld.default_factory is not dataclasses.MISSING else dataclasses.MISSING
+
+
 def _coerce(name: str, value: Any) -> Any:
     """Turn a string (from the command line) or a file value into the field's type."""
     fld = {f.name: f for f in dataclasses.fields(TrainConfig)}[name]
-    default = fld.default if fld.default is not dataclasses.MISSING else fld.default_factory()  # type: ignore[misc]
+    default = field_default(fld)
     if not isinstance(value, str):
         return _typed(name, value, default)
     text = value.strip()

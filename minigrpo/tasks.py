@@ -57,6 +57,7 @@ from reasoning_gym.factory import DATASETS
 from reasoning_gym.logic.propositional_logic import parse_expr
 
 from . import scoring
+from .config import field_default
 
 EVAL_SEED_OFFSET = 1_000_003
 FIRST_CLASS_TASKS = ("syllogism", "propositional_logic")
@@ -129,11 +130,7 @@ def _check_task(name: str, task_kwargs: dict[str, Any]) -> None:
         expected = _knob_kind(fields[key])
         if expected and not _is_kind(value, expected):
             raise TaskError(f"invalid --task-kwargs: knob {key!r} of task {name!r} is {expected}, got {value!r} "
-                            f"({type(value).__name__}); its default is {_default_of(fields[key])!r}")
-
-
-def _default_of(fld: dataclasses.Field):
-    return fld.default_factory() if fld.default_factory is not dataclasses.MISSING else fld.default  # type: ignore
+                            f"({type(value).__name__}); its default is {field_default(fields[key])!r}")
 
 
 _KINDS = {bool: "a true/false value", int: "an integer", float: "a number", str: "a string"}
@@ -147,7 +144,7 @@ def _knob_kind(fld: dataclasses.Field) -> str | None:
     if isinstance(annotation, str):
         annotation = {"bool": bool, "int": int, "float": float, "str": str}.get(annotation.strip())
     kind = _KINDS.get(annotation)
-    default = _default_of(fld)
+    default = field_default(fld)
     if kind and default not in (None, dataclasses.MISSING) and not _is_kind(default, kind):
         return None  # the task's own default disagrees with its annotation (rearc's diff_ub: int = 0.2)
     return kind
