@@ -31,7 +31,7 @@ from manim import DOWN, LEFT, RIGHT, UP, FadeIn, FadeOut, LaggedStart, Scene, VG
 from scenes.components import data as D  # noqa: E402
 from scenes.components import palette as P  # noqa: E402
 from scenes.components.layout import label, setup  # noqa: E402
-from scenes.components.reward_group import RewardGroup, RewardLine, fmt_num  # noqa: E402
+from scenes.components.reward_group import RewardGroup, RewardLine, eps_shows, fmt_num  # noqa: E402
 from scenes.components.title import formula, heading, play_title  # noqa: E402
 from scenes.components.tokens import wrapped_text  # noqa: E402
 
@@ -77,8 +77,8 @@ class GRPOAdvantage(Scene):
         bottom_y = table.get_bottom()[1] - 0.35
         line = RewardLine(group.rewards, group.mean, group.std, width=5.2)
         line.move_to([3.6, 0, 0]).align_to([0, bottom_y, 0], UP)
-        eps = float((trace.meta.config or {}).get("advantage_eps", 1e-4) or 0.0)
-        shown_eps = f"    ε = {fmt_num(eps)}" if rule == "z" and abs(eps) >= 0.005 else ""  # TRL's 1e-4 shows as 0.00
+        eps = D.advantage_eps(trace.meta.config or {})
+        shown_eps = f"    ε = {fmt_num(eps)}" if rule == "z" and eps_shows(eps) else ""
         stats = label(f"μ = {fmt_num(group.mean)}    σ = {fmt_num(group.std)}{shown_eps}", P.LABEL + 2, P.CLIP,
                       mono=True)
         stats.move_to([-3.6, 0, 0]).align_to([0, bottom_y - 0.05, 0], UP)

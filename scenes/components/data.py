@@ -354,11 +354,16 @@ def same_context(a: Shot, b: Shot, trace) -> bool:
     )
 
 
+def advantage_eps(config) -> float:
+    """The run's ``advantage_eps`` (the ε of (R − μ) / (σ + ε)), TRL's 1e-4 where the config has none."""
+    return float(config.get("advantage_eps", 1e-4) or 0.0)
+
+
 def advantage_rule(group, config) -> str:
     """Which formula the recorded advantages follow: "z" ((R−μ)/(σ+eps)), "center" (R−μ), "other"."""
     r = np.asarray(group.rewards, float)
     a = np.asarray(group.advantages, float)
-    eps = float(config.get("advantage_eps", 1e-4) or 0.0)
+    eps = advantage_eps(config)
     if np.isfinite(group.std) and np.allclose(a, (r - group.mean) / (group.std + eps), atol=1e-3):
         return "z"
     if np.allclose(a, r - group.mean, atol=1e-3):

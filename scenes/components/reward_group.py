@@ -18,6 +18,7 @@ from manim import (
 )
 
 from . import palette as P
+from .data import advantage_eps
 from .fasttext import Text
 from .readout import Readout
 from .tokens import one_line
@@ -32,11 +33,16 @@ def fmt_num(v: float, signed: bool = False) -> str:
     return s.replace("-", "−")
 
 
+def eps_shows(eps: float) -> bool:
+    """Whether ε changes a number printed at two decimals (TRL's 1e-4 does not: it prints as 0.00)."""
+    return abs(eps) >= 0.005
+
+
 def std_plus_eps_text(std: float, config) -> str:
-    """The divisor σ + ε of a z-scored advantage as the scenes print it: σ alone where ε (TRL's 1e-4)
-    does not show at two decimals, else "(σ + ε)" with both values, so the line's arithmetic holds."""
-    eps = float(config.get("advantage_eps", 1e-4) or 0.0)
-    return fmt_num(std) if abs(eps) < 0.005 else f"({fmt_num(std)} + {fmt_num(eps)})"
+    """The divisor σ + ε of a z-scored advantage as the scenes print it: σ alone where ε does not
+    show (``eps_shows``), else "(σ + ε)" with both values, so the line's arithmetic holds."""
+    eps = advantage_eps(config)
+    return f"({fmt_num(std)} + {fmt_num(eps)})" if eps_shows(eps) else fmt_num(std)
 
 
 class RewardGroup(VGroup):
