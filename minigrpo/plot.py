@@ -85,9 +85,11 @@ def recompute_majority(meta) -> Optional[float]:
     """The eval split's majority baseline, rebuilt from the config the way the trainer builds it (None if it cannot be)."""
     cfg = meta.config or {}
     try:
+        from .heldout import trained_questions
         from .tasks import TaskData, load_train_eval
 
         _, evaluation = load_train_eval(cfg["task"], int(cfg["train_size"]), int(cfg["eval_size"]), int(cfg["seed"]),
+                                        also_exclude=trained_questions(cfg["task"], cfg["model"]),
                                         **(cfg.get("task_kwargs") or {}))
         n = min(int(cfg.get("eval_n") or len(evaluation)), len(evaluation))
         items = TaskData(evaluation.name, [evaluation[i] for i in range(n)], evaluation.dataset)

@@ -37,7 +37,8 @@ chance: with propositional_logic at default settings, about 10% of eval
 questions also appear in a 2000-item train set. ``load_train_eval`` (or
 ``load_split(..., exclude_questions=...)``) therefore skips eval items whose
 question occurs in train, and takes replacements from further along the
-eval stream.
+eval stream. The runs a model came from trained on their own train splits:
+``heldout.trained_questions`` collects them, for ``also_exclude``.
 """
 
 from __future__ import annotations
@@ -240,10 +241,13 @@ def load_split(
     return TaskData(name=name, items=items, dataset=dataset, split=split)
 
 
-def load_train_eval(name: str, train_size: int, eval_size: int, seed: int, **task_kwargs: Any):
-    """(train, eval), where no eval question is also a train question. The eval set depends on train_size."""
+def load_train_eval(name: str, train_size: int, eval_size: int, seed: int, *,
+                    also_exclude: Iterable[str] = (), **task_kwargs: Any):
+    """(train, eval), where no eval question is a train question or one of ``also_exclude`` (what the model
+    trained on before: ``heldout.trained_questions``). The eval set depends on train_size."""
     train = load_split(name, "train", train_size, seed, **task_kwargs)
-    evaluation = load_split(name, "eval", eval_size, seed, exclude_questions=train.questions(), **task_kwargs)
+    excluded = set(train.questions()) | set(also_exclude)
+    evaluation = load_split(name, "eval", eval_size, seed, exclude_questions=excluded, **task_kwargs)
     return train, evaluation
 
 
