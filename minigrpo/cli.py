@@ -202,6 +202,8 @@ def _run(args: argparse.Namespace) -> int:
         raise ConfigError("eval prints its result and writes no files: drop --out (use --json > FILE to keep it)")
     if args.command == "eval" and args.eval_n is not None:
         raise ConfigError("eval counts its items with --n; --eval-n is how many items training evaluates")
+    if args.command == "eval":
+        _note_unused_eval_flags(args)
     if args.out is not None and not args.out.strip():
         raise ConfigError("--out is empty; pass the folder for the run, or leave the flag out for the default")
     out = args.out or (f"runs/train-{cfg.algo}-{cfg.task}" if args.command == "train" else f"runs/sft-{cfg.task}")
@@ -246,6 +248,26 @@ def _run(args: argparse.Namespace) -> int:
     _print_table(summary)
     print(f"\nmodel saved in {out} (load it with --model {shlex.quote(str(out))})")
     return 0
+
+
+# The config fields `minigrpo eval` reads: it decodes greedily, one completion per item, and trains nothing.
+EVAL_FIELDS = frozenset({
+    "task", "task_kwargs", "model", "seed", "train_size", "device", "dtype", "rollout_backend",
+    "max_prompt_length", "max_completion_length", "sampling_batch_size",
+    "format_weight", "correctness_weight", "penalize_premise_copy",
+})
+
+
+def _note_unused_eval_flags(args: argparse.Namespace) -> None:
+    """One stderr line naming the flags eval ignores (a train command turned into an eval, say); a preset's or
+    a config file's other fields are expected and pass silently."""
+    unused = [f"--{name.replace('_', '-')}" for name in field_names()
+              if name not in EVAL_FIELDS and getattr(args, name, None) is not None]
+    if args.max_steps is not None:
+        unused.append("--max-steps")
+    if unused:
+        print(f"minigrpo: note: eval decodes greedily and trains nothing, so {', '.join(unused)} "
+              f"{'has' if len(unused) == 1 else 'have'} no effect", file=sys.stderr)
 
 
 def _check_out(out: str, model: str, command: str, resume: bool = False) -> None:

@@ -62,6 +62,22 @@ def test_eval_json_prints_one_object(sft_model):
     assert data["n"] == 20
 
 
+def test_eval_names_the_flags_it_ignores_in_one_line(sft_model, monkeypatch, capsys):
+    import minigrpo.evaluate
+    from minigrpo.cli import EVAL_FIELDS, main
+    from minigrpo.config import field_names
+
+    monkeypatch.setattr(minigrpo.evaluate, "evaluate", lambda *a, **k: {"accuracy": 0.0, "n": 1})
+    assert main(["eval", "--task", "syllogism", "--model", sft_model, "--n", "3", "--temperature", "0.5",
+                 "--num-generations", "8", "--max-completion-length", "24", "--json"]) == 0
+    note = capsys.readouterr().err.strip()
+    assert note.count("\n") == 0 and note.endswith("--num-generations, --temperature have no effect")
+    assert main(["eval", "--task", "syllogism", "--model", sft_model, "--n", "3", "--preset", "tiny",
+                 "--max-completion-length", "24", "--json"]) == 0
+    assert capsys.readouterr().err == ""  # a preset's training fields are no surprise
+    assert EVAL_FIELDS <= set(field_names())  # a renamed field would silently count as unused
+
+
 def _no_constants(name):
     raise AssertionError(f"{name} is not JSON")
 
