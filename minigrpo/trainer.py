@@ -21,6 +21,7 @@ import functools
 import json
 import math
 import random
+import shutil
 import sys
 import time
 import warnings
@@ -110,12 +111,13 @@ class RLTrainer:
             self._restore()
         writer = self._open_trace()
         before = self.history[0]["eval"] if self.resume and self.history else None
-        if before is None:
-            before = self._evaluate()
-            self.history.append({"step": 0, "eval": before})
-            self.log(_eval_line("before", before))
-        started = time.time()
         try:
+            if before is None:
+                self.stage = "evaluation before training"
+                before = self._evaluate()
+                self.history.append({"step": 0, "eval": before})
+                self.log(_eval_line("before", before))
+            started = time.time()
             with self._stop:
                 while self.step < cfg.max_steps:
                     self._one_rollout(writer)
@@ -132,6 +134,9 @@ class RLTrainer:
             if self.dist.is_main:
                 self._save_final()
         except KeyboardInterrupt:  # a second Ctrl-C: no checkpoint now, it would catch an update half-done
+            if self.step == 0 and self.checkpoint_step is None:
+                raise runtime.TrainingError(f"interrupted during the {self.stage}, before the first update: nothing "
+                                            f"was trained; run the same command again to start over") from None
             raise runtime.TrainingError(f"interrupted during the {self.stage} of step {self._stage_step()}; "
                                         f"{self._kept()}; continue with the same command plus --resume") from None
         except torch.cuda.OutOfMemoryError:
@@ -428,6 +433,9 @@ class RLTrainer:
         if self.resume and self.step > 0 and not (path / "meta.json").exists():
             raise runtime.TrainingError(f"{path} is missing, but the checkpoint at update {self.step} was traced: "
                                         f"restore the trace from a copy, or continue without one: --trace false")
+        if not self.resume and _holds_no_record(path) and not (self.out / "checkpoint").exists():
+            shutil.rmtree(path)  # a run stopped before its first rollout was recorded: nothing to keep
+            self.log(f"trace: {path} held no rollout or update (its run stopped before the first); starting it over")
         try:
             with warnings.catch_warnings(record=True) as notes:  # e.g. a torn last line repaired
                 warnings.simplefilter("always")
@@ -566,6 +574,18 @@ class RLTrainer:
                 "mean_step_time": sum(self.step_times) / max(1, len(self.step_times)),
                 "peak_memory_mb": runtime.peak_memory_mb(self.device),
                 "train_state_mb": runtime.train_state_mb([self.policy, *self.extra_modules.values()], self.optimizer)}
+
+
+def _holds_no_record(path: Path) -> bool:
+    """A trace folder of minigrpo's with its meta.json and nothing recorded: no rollout line, no update line."""
+    if not (path / "meta.json").is_file():
+        return False
+    names = {entry.name for entry in path.iterdir()}
+    if not names <= {"meta.json", "rollouts.jsonl", "steps.jsonl", "payloads"}:
+        return False
+    if (path / "payloads").exists() and (not (path / "payloads").is_dir() or any((path / "payloads").iterdir())):
+        return False
+    return all((path / name).stat().st_size == 0 for name in ("rollouts.jsonl", "steps.jsonl") if name in names)
 
 
 def _eval_line(label: str, result: dict) -> str:

@@ -154,6 +154,46 @@ def test_resume_continues_the_trace(sft_model, tmp_path):
     assert [s.rollout for s in steps] == [0, 0, 0, 0]
 
 
+def test_a_run_stopped_before_its_first_update_starts_over_with_the_same_command(sft_model, tmp_path, monkeypatch):
+    from minigrpo.grpo import GRPOTrainer
+    from minigrpo.runtime import TrainingError
+    from minigrpo.trace.validate import validate
+
+    def ctrl_c(self):
+        raise KeyboardInterrupt
+
+    cfg = fast_config(model=sft_model, max_steps=1)
+    with monkeypatch.context() as patch:
+        patch.setattr(GRPOTrainer, "_evaluate", ctrl_c)
+        with pytest.raises(TrainingError, match="before the first update: nothing was trained; run the same command"):
+            GRPOTrainer(cfg, tmp_path, log=lambda *_: None).train()
+    assert (tmp_path / "trace" / "meta.json").is_file() and not (tmp_path / "checkpoint").exists()
+    lines = []
+    GRPOTrainer(cfg, tmp_path, log=lines.append).train()
+    assert any("starting it over" in line for line in lines)
+    assert [s.step for s in load(tmp_path / "trace").steps] == [1]
+    assert validate(tmp_path / "trace") == []
+
+
+@pytest.mark.parametrize("leftover", ["rollout line", "stray file"])
+def test_a_trace_with_anything_recorded_is_never_started_over(sft_model, tmp_path, leftover):
+    from minigrpo.grpo import GRPOTrainer
+
+    cfg = fast_config(model=sft_model, max_steps=1)
+    trace = tmp_path / "trace"
+    trace.mkdir()
+    (trace / "meta.json").write_text("{}")
+    (trace / "steps.jsonl").write_text("")
+    if leftover == "rollout line":
+        (trace / "rollouts.jsonl").write_text('{"rollout": 0}\n')
+    else:
+        (trace / "notes.txt").write_text("mine")
+    before = {p.name: p.read_bytes() for p in trace.iterdir()}
+    with pytest.raises(Exception, match="already holds a trace"):
+        GRPOTrainer(cfg, tmp_path, log=lambda *_: None).train()
+    assert {p.name: p.read_bytes() for p in trace.iterdir()} == before
+
+
 def test_training_is_deterministic_on_cpu(sft_model, tmp_path):
     from minigrpo.grpo import GRPOTrainer
 
