@@ -8,8 +8,8 @@ Without the variable every ``hit`` is one dict lookup. Stages (where they are):
 ``rollout``        trainer: a rollout was sampled and scored, not yet recorded
 ``update``         trainer: gradients accumulated, optimizer step not yet taken
 ``step``           trainer: optimizer step taken, its trace line not yet written
-``checkpoint``     runtime.save_checkpoint: model files in checkpoint.tmp, trainer state not yet
-``checkpoint-swap`` runtime.save_checkpoint: old checkpoint moved aside, new one not yet renamed in
+``checkpoint``     checkpoint.save_checkpoint: model files in checkpoint.tmp, trainer state not yet
+``checkpoint-swap`` checkpoint.save_checkpoint: old checkpoint moved aside, new one not yet renamed in
 ``trace-payload``  trace writer: a payload renamed into place, its JSON line not yet appended
 ``trace-line``     trace writer: half of a JSON line written (a torn line)
 ``final``          trainer: the final model half moved into OUT

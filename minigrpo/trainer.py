@@ -30,7 +30,7 @@ from pathlib import Path
 
 import torch
 
-from . import distributed, faults, optim, runtime
+from . import checkpoint, distributed, faults, optim, runtime
 from .evaluate import evaluate
 from .experience import Experience, collect, sample_items, trace_groups
 from .models import load_model
@@ -59,7 +59,7 @@ class RLTrainer:
         self.train_data, self.eval_data = load_train_eval(cfg.task, cfg.train_size, cfg.eval_size, cfg.seed,
                                                           also_exclude=trained_questions(cfg.task, cfg.model),
                                                           **cfg.task_kwargs)
-        self._ckpt = runtime.checkpoint_dir(self.out) if resume else None
+        self._ckpt = checkpoint.checkpoint_dir(self.out) if resume else None
         self.policy, self.tokenizer = load_model(str(self._ckpt or cfg.model), device=self.device, dtype=self.dtype)
         runtime.check_context(self.policy, cfg)
         if getattr(self.tokenizer, "minigrpo_note", None):
@@ -441,7 +441,7 @@ class RLTrainer:
                 warnings.simplefilter("always")
                 writer = TraceWriter(path, meta, resume=self.resume, compress=True)
             if self.resume:  # drop what was recorded after the checkpoint: those updates are redone
-                changed = runtime.check_trace_config(path, writer.meta.config or {}, self.cfg.to_dict())
+                changed = checkpoint.check_trace_config(path, writer.meta.config or {}, self.cfg.to_dict())
                 writer.rewind(self.step, self._kept_rollout)
                 self._check_trace_reaches_checkpoint(writer)
                 if changed:
@@ -476,14 +476,14 @@ class RLTrainer:
         if self._ckpt is None:
             self.log(f"no checkpoint in {self.out} yet: starting from the beginning")
             return
-        runtime.check_same_run(self._ckpt, self._run_facts())
+        checkpoint.check_same_run(self._ckpt, self._run_facts())
         if self.cfg.trace:  # refused before anything loads, on each rank that sees the trace (_open_trace notes it)
             try:
-                runtime.check_trace_config(self.out / "trace", read_meta(self.out / "trace").config or {},
+                checkpoint.check_trace_config(self.out / "trace", read_meta(self.out / "trace").config or {},
                                            self.cfg.to_dict())
             except TraceError:
                 pass  # no trace, or a damaged one: _open_trace says which
-        state = runtime.load_checkpoint_state(self.out, self.optimizer, self.scheduler, self.extra_modules,
+        state = checkpoint.load_checkpoint_state(self.out, self.optimizer, self.scheduler, self.extra_modules,
                                               rank=self.dist.rank)
         optim.apply_config(self.scheduler, self.cfg, self.cfg.learning_rate)
         self.step, self.history = state["step"], state.get("history", [])
@@ -498,7 +498,7 @@ class RLTrainer:
         if in_flight and state.get("knobs") == self._experience_knobs() and one_process:
             self.rng.seed(self.cfg.seed + 7919 * state["rollout_id"])  # the items of that rollout, drawn again
             items = sample_items(self.train_data, self.cfg.prompts_per_rollout, self.rng)
-            exp = runtime.load_experience(self._ckpt, items, self.device)
+            exp = checkpoint.load_experience(self._ckpt, items, self.device)
             if exp is not None and exp.item_indices is not None:  # dynamic sampling picked them from several draws
                 exp.items = [self.train_data[i] for i in exp.item_indices]
             if exp is not None and exp.prompts == [build_prompt(item, self.tokenizer) for item in exp.items]:
@@ -517,7 +517,7 @@ class RLTrainer:
     def _checkpoint(self) -> None:
         self.flush_record()
         self.stage = "checkpoint"
-        rng_per_rank = self.dist.gather([runtime.rng_state()]) if self.dist.active else None  # every rank takes part
+        rng_per_rank = self.dist.gather([checkpoint.rng_state()]) if self.dist.active else None  # every rank takes part
         if not self.dist.is_main:
             self.checkpoint_step = self.step
             # wait for rank 0's write: a rank that went on to exit (a stop) made torchrun signal rank 0 mid-write
@@ -530,7 +530,7 @@ class RLTrainer:
             exp, rollout_id, first_step = self._inflight
             state.update(rollout_id=rollout_id, rollout_first_step=first_step,
                          knobs=self._experience_knobs())
-        runtime.save_checkpoint(self.out, self.policy, self.tokenizer, self.optimizer, self.scheduler, state,
+        checkpoint.save_checkpoint(self.out, self.policy, self.tokenizer, self.optimizer, self.scheduler, state,
                                 self.extra_modules, experience=exp, rng_per_rank=rng_per_rank)
         self.checkpoint_step = self.step
         self.dist.barrier()
@@ -546,7 +546,7 @@ class RLTrainer:
 
     def _experience_knobs(self) -> dict:
         """The config a checkpointed rollout depends on: resuming reuses it only if these match."""
-        return {k: getattr(self.cfg, k) for k in runtime.EXPERIENCE_KNOBS}
+        return {k: getattr(self.cfg, k) for k in checkpoint.EXPERIENCE_KNOBS}
 
     def _stage_step(self) -> int:
         """The update the current stage belongs to (recording and checkpointing follow the step count)."""

@@ -307,7 +307,7 @@ def test_values_in_messages_paste_back_as_flags(tmp_path, capsys):
     """A resume refusal printed Python reprs (--task-kwargs {'allow_some': False}, --epsilon-high None),
     the final line an unquoted path with a space; --epsilon-high null (JSON's word) and an empty --out."""
     from minigrpo.config import build_config
-    from minigrpo.runtime import _flag_value
+    from minigrpo.checkpoint import _flag_value
 
     assert _flag_value({"allow_some": False}) == """'{"allow_some": false}'"""
     assert (_flag_value(None), _flag_value(True), _flag_value(0.2)) == ("none", "true", "0.2")

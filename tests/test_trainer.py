@@ -613,7 +613,7 @@ def test_a_full_disk_while_saving_is_one_line_and_keeps_the_previous_checkpoint(
     """safetensors reports a full disk as SafetensorError, not OSError: raised as the OSError it is
     (which the trainer and `main` turn into one line), the previous checkpoint (and the previous
     final model) untouched, no temp folder left; a bug is not dressed up as a full disk."""
-    from minigrpo import runtime
+    from minigrpo import checkpoint, runtime
 
     class SafetensorError(Exception):
         pass
@@ -627,7 +627,7 @@ def test_a_full_disk_while_saving_is_one_line_and_keeps_the_previous_checkpoint(
     (tmp_path / "checkpoint").mkdir()
     (tmp_path / "checkpoint" / "state.json").write_text('{"step": 3}')
     with pytest.raises(OSError, match=r"SafetensorError: .*No space left") as err:
-        runtime.save_checkpoint(tmp_path, FullDisk(), None, None, None, {"step": 6})
+        checkpoint.save_checkpoint(tmp_path, FullDisk(), None, None, None, {"step": 6})
     assert err.value.filename == str(tmp_path / "checkpoint.tmp")
     assert (tmp_path / "checkpoint" / "state.json").read_text() == '{"step": 3}'
     assert not (tmp_path / "checkpoint.tmp").exists()
@@ -636,8 +636,8 @@ def test_a_full_disk_while_saving_is_one_line_and_keeps_the_previous_checkpoint(
         runtime.save_final_model(FullDisk(), None, tmp_path)
     assert (tmp_path / "model.safetensors").read_bytes() == b"final" and not (tmp_path / ".final.tmp").exists()
     with pytest.raises(ZeroDivisionError):
-        runtime.save_checkpoint(tmp_path, type("Buggy", (), {"save_pretrained": lambda self, d: 1 / 0})(), None,
-                                None, None, {})
+        checkpoint.save_checkpoint(tmp_path, type("Buggy", (), {"save_pretrained": lambda self, d: 1 / 0})(), None,
+                                   None, None, {})
 
 
 def test_resume_refuses_a_trace_that_does_not_reach_the_checkpoint(sft_model, tmp_path):
@@ -691,7 +691,7 @@ def test_each_data_parallel_rank_resumes_its_own_random_stream(tmp_path):
     """The checkpoint keeps every rank's RNG state (gathered on rank 0); rank r restores state r
     (all ranks restored rank 0's, so they drew the same numbers after a resume); a checkpoint
     without them gives rank 0 the saved one and the other ranks streams of their own."""
-    from minigrpo import runtime
+    from minigrpo import checkpoint
 
     class Saves:
         def save_pretrained(self, folder):
@@ -703,24 +703,24 @@ def test_each_data_parallel_rank_resumes_its_own_random_stream(tmp_path):
     states = []
     for seed in (11, 22):
         torch.manual_seed(seed)
-        states.append(runtime.rng_state())
+        states.append(checkpoint.rng_state())
     expected = []
     for state in states:
-        runtime.set_rng_state(state)
+        checkpoint.set_rng_state(state)
         expected.append(torch.rand(3))
-    runtime.save_checkpoint(tmp_path, Saves(), Saves(), opt, sched, {"step": 1}, rng_per_rank=states)
+    checkpoint.save_checkpoint(tmp_path, Saves(), Saves(), opt, sched, {"step": 1}, rng_per_rank=states)
     for rank in (0, 1):
         torch.manual_seed(999)
-        runtime.load_checkpoint_state(tmp_path, opt, sched, rank=rank)
+        checkpoint.load_checkpoint_state(tmp_path, opt, sched, rank=rank)
         assert torch.equal(torch.rand(3), expected[rank])
     # a one-process checkpoint: rank 0 resumes its stream; a rank it did not have gets a stream of its own
     # (it drew rank 0's numbers, so two ranks sampled the same completions), the same on every resume
     torch.manual_seed(22)
-    runtime.save_checkpoint(tmp_path, Saves(), Saves(), opt, sched, {"step": 2})
+    checkpoint.save_checkpoint(tmp_path, Saves(), Saves(), opt, sched, {"step": 2})
     drawn = {}
     for rank in (0, 1, 1):
         torch.manual_seed(999)
-        runtime.load_checkpoint_state(tmp_path, opt, sched, rank=rank)
+        checkpoint.load_checkpoint_state(tmp_path, opt, sched, rank=rank)
         draw = torch.rand(3)
         assert torch.equal(draw, drawn.setdefault(rank, draw))
     assert torch.equal(drawn[0], expected[1])  # the saved state: seed 22 here

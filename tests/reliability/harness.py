@@ -59,7 +59,7 @@ def check_after_kill(out: Path) -> tuple[int, int | None]:
 def kill_facts(out: Path) -> dict:
     """check_after_kill's checks, and what was found (for docs/reliability.md's table)."""
     from minigrpo.models import load_model
-    from minigrpo.runtime import checkpoint_dir
+    from minigrpo.checkpoint import checkpoint_dir
     from minigrpo.trace import load
 
     facts = {"old_checkpoint_only": (out / "checkpoint.old").exists() and not (out / "checkpoint").exists(),
