@@ -44,7 +44,7 @@ class GRPOTrainer(RLTrainer):
 
 
 def reduce(per_token: torch.Tensor, mask: torch.Tensor, cfg, normalizer: dict) -> torch.Tensor:
-    """Aggregate by loss_type. dapo divides by the tokens of the whole step already; every other type
+    """Aggregate by loss_type. dapo divides by the step's share of the rollout's tokens already; every other type
     is weighted by this micro-batch's share of the step's rows, so that the step's loss does not
     depend on how its rows are split (grpo: the mean over the step's sequences; dr_grpo: sum over
     (the step's rows × max_completion_length); bnpo: each micro-batch's token mean, weighted by rows).

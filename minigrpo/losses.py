@@ -137,8 +137,8 @@ def aggregate_loss(per_token_loss: Tensor, mask: Tensor, loss_type: str,
     grpo:    mean_i [ sum_t l_it m_it / sum_t m_it ]        (per-sequence mean, then mean)
     bnpo:    sum l*m / sum m                               (tokens of this micro-batch)
     dr_grpo: sum l*m / (N * max_completion_length)          (constant normaliser)
-    dapo:    sum l*m / num_items_in_batch                   (active tokens of the whole
-             accumulated optimizer step; None -> sum m)
+    dapo:    sum l*m / num_items_in_batch                   (the trainer passes TRL's: the active
+             tokens of the whole rollout / its optimizer steps per pass; None -> sum m)
     Token counts are clamped to >= 1 so empty rows/batches give 0, not nan.
     """
     if loss_type not in LOSS_TYPES:

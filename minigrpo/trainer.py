@@ -324,6 +324,14 @@ class RLTrainer:
         except Exception as exc:  # noqa: BLE001 - the error that stopped training is the one to report
             self.log(f"trace records pending at step {self.step} were not written ({type(exc).__name__}: {exc})")
 
+    def step_normalizer(self, exp: Experience, rows: list[int]) -> dict:
+        """What ``micro_loss`` weighs a step's micro-batches by: the step's completions (``num_rows``) and, for
+        dapo as TRL, the tokens of the whole rollout per optimizer step of a pass over it (``num_items_in_batch``:
+        the rollout's tokens per completion × this step's completions; over all ranks, / ranks, since the
+        ranks' gradients are averaged), so that every token of a rollout weighs the same in whichever step."""
+        rollout_tokens = self.dist.mean({"tokens": exp.rollout.completion_mask.sum().item()})["tokens"]
+        return {"num_rows": len(rows), "num_items_in_batch": rollout_tokens * len(rows) / len(exp.rollout)}
+
     def _update(self, exp: Experience, rows: list[int]) -> dict:
         cfg = self.cfg
         self.flush_record(rollout=False)  # the last update's probes, before this one picks its own
@@ -333,9 +341,7 @@ class RLTrainer:
         t0 = time.perf_counter()
         micro = cfg.per_device_train_batch_size
         chunks = [rows[i:i + micro] for i in range(0, len(rows), micro)]
-        local_tokens = exp.rollout.completion_mask[rows].sum().item()
-        normalizer = {"num_rows": len(rows),  # dapo: tokens of the step over all ranks, / ranks (grads are averaged)
-                      "num_items_in_batch": self.dist.mean({"tokens": local_tokens})["tokens"]}
+        normalizer = self.step_normalizer(exp, rows)
         sums: dict[str, float | torch.Tensor] = defaultdict(float)
         self.optimizer.zero_grad(set_to_none=True)
         bad = None  # the quantity that went NaN/inf
