@@ -201,6 +201,11 @@ class TrainConfig:
             bad("buffer_size", f"{self.buffer_size} is smaller than one group (num_generations={self.num_generations})")
         if not isinstance(self.task_kwargs, dict):
             bad("task_kwargs", "must be a table/dict of the task's config knobs")
+        try:  # the run's train_config.json and the trace keep them, and the scoring worker reads them back
+            json.dumps(self.task_kwargs, allow_nan=False)
+        except (TypeError, ValueError) as exc:
+            bad("task_kwargs", f"its knobs must be JSON values (strings, numbers, true/false, lists, tables): "
+                               f"{exc}; write a date as a string, \"2000-01-01\"")
         for knob, flag in (("seed", "--seed"), ("size", "--train-size / --eval-size")):
             if knob in self.task_kwargs:
                 bad("task_kwargs", f"{knob!r} is set by {flag}, not a task knob")

@@ -33,17 +33,20 @@ from .tiny import build_tiny
 def sft_items(data, cfg) -> list[tuple[dict, str]]:
     """(item, target) of the first items whose target the verifier accepts; needs no model."""
     reward_cfg = RewardConfig(penalize_premise_copy=cfg.penalize_premise_copy)
-    chosen = []
+    chosen, no_target = [], None
     for item in data.items:
         if len(chosen) >= cfg.sft_size:
             break
         try:
             target = sft_target(item, data.name, cfg.sft_style)
-        except TaskError as e:
-            raise TaskError(f"{e}; `minigrpo sft` needs a task with text answers, e.g. --task syllogism") from None
+        except TaskError as e:  # an item without a text answer (a composite's sub-task may have none): left out
+            no_target = no_target or e
+            continue
         # the verifier rejects e.g. propositional_logic example answers that only restate a premise
         if score_completion(target, item, data, reward_cfg).correct:
             chosen.append((item, target))
+    if not chosen and no_target is not None:
+        raise TaskError(f"{no_target}; `minigrpo sft` needs a task with text answers, e.g. --task syllogism")
     if not chosen:
         raise runtime.TrainingError(f"no usable SFT targets for task {cfg.task!r}; try a larger --sft-size")
     return chosen

@@ -115,6 +115,8 @@ def sft_target(item: dict[str, Any], task_name: str, style: str = "form") -> str
     if style not in SFT_STYLES:
         raise TaskError(f"unknown SFT style {style!r}: choose one of {', '.join(SFT_STYLES)}")
     metadata = item.get("metadata", {})
+    if task_name == "composite":  # each item is taught as the task it comes from
+        task_name = metadata.get("source_dataset", task_name)
     if task_name == "syllogism":
         reasoning = _syllogism_rules(metadata) if style == "rules" else None
         reasoning = reasoning or _syllogism_reasoning(metadata)

@@ -44,6 +44,7 @@ eval stream. The runs a model came from trained on their own train splits:
 from __future__ import annotations
 
 import dataclasses
+import datetime
 import difflib
 import json
 import math
@@ -163,18 +164,47 @@ def _is_kind(value, kind: str) -> bool:
 
 
 def _create_dataset(name: str, size: int, seed: int, task_kwargs: dict[str, Any]):
-    _check_task(name, task_kwargs)
-    if name == "composite" and isinstance(task_kwargs.get("datasets"), list):
-        task_kwargs = {**task_kwargs, "datasets": [_dataset_spec(d) for d in task_kwargs["datasets"]]}
-    try:
-        dataset = reasoning_gym.create_dataset(name, size=size, seed=seed, **task_kwargs)
-    except _CONFIG_ERRORS as err:
-        raise TaskError(f"invalid config for task {name!r} {task_kwargs}: {err}") from None
     try:  # how the scoring worker builds the same verifier (the task's config is plain JSON from a config)
-        _DATASET_SPECS[dataset] = (name, seed, json.dumps(task_kwargs, sort_keys=True))
+        spec = (name, seed, json.dumps(task_kwargs, sort_keys=True))
     except (TypeError, ValueError):
-        pass  # a config of Python objects (a caller's DatasetSpec): scored in this process
+        spec = None  # a config of Python objects (a caller's DatasetSpec): scored in this process
+    rg_kwargs = _rg_kwargs(name, task_kwargs)
+    try:
+        dataset = reasoning_gym.create_dataset(name, size=size, seed=seed, **rg_kwargs)
+    except _CONFIG_ERRORS as err:
+        raise TaskError(f"invalid config for task {name!r} {task_kwargs}: {_describe(err)}") from None
+    if spec is not None:
+        _DATASET_SPECS[dataset] = spec
     return dataset
+
+
+def _rg_kwargs(name: str, task_kwargs: dict[str, Any]) -> dict[str, Any]:
+    """``task_kwargs`` checked (``_check_task``) and, for a composite, its sub-task tables turned into
+    reasoning-gym's ``DatasetSpec``s, each sub-task's config checked the same way (nested composites too)."""
+    _check_task(name, task_kwargs)
+    task_kwargs = _iso_knobs(name, task_kwargs)
+    if name != "composite" or not isinstance(task_kwargs.get("datasets"), list):
+        return task_kwargs
+    return {**task_kwargs, "datasets": [_dataset_spec(entry) for entry in task_kwargs["datasets"]]}
+
+
+def _iso_knobs(name: str, task_kwargs: dict[str, Any]) -> dict[str, Any]:
+    """Knobs that reasoning-gym types as a date or a time (time_intervals' ``min_date``, ...), given as the ISO
+    strings a JSON config can hold, made the objects reasoning-gym compares them as."""
+    fields = {f.name: f.type for f in dataclasses.fields(DATASETS[name][1])}
+    converted = dict(task_kwargs)
+    for key, value in task_kwargs.items():
+        kind = {datetime.date: datetime.date, "date": datetime.date, "datetime.date": datetime.date,
+                datetime.time: datetime.time, "time": datetime.time, "datetime.time": datetime.time}.get(fields[key])
+        if kind is None or not isinstance(value, str):
+            continue
+        try:
+            converted[key] = kind.fromisoformat(value)
+        except ValueError:
+            example = "2000-01-01" if kind is datetime.date else "08:30:00"
+            raise TaskError(f"invalid --task-kwargs: knob {key!r} of task {name!r} is a {kind.__name__}, got "
+                            f"{value!r}; write it as an ISO string, e.g. {example!r}") from None
+    return converted
 
 
 def _dataset_spec(entry):
@@ -184,21 +214,37 @@ def _dataset_spec(entry):
     if not isinstance(entry, dict):
         return entry
     unknown = set(entry) - {"name", "weight", "config"}
-    if unknown or "name" not in entry:
+    if unknown or not isinstance(entry.get("name"), str):
         raise TaskError(f"a composite sub-task is a table with name, weight and config; got {entry}")
-    return DatasetSpec(name=entry["name"], weight=entry.get("weight", 1.0), config=entry.get("config", {}))
+    config, weight = entry.get("config", {}), entry.get("weight", 1.0)
+    if not isinstance(config, dict):
+        raise TaskError(f"the config of composite sub-task {entry['name']!r} is {config!r}; it must be a table of "
+                        f"that task's knobs")
+    if not _is_kind(weight, "a number"):
+        raise TaskError(f"the weight of composite sub-task {entry['name']!r} is {weight!r}; it must be a number")
+    return DatasetSpec(name=entry["name"], weight=weight, config=_rg_kwargs(entry["name"], config))
 
 
 # what reasoning-gym raises for a config it cannot use, at creation or only when it generates an item
-_CONFIG_ERRORS = (AssertionError, TypeError, ValueError, AttributeError, KeyError, IndexError)
+_CONFIG_ERRORS = (AssertionError, TypeError, ValueError, AttributeError, KeyError, IndexError, ArithmeticError)
+
+
+def _describe(err: BaseException) -> str:
+    """An exception as one line; a bare ``assert`` in reasoning-gym has no message, only its type."""
+    text = " ".join(str(err).split())
+    return f"{type(err).__name__}: {text}" if text else f"{type(err).__name__} (no message)"
 
 
 def _generate(dataset, index: int, name: str, task_kwargs: dict[str, Any]) -> dict[str, Any]:
     try:
-        return dataset[index]
+        item = dataset[index]
     except _CONFIG_ERRORS as err:
         raise TaskError(f"task {name!r} cannot generate its items with {task_kwargs or 'its defaults'} "
-                        f"({type(err).__name__}: {err}); change --task-kwargs") from None
+                        f"({_describe(err)}); change --task-kwargs") from None
+    if not isinstance(item, dict) or not isinstance(item.get("question"), str):
+        raise TaskError(f"task {name!r} gave no question for item {index} with {task_kwargs or 'its defaults'} "
+                        f"(reasoning-gym returned {type(item).__name__}); change --task-kwargs")
+    return item
 
 
 def load_split(

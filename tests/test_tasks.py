@@ -388,3 +388,96 @@ def test_task_knobs_of_the_right_type_pass():
     assert len(load_split("syllogism", "train", 3, seed=0, allow_some=False)) == 3
     assert len(load_split("basic_arithmetic", "train", 3, seed=0, format_style="natural")) == 3
     assert len(load_split("manipulate_matrix", "train", 3, seed=0, w_rotate=2)) == 3  # a float knob
+
+
+def test_a_composite_task_is_scored_by_the_worker_like_any_task(monkeypatch):
+    """A composite's verifier spec was lost (its sub-tasks, once DatasetSpecs, are not JSON), so its answers were
+    scored in the trainer's own process: countdown's 9**9**9**9 then hung the run with no cut-off."""
+    import time
+
+    from minigrpo import scoring
+    from minigrpo.tasks import rebuild_verifier, verifier_spec
+
+    monkeypatch.setattr(scoring, "SCORE_TIMEOUT_S", 2.0)
+    task = load_split("composite", "train", 2, seed=0, datasets=[{"name": "countdown"}])
+    spec = verifier_spec(task.dataset)
+    assert spec == ("composite", 0, '{"datasets": [{"name": "countdown"}]}')
+    item = task.items[0]
+    assert rebuild_verifier(spec).score_answer(str(item["answer"]), item) == 1.0
+    started = time.monotonic()
+    hang = score_completion(wrap("9**9**9**9"), item, task, RewardConfig())
+    assert hang.parts["correctness"] == 0.0 and hang.scorer_error
+    assert time.monotonic() - started < 30
+
+
+@pytest.mark.parametrize("entry, needle", [
+    ({"name": "syllogism", "config": {"allow_some": "false"}}, "knob 'allow_some' of task 'syllogism'"),
+    ({"name": "syllogism", "config": {"no_such_knob": 1}}, "unknown config knob 'no_such_knob'"),
+    ({"name": "syllogism", "config": [1]}, "must be a table"),
+    ({"name": "syllogism", "weight": "heavy"}, "must be a number"),
+    ({"name": 3}, "name, weight and config"),
+])
+def test_a_composite_checks_each_sub_tasks_knobs(entry, needle):
+    with pytest.raises(TaskError, match=needle) as err:
+        load_split("composite", "train", 2, seed=0, datasets=[entry])
+    assert "\n" not in str(err.value)
+
+
+def test_a_composite_inside_a_composite_is_built():
+    inner = {"name": "composite", "config": {"datasets": [{"name": "syllogism"}]}}
+    task = load_split("composite", "train", 3, seed=0, datasets=[inner])
+    assert len(task) == 3 and all(item["question"] for item in task.items)
+
+
+@pytest.mark.parametrize("name, knobs, needle", [
+    ("calendar_arithmetic", {"offset_upper_bound": 10**9}, "OverflowError"),  # an ArithmeticError was a traceback
+    ("gsm_symbolic", {"difficulty": 5.0}, "AssertionError (no message)"),  # a bare assert left "...: " and nothing
+    ("kakurasu", {"max_retries": 0}, "gave no question for item 0"),  # rg returned None: a TypeError traceback
+])
+def test_what_reasoning_gym_raises_or_returns_for_a_bad_knob_is_one_line(name, knobs, needle):
+    with pytest.raises(TaskError) as err:
+        load_train_eval(name, 3, 2, 0, **knobs)
+    message = str(err.value)
+    assert needle in message and "\n" not in message
+    assert "change --task-kwargs" in message or message.startswith("invalid config for task")
+
+
+def test_date_knobs_are_iso_strings():
+    """time_intervals types min_date/max_date as dates: a JSON config holds them as ISO strings."""
+    task = load_split("time_intervals", "train", 4, seed=0, min_date="2000-01-01", max_date="2000-12-31",
+                      task_types=["date"])
+    assert all("2000" in item["question"] and "1999" not in item["question"] for item in task.items)
+    with pytest.raises(TaskError, match="is a date, got '2000-13-01'; write it as an ISO string"):
+        load_split("time_intervals", "train", 2, seed=0, min_date="2000-13-01")
+
+
+def test_a_toml_date_is_refused_before_any_work(tmp_path):
+    """A TOML date reached reasoning-gym, and a finished SFT then failed writing train_config.json (and removed
+    its folder); it is refused at once, in one line."""
+    from minigrpo.config import ConfigError, build_config
+
+    file = tmp_path / "run.toml"
+    file.write_text('task = "time_intervals"\n[task_kwargs]\nmin_date = 2000-01-01\n')
+    with pytest.raises(ConfigError, match=r'write a date as a string, "2000-01-01"') as err:
+        build_config("tiny", str(file))
+    assert "\n" not in str(err.value)
+
+
+def test_sft_teaches_each_composite_item_as_its_own_task():
+    """SFT on a composite used the generic target for every item, and stopped at the first sub-task item without
+    a text answer; each item now gets its sub-task's target, and items without one are left out."""
+    from types import SimpleNamespace
+
+    from minigrpo.sft import sft_items
+
+    specs = [{"name": "syllogism"}, {"name": "boxnet"}]
+    task = load_split("composite", "train", 40, seed=0, datasets=specs)
+    sources = [item["metadata"]["source_dataset"] for item in task.items]
+    assert {"syllogism", "boxnet"} <= set(sources)
+    cfg = SimpleNamespace(sft_size=100, sft_style="form", penalize_premise_copy=True, task="composite")
+    chosen = sft_items(task, cfg)
+    assert [item["metadata"]["source_dataset"] for item, _ in chosen] == ["syllogism"] * sources.count("syllogism")
+    for item, target in chosen:
+        assert target == sft_target(item, "syllogism") and "Solve step by step" not in target
+    with pytest.raises(TaskError, match="no SFT target for task 'boxnet'"):
+        sft_items(load_split("composite", "train", 5, seed=0, datasets=[{"name": "boxnet"}]), cfg)
