@@ -1,6 +1,6 @@
 """One documented config for SFT, GRPO and PPO runs, with presets.
 
-Knob names follow TRL's ``GRPOConfig`` / ``PPOConfig`` wherever the meaning is the same
+Knob names follow TRL's ``GRPOConfig`` (and TRL <= 1.12's ``PPOConfig``) wherever the meaning is the same
 (``num_generations``, ``beta``, ``epsilon``, ``epsilon_high``, ``loss_type``,
 ``scale_rewards``, ``max_completion_length``, ``temperature``, ``learning_rate``,
 ``gradient_accumulation_steps``, ``num_iterations``, ``per_device_train_batch_size``,
