@@ -30,7 +30,8 @@ def json_line(result: dict) -> str:
 def _add_config_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--preset", help="tiny | smollm2-135m | smollm-135m | smollm-360m | qwen3-0.6b")
     parser.add_argument("--config", help="TOML or JSON file of config fields")
-    parser.add_argument("--out", help="output folder (model, trace, checkpoint); default runs/COMMAND-ALGO-TASK")
+    parser.add_argument("--out", help="output folder (model, trace, checkpoint); default runs/train-ALGO-TASK "
+                                      "(train) or runs/sft-TASK (sft)")
     max_steps = next(f.default for f in dataclasses.fields(TrainConfig) if f.name == "max_steps")
     parser.add_argument("--max-steps", help=f"optimizer steps (for sft: SFT steps, instead of a preset's "
                                             f"--sft-epochs); default {max_steps!r}")
@@ -57,7 +58,30 @@ def _config_from_args(args: argparse.Namespace, command: str) -> TrainConfig:
         raise ConfigError("--sft-epochs and --sft-steps (or sft's --max-steps) both say how long SFT runs: give one")
     if steps_given:  # counted steps replace the epochs of a preset or a config file
         overrides["sft_epochs"] = 0
+    if command == "eval" and args.preset is None and args.config is None:
+        overrides = {**_model_eval_defaults(overrides.get("model")), **overrides}
     return build_config(args.preset, args.config, overrides)
+
+
+# what `minigrpo eval` takes from the evaluated model's own run when no --preset or --config says otherwise
+MODEL_EVAL_DEFAULTS = ("task", "task_kwargs", "max_prompt_length", "max_completion_length",
+                       "format_weight", "correctness_weight", "penalize_premise_copy")
+
+
+def _model_eval_defaults(model: str | None) -> dict:
+    """The task, lengths and reward weights of the run that wrote ``model`` (its ``train_config.json``), so
+    that a plain ``minigrpo eval --model runs/grpo`` scores as that run's own evaluation did; {} for a
+    model minigrpo did not write. Flags override them."""
+    from .heldout import training_runs
+
+    runs = training_runs(model) if model else []
+    if not runs:
+        return {}
+    recorded = {key: runs[0][key] for key in MODEL_EVAL_DEFAULTS if key in runs[0]}
+    print(f"minigrpo: note: eval takes the task, lengths and reward weights of {model}/train_config.json "
+          f"({recorded.get('task')}, max_completion_length {recorded.get('max_completion_length')}); flags, "
+          f"--preset or --config set others", file=sys.stderr)
+    return recorded
 
 
 class _Parser(argparse.ArgumentParser):
@@ -263,8 +287,6 @@ def _note_unused_eval_flags(args: argparse.Namespace) -> None:
     a config file's other fields are expected and pass silently."""
     unused = [f"--{name.replace('_', '-')}" for name in field_names()
               if name not in EVAL_FIELDS and getattr(args, name, None) is not None]
-    if args.max_steps is not None:
-        unused.append("--max-steps")
     if unused:
         print(f"minigrpo: note: eval decodes greedily and trains nothing, so {', '.join(unused)} "
               f"{'has' if len(unused) == 1 else 'have'} no effect", file=sys.stderr)

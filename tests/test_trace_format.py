@@ -630,11 +630,11 @@ def test_cli_on_a_bad_trace_prints_one_line_and_fails(trace_dir, capsys, damage,
     captured = capsys.readouterr()
     assert captured.out == ""
     lines = captured.err.splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: "), captured.err
+    assert len(lines) == 1 and lines[0].startswith("minigrpo: error: "), captured.err
     assert "Traceback" not in captured.err
     assert cli_export(tmp_path / "missing", tmp_path / "x.csv") == 2
     err = capsys.readouterr().err.splitlines()
-    assert len(err) == 1 and err[0].startswith("error: ")
+    assert len(err) == 1 and err[0].startswith("minigrpo: error: ")
 
 
 def test_cli_inspect_warns_on_one_line_for_a_torn_line(trace_dir, capsys):
@@ -642,7 +642,17 @@ def test_cli_inspect_warns_on_one_line_for_a_torn_line(trace_dir, capsys):
         f.write(b'{"step": 6, "rollo')
     assert cli_inspect(trace_dir) == 0
     err = capsys.readouterr().err.splitlines()
-    assert len(err) == 1 and err[0].startswith("warning: ") and "torn" in err[0]
+    assert len(err) == 1 and err[0].startswith("minigrpo: warning: ") and "torn" in err[0]
+
+
+def test_cli_downsample_says_it_drops_a_torn_line(trace_dir, tmp_path, capsys):
+    from minigrpo.cli import main
+
+    with open(os.path.join(trace_dir, "steps.jsonl"), "ab") as f:
+        f.write(b'{"step": 6, "rollo')
+    assert main(["trace", "downsample", str(trace_dir), str(tmp_path / "small"), "--probe-every", "2"]) == 0
+    err = capsys.readouterr().err.splitlines()
+    assert len(err) == 1 and err[0].startswith("minigrpo: warning: ") and "torn" in err[0]
 
 
 def test_cli_validate_a_good_trace_or_run_folder(trace_dir, tmp_path, capsys):
@@ -699,7 +709,7 @@ def test_cli_validate_a_path_that_is_not_a_trace(tmp_path, capsys):
         captured = capsys.readouterr()
         lines = captured.err.splitlines()
         assert captured.out == "" and len(lines) == 1, captured
-        assert lines[0].startswith("error: ") and fragment in lines[0]
+        assert lines[0].startswith("minigrpo: error: ") and fragment in lines[0]
 
 
 def test_export_csv_columns(tmp_path, capsys):
@@ -728,7 +738,7 @@ def test_export_csv_columns(tmp_path, capsys):
     assert (tmp_path / "cli.csv").read_text() == out.read_text()
     assert cli_export(path, tmp_path / "no-such-dir" / "x.csv") == 2
     err = capsys.readouterr().err.splitlines()
-    assert len(err) == 1 and err[0].startswith("error: cannot write")
+    assert len(err) == 1 and err[0].startswith("minigrpo: error: cannot write")
 
 
 def test_summary_mentions_the_essentials(trace_dir):

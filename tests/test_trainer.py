@@ -70,12 +70,37 @@ def test_eval_names_the_flags_it_ignores_in_one_line(sft_model, monkeypatch, cap
     monkeypatch.setattr(minigrpo.evaluate, "evaluate", lambda *a, **k: {"accuracy": 0.0, "n": 1})
     assert main(["eval", "--task", "syllogism", "--model", sft_model, "--n", "3", "--temperature", "0.5",
                  "--num-generations", "8", "--max-completion-length", "24", "--json"]) == 0
-    note = capsys.readouterr().err.strip()
-    assert note.count("\n") == 0 and note.endswith("--num-generations, --temperature have no effect")
+    notes = capsys.readouterr().err.strip().splitlines()
+    assert len(notes) == 2 and "train_config.json" in notes[0]
+    assert notes[1].endswith("--num-generations, --temperature have no effect")
+    assert main(["eval", "--task", "syllogism", "--model", sft_model, "--n", "3", "--max-steps", "3",
+                 "--max-completion-length", "24", "--json"]) == 0
+    assert capsys.readouterr().err.strip().splitlines()[-1].endswith("so --max-steps has no effect")
     assert main(["eval", "--task", "syllogism", "--model", sft_model, "--n", "3", "--preset", "tiny",
                  "--max-completion-length", "24", "--json"]) == 0
     assert capsys.readouterr().err == ""  # a preset's training fields are no surprise
     assert EVAL_FIELDS <= set(field_names())  # a renamed field would silently count as unused
+
+
+def test_eval_scores_a_model_as_its_own_run_did(sft_model, tmp_path, monkeypatch, capsys):
+    """Without --preset or --config, eval takes the task, lengths and reward weights of the model's run
+    (train_config.json): a plain `minigrpo eval --model runs/grpo` decoded 300 tokens where the run used 48."""
+    import minigrpo.evaluate
+    from minigrpo.cli import main
+
+    seen = []
+    monkeypatch.setattr(minigrpo.evaluate, "evaluate", lambda model, tok, data, cfg, n=None: seen.append(cfg) or {})
+    recorded = json.loads(Path(sft_model, "train_config.json").read_text())
+    assert main(["eval", "--model", sft_model, "--n", "2", "--json"]) == 0
+    cfg = seen[-1]
+    for key in ("task", "max_prompt_length", "max_completion_length", "format_weight", "penalize_premise_copy"):
+        assert getattr(cfg, key) == recorded[key], key
+    assert recorded["max_completion_length"] != 300  # the default it replaces
+    assert main(["eval", "--model", sft_model, "--n", "2", "--max-completion-length", "30", "--json"]) == 0
+    assert seen[-1].max_completion_length == 30  # a flag wins
+    capsys.readouterr()
+    assert main(["eval", "--model", sft_model, "--n", "2", "--preset", "tiny", "--json"]) == 0
+    assert "train_config.json" not in capsys.readouterr().err  # a preset says what to use
 
 
 def _no_constants(name):

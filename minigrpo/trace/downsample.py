@@ -64,7 +64,7 @@ def downsample(src: str | os.PathLike, dst: str | os.PathLike, probe_every: int,
     if probe_every < 1 or keep_first < 0:
         raise TraceError(f"--probe-every must be >= 1 and --keep-first >= 0 (got {probe_every}, {keep_first})")
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore", TraceWarning)  # a torn last line is dropped, as load() does
+        warnings.simplefilter("always", TraceWarning)  # a torn last line is dropped, as load() does, and said
         index = read_index(src)
     numbers = [r.step for r in index.steps]
     kept = kept_probe_steps(numbers, probe_every, keep_first)

@@ -145,7 +145,7 @@ def export_csv(trace: Trace, out_path: str | os.PathLike) -> int:
 def _warnings_as_lines():
     with warnings.catch_warnings():
         warnings.simplefilter("always", TraceWarning)  # every load says so, not the first one in a process
-        with trace_warnings_as_lines(prefix="warning: "):
+        with trace_warnings_as_lines():
             yield
 
 
@@ -155,14 +155,14 @@ def _load_for_cli(path: str, lazy: bool) -> Trace:
 
 
 def cli_inspect(path: str | os.PathLike) -> int:
-    """Print the summary of the trace at ``path``; on a bad trace print ``error: ...`` (one line) and return 2.
+    """Print the summary of the trace at ``path``; on a bad trace print ``minigrpo: error: ...`` (one line) and return 2.
 
     Every payload is read (lazy=False), so a damaged trace is reported here.
     """
     try:
         trace = _load_for_cli(os.fspath(path), lazy=False)
     except TraceError as e:
-        print(f"error: {e}", file=sys.stderr)
+        print(f"minigrpo: error: {e}", file=sys.stderr)
         return 2
     print(summary(trace))
     return 0
@@ -173,12 +173,12 @@ def cli_export(path: str | os.PathLike, out: str | os.PathLike) -> int:
     try:
         trace = _load_for_cli(os.fspath(path), lazy=True)  # metrics only: no step payload is read
     except TraceError as e:
-        print(f"error: {e}", file=sys.stderr)
+        print(f"minigrpo: error: {e}", file=sys.stderr)
         return 2
     try:
         rows = export_csv(trace, out)
     except OSError as e:
-        print(f"error: cannot write {os.fspath(out)}: {e.strerror or e}", file=sys.stderr)
+        print(f"minigrpo: error: cannot write {os.fspath(out)}: {e.strerror or e}", file=sys.stderr)
         return 2
     print(f"wrote {rows} rows x {2 + len(metric_names(trace))} columns to {os.fspath(out)}")
     return 0
@@ -192,13 +192,13 @@ def cli_validate(path: str | os.PathLike) -> int:
     """Print every problem :func:`validate` finds in the trace at ``path``, one a line, then a verdict line.
 
     Returns 0 when the trace is consistent, 1 when problems were found (a structural one, which stops
-    the check, counts as one), 2 when ``path`` is not a trace (``error: ...`` on one line, as inspect).
+    the check, counts as one), 2 when ``path`` is not a trace (``minigrpo: error: ...`` on one line, as inspect).
     """
     path = trace_dir(os.fspath(path))  # a run folder works too
     try:
         read_meta(path)  # no trace here (no meta.json, another format): the path is wrong, not the trace
     except TraceError as e:
-        print(f"error: {e}", file=sys.stderr)
+        print(f"minigrpo: error: {e}", file=sys.stderr)
         return 2
     try:
         problems, stopped = validate(path), ""

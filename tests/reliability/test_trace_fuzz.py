@@ -198,8 +198,9 @@ def check_other_readers(root: str, capsys) -> None:
 
     assert main(["trace", "inspect", root]) in (0, 2)
     err = capsys.readouterr().err.strip().splitlines()
-    assert all(line.startswith(("error:", "warning:")) for line in err), err  # `trace inspect`'s one-line form
-    assert sum(line.startswith("error:") for line in err) <= 1, err
+    # `trace inspect`'s one-line form
+    assert all(line.startswith(("minigrpo: error:", "minigrpo: warning:")) for line in err), err
+    assert sum(line.startswith("minigrpo: error:") for line in err) <= 1, err
     try:
         D.load_trace(root)
     except D.SceneInputError as e:
