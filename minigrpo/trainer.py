@@ -448,8 +448,8 @@ class RLTrainer:
                 writer = TraceWriter(path, meta, resume=self.resume, compress=True)
             if self.resume:  # drop what was recorded after the checkpoint: those updates are redone
                 changed = checkpoint.check_trace_config(path, writer.meta.config or {}, self.cfg.to_dict())
-                writer.rewind(self.step, self._kept_rollout)
-                self._check_trace_reaches_checkpoint(writer)
+                writer.rewind(self.step, self._kept_rollout,
+                              before_write=functools.partial(self._check_trace_reaches_checkpoint, writer))
                 if changed:
                     writer.note_resume(self.step, self.cfg.to_dict(), changed)
                     self.log("resumed with other knobs, noted in the trace's meta.json: "
@@ -463,16 +463,17 @@ class RLTrainer:
             self.log(f"trace: {note.message}")
         return writer
 
-    def _check_trace_reaches_checkpoint(self, writer) -> None:
+    def _check_trace_reaches_checkpoint(self, writer, last_step: int, last_rollout) -> None:
         """A resumed trace must hold every update up to the checkpoint's (and the rollout in flight):
-        appending after a trace cut shorter would leave a gap no later record can fill."""
+        appending after a trace cut shorter would leave a gap no later record can fill. Called by the
+        rewind with what the trace would end at, before it changes anything: a refusal keeps the trace."""
         if self.step == 0:  # no checkpoint: the run starts over, and so does its trace
             return
-        short = writer.last_step < self.step
-        lost_rollout = writer.last_rollout != self._kept_rollout
+        short = last_step < self.step
+        lost_rollout = last_rollout != self._kept_rollout
         if short or lost_rollout:
             writer.close()
-            held = f"ends at update {writer.last_step}" if short else \
+            held = f"ends at update {last_step}" if short else \
                 f"does not hold rollout {self._kept_rollout}, which the checkpoint's next updates train on"
             raise runtime.TrainingError(f"{writer.path} {held}, but the checkpoint is at update {self.step}: "
                                         f"restore the trace from a copy, or continue without one: --trace false")

@@ -316,6 +316,27 @@ def test_rewind_drops_later_updates(tmp_path):
     assert not (path / "payloads" / "step_000006.npz").exists()
 
 
+def test_a_rewind_refused_before_writing_changes_nothing(tmp_path):
+    """The trainer refuses a trace that would end short of its checkpoint: asked before the rewind writes,
+    so the lines and payloads it would drop are still there to restore from."""
+    meta, rollouts, steps = build_synthetic(n_steps=6)
+    path = tmp_path / "t"
+    write_synthetic(path, meta, rollouts, steps)
+    before = {p.relative_to(path): p.read_bytes() for p in path.rglob("*") if p.is_file()}
+    seen = []
+
+    def refuse(last_step, last_rollout):
+        seen.append((last_step, last_rollout))
+        raise RuntimeError("short")
+
+    with TraceWriter(path, meta, resume=True) as w:
+        with pytest.raises(RuntimeError, match="short"):
+            w.rewind(3, before_write=refuse)
+        assert w.last_step == 6
+    assert seen == [(3, 1)]
+    assert {p.relative_to(path): p.read_bytes() for p in path.rglob("*") if p.is_file()} == before
+
+
 def test_resume_refuses_another_algo(trace_dir):
     meta, _, _ = build_synthetic(algo="ppo", n_steps=1)
     with pytest.raises(ValueError, match="algo"):

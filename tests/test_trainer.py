@@ -677,14 +677,19 @@ def test_resume_refuses_a_trace_that_does_not_reach_the_checkpoint(sft_model, tm
     from minigrpo.trace import load, validate
 
     out = tmp_path / "run"
-    GRPOTrainer(fast_config(model=sft_model, max_steps=3, save_steps=1), out, log=lambda *_: None).train()
+    one_step_rollouts = dict(buffer_size=8, num_iterations=1)  # rollouts 0, 1, 2: one update each
+    GRPOTrainer(fast_config(model=sft_model, max_steps=3, save_steps=1, **one_step_rollouts), out,
+                log=lambda *_: None).train()
     whole = tmp_path / "whole"
     shutil.copytree(out / "trace", whole)
     steps = (out / "trace" / "steps.jsonl").read_text().splitlines(keepends=True)
     (out / "trace" / "steps.jsonl").write_text(steps[0])
-    more = fast_config(model=sft_model, max_steps=4, save_steps=1)
+    cut = {p.relative_to(out): p.read_bytes() for p in (out / "trace").rglob("*") if p.is_file()}
+    more = fast_config(model=sft_model, max_steps=4, save_steps=1, **one_step_rollouts)
     with pytest.raises(TrainingError, match="ends at update 1, but the checkpoint is at update 3.*--trace false"):
         GRPOTrainer(more, out, resume=True, log=lambda *_: None).train()
+    # refused before the rewind: rollouts 1 and 2 (lines and payloads) are still there to restore from
+    assert {p.relative_to(out): p.read_bytes() for p in (out / "trace").rglob("*") if p.is_file()} == cut
     shutil.rmtree(out / "trace")
     with pytest.raises(TrainingError, match="trace is missing, but the checkpoint at update 3 was traced"):
         GRPOTrainer(more, out, resume=True, log=lambda *_: None).train()

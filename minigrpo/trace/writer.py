@@ -346,12 +346,14 @@ class TraceWriter:
                                   "probes": probes_json, "payload": rel})
         self.last_step = n
 
-    def rewind(self, step: int, rollout: Optional[int] = None) -> None:
+    def rewind(self, step: int, rollout: Optional[int] = None, before_write=None) -> None:
         """Forget every update after ``step`` and every rollout after ``rollout``.
 
         ``rollout`` defaults to the rollout of the last kept update (none kept: all rollouts
         are dropped). For a run resumed from a checkpoint older than the trace's last step.
         The two jsonl files are rewritten atomically; dropped payloads are deleted.
+        ``before_write(last_step, last_rollout)``, called with what the rewound trace would end at
+        before anything changes, may refuse by raising: the trace is then left as it was.
         """
         self._check_open()
         kept_steps, dropped = [], []
@@ -367,14 +369,20 @@ class TraceWriter:
             raise ValueError(f"rewind({step}, rollout={rollout}): kept step {step} trains on rollout "
                              f"{last_kept_rollout}, which would be dropped")
         limit = rollout if rollout is not None else last_kept_rollout
-        kept_rollouts = []
+        kept_rollouts, dropped_rollouts = [], []
         for line in files.complete_lines(os.path.join(self.path, ROLLOUTS_FILE)):
             rec = json.loads(line)
             if limit is not None and rec["rollout"] <= limit:
                 kept_rollouts.append(line)
             else:
                 dropped.append(rec["payload"])
-                self._group_sizes.pop(rec["rollout"], None)
+                dropped_rollouts.append(rec["rollout"])
+        new_last_step = json.loads(kept_steps[-1])["step"] if kept_steps else 0
+        new_last_rollout = json.loads(kept_rollouts[-1])["rollout"] if kept_rollouts else None
+        if before_write is not None:
+            before_write(new_last_step, new_last_rollout)
+        for rollout_id in dropped_rollouts:
+            self._group_sizes.pop(rollout_id, None)
         for name, lines in ((STEPS_FILE, kept_steps), (ROLLOUTS_FILE, kept_rollouts)):
             os.close(self._fds.pop(name))
             files.atomic_write(os.path.join(self.path, name), lambda f, lines=lines: f.write(b"".join(lines)))
@@ -384,8 +392,7 @@ class TraceWriter:
                 os.remove(os.path.join(self.path, rel))
             except FileNotFoundError:
                 pass
-        self.last_step = json.loads(kept_steps[-1])["step"] if kept_steps else 0
-        self.last_rollout = json.loads(kept_rollouts[-1])["rollout"] if kept_rollouts else None
+        self.last_step, self.last_rollout = new_last_step, new_last_rollout
 
     def close(self) -> None:
         if self._closed:
