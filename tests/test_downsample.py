@@ -172,3 +172,41 @@ def test_a_temp_folder_left_by_a_killed_downsample_is_removed(tmp_path):
     live.mkdir()
     downsample(GRPO, tmp_path / "copy", probe_every=50)
     assert not stale.exists() and live.exists() and (tmp_path / "copy").is_dir()
+
+
+def test_a_nan_literal_the_reader_takes_is_copied_as_null(tmp_path):
+    """The reader accepts NaN/Infinity literals; a dropped probe's line was re-encoded as strict JSON: traceback."""
+    import shutil
+
+    src = tmp_path / "src"
+    shutil.copytree(GRPO, src)
+    lines = (src / "steps.jsonl").read_text().splitlines(keepends=True)
+    lines[4] = lines[4].replace('"loss":', '"x": NaN, "y": Infinity, "loss":', 1)
+    (src / "steps.jsonl").write_text("".join(lines))
+    assert validate(src) == []
+    downsample(src, tmp_path / "ds", probe_every=10)
+    step5 = load(tmp_path / "ds").steps[4]
+    assert step5.probes == [] and math.isnan(step5.metrics["x"]) and math.isnan(step5.metrics["y"])
+    assert validate(tmp_path / "ds") == []
+
+
+def test_a_dangling_link_in_the_source_does_not_fail_a_finished_copy(tmp_path):
+    import shutil
+
+    src = tmp_path / "src"
+    shutil.copytree(GRPO, src)
+    (src / "payloads" / "old.npz").symlink_to(tmp_path / "nonexistent")
+    summary = downsample(src, tmp_path / "ds", probe_every=10)
+    assert summary["bytes_after"] > 0 and validate(tmp_path / "ds") == []
+
+
+def test_a_missing_payload_is_one_line_and_no_copy(tmp_path, capsys):
+    import shutil
+
+    src = tmp_path / "src"
+    shutil.copytree(GRPO, src)
+    (src / "payloads" / "rollout_000000.npz").unlink()
+    assert main(["trace", "downsample", str(src), str(tmp_path / "ds"), "--probe-every", "10"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("minigrpo: error:") and "rollout_000000.npz" in err and "\n" not in err
+    assert sorted(os.listdir(tmp_path)) == ["src"]

@@ -28,7 +28,7 @@ import shutil
 import sys
 import warnings
 
-from .encode import dumps_line
+from .encode import dumps_line, jsonable
 from .layout import META_FILE, PAYLOAD_DIR, ROLLOUTS_FILE, STEPS_FILE
 from .reader import TraceWarning, load, read_index, trace_dir
 from .schema import TraceError
@@ -49,8 +49,15 @@ def kept_probe_steps(step_numbers: list[int], probe_every: int, keep_first: int 
 
 
 def trace_bytes(path: str | os.PathLike) -> int:
-    """Bytes of every file under a trace folder."""
-    return sum(os.path.getsize(os.path.join(root, name)) for root, _, names in os.walk(path) for name in names)
+    """Bytes of every file under a trace folder (a link counts as itself: a dangling one or a loop is no error)."""
+    total = 0
+    for root, _, names in os.walk(path):
+        for name in names:
+            try:
+                total += os.lstat(os.path.join(root, name)).st_size
+            except OSError:
+                pass
+    return total
 
 
 def downsample(src: str | os.PathLike, dst: str | os.PathLike, probe_every: int, keep_first: int = 0) -> dict:
@@ -101,16 +108,21 @@ def downsample(src: str | os.PathLike, dst: str | os.PathLike, probe_every: int,
                 else:
                     obj = json.loads(line)
                     obj["probes"], obj["payload"] = [], None
-                    f.write(dumps_line(obj))
+                    f.write(dumps_line(jsonable(obj, f"step {rec.step}")))  # a NaN literal the reader took: null
         for rel in payloads:
-            shutil.copyfile(os.path.join(src, rel), os.path.join(tmp, rel))
+            try:
+                shutil.copyfile(os.path.join(src, rel), os.path.join(tmp, rel))
+            except OSError as exc:
+                raise TraceError(f"{os.path.join(src, rel)}: cannot copy this payload ({exc.strerror or exc}); "
+                                 f"restore the trace's payloads/ from a copy of the whole trace") from None
         load(tmp, lazy=False)  # the copy passes the reader's checks before it gets its name
+        summary = {"steps": len(numbers), "rollouts": len(index.rollouts), "steps_with_probes": len(with_probes),
+                   "probes": probes_kept, "bytes_before": trace_bytes(src), "bytes_after": trace_bytes(tmp)}
         os.replace(tmp, dst)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    return {"steps": len(numbers), "rollouts": len(index.rollouts), "steps_with_probes": len(with_probes),
-            "probes": probes_kept, "bytes_before": trace_bytes(src), "bytes_after": trace_bytes(dst)}
+    return summary
 
 
 def _read(trace: str, name: str) -> bytes:
