@@ -890,3 +890,24 @@ def test_export_csv_writes_through_a_link(tmp_path):
     link.symlink_to(target)
     assert export_csv(load(path), link) == 3
     assert link.is_symlink() and len(target.read_text().splitlines()) == 4
+
+
+def test_a_lost_steps_file_or_lost_first_updates_are_not_a_valid_trace(tmp_path):
+    """A trace whose steps.jsonl was lost read as 0 updates ("trace OK"); one whose first lines were cut too."""
+    import shutil
+
+    from minigrpo.trace import TraceError, validate
+
+    demo = pathlib.Path(__file__).resolve().parents[1] / "traces" / "demo-grpo-syllogism"
+    lost = tmp_path / "lost"
+    shutil.copytree(demo, lost)
+    (lost / "steps.jsonl").unlink()
+    with pytest.raises(TraceError, match="steps.jsonl: is missing .* holds 38 rollouts; restore steps.jsonl"):
+        load(lost)
+    with pytest.raises(TraceError, match="is missing"):
+        validate(lost)  # a structural problem: `trace validate` reports it as one and exits 1
+    cut = tmp_path / "cut"
+    shutil.copytree(demo, cut)
+    lines = (cut / "steps.jsonl").read_text().splitlines(keepends=True)
+    (cut / "steps.jsonl").write_text("".join(lines[49:]))
+    assert any("first recorded update is 50, so updates 1-49" in p for p in validate(cut))

@@ -293,6 +293,9 @@ def read_index(path: str | os.PathLike) -> TraceIndex:
                           FIX_MIDDLE)
         groups = [_parse_group(g, w, f"groups[{i}].") for i, g in enumerate(list_at(d, "groups", w))]
         rollouts[rid] = RolloutRecord(rid, n, groups, payload_at(d, "payload", w))
+    if rollouts and not os.path.isfile(sfile):  # the writer creates both files at once: this one was lost
+        raise TraceError(one_line(f"{sfile}: is missing (or not a readable file), but {ROLLOUTS_FILE} holds "
+                                  f"{len(rollouts)} rollouts; restore {STEPS_FILE} from a copy of the whole trace"))
     steps: list[StepRecord] = []
     for n, d in step_lines:
         w = Where(sfile, n)

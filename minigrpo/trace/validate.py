@@ -72,6 +72,10 @@ def semantic_problems(trace: Trace, index: Optional[TraceIndex] = None) -> list[
 
     for before, s in zip([None] + trace.steps[:-1], trace.steps):
         where = f"{sfile} line {lines.get(s.step, '?')} (step {s.step})"
+        if before is None and s.step != 1:
+            gap = "update 1" if s.step == 2 else f"updates 1-{s.step - 1}"
+            problems.append(f"{where}: field step: the first recorded update is {s.step}, so {gap} of the run are "
+                            f"not in the trace (its first lines were cut?)")
         if before is not None and s.step != before.step + 1:
             gap = f"update {before.step + 1}" if s.step == before.step + 2 else \
                 f"updates {before.step + 1}-{s.step - 1}"
