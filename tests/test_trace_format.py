@@ -911,3 +911,30 @@ def test_a_lost_steps_file_or_lost_first_updates_are_not_a_valid_trace(tmp_path)
     lines = (cut / "steps.jsonl").read_text().splitlines(keepends=True)
     (cut / "steps.jsonl").write_text("".join(lines[49:]))
     assert any("first recorded update is 50, so updates 1-49" in p for p in validate(cut))
+
+
+@pytest.mark.parametrize("key, value", [("epsilon", "0.2x"), ("beta", [0.04]), ("format_weight", "x"),
+                                        ("epsilon_high", 10**400), ("advantage_eps", True)])
+def test_a_config_number_of_the_wrong_type_is_one_line_for_every_reader(tmp_path, key, value, capsys):
+    """meta.config is what the scenes, plots and validate compute with: a string epsilon was a 73-line
+    traceback in the scenes, and a 400-digit epsilon_high an OverflowError in validate and plot."""
+    import json
+    import shutil
+
+    from minigrpo.cli import main
+    from minigrpo.trace import TraceError
+    from scenes.components import data as D
+
+    trace = tmp_path / "t"
+    shutil.copytree(pathlib.Path(__file__).resolve().parents[1] / "traces" / "demo-grpo-syllogism", trace)
+    meta = json.loads((trace / "meta.json").read_text())
+    meta["config"][key] = value
+    (trace / "meta.json").write_text(json.dumps(meta))
+    with pytest.raises(TraceError, match=f"field config.{key}: .* is not a finite number"):
+        load(trace)
+    for argv in (["trace", "validate", str(trace)], ["plot", str(trace), "-o", str(tmp_path / "p")]):
+        assert main(argv) in (1, 2)
+        err = capsys.readouterr().err.strip()
+        assert f"config.{key}" in err and "Traceback" not in err, argv
+    with pytest.raises(D.SceneInputError, match=f"config.{key}"):
+        D.load_trace(str(trace))

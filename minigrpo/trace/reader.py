@@ -211,6 +211,7 @@ def read_meta(path: str | os.PathLike) -> Meta:
     extra = d.get("extra", {})
     if not isinstance(extra, dict):
         raise bad(w, "extra", "an object", extra)
+    _check_config_numbers(d.get("config"), w)
     return Meta(
         format=fmt,
         version=version,
@@ -224,6 +225,28 @@ def read_meta(path: str | os.PathLike) -> Meta:
         created=str_at(d, "created", w),
         extra=extra,
     )
+
+
+# config fields the scenes, plots and validate compute with: each is a finite number (or null) when present
+CONFIG_NUMBERS = ("epsilon", "epsilon_high", "beta", "kl_coef", "advantage_eps", "format_weight", "correctness_weight",
+                  "temperature", "top_p", "learning_rate", "vf_coef", "cliprange_value", "gamma", "lam",
+                  "max_completion_length", "max_prompt_length", "num_generations", "train_size", "eval_size",
+                  "eval_n", "seed", "max_steps")
+
+
+def _check_config_numbers(config: Any, w: Where) -> None:
+    if not isinstance(config, dict):
+        return  # dict_at says what is wrong with it
+    for key in CONFIG_NUMBERS:
+        value = config.get(key)
+        if value is None:
+            continue
+        try:
+            finite = is_num(value) and math.isfinite(float(value))
+        except OverflowError:  # an integer of 400 digits
+            finite = False
+        if not finite:
+            raise w.error(f"config.{key}", f"{value!r} is not a finite number", FIX_DAMAGED)
 
 
 def _parse_group(g: Any, w: Where, prefix: str) -> dict:
