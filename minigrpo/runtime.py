@@ -131,7 +131,7 @@ def raise_as_os_error(exc: BaseException, path: Path) -> None:
         return
     if type(exc).__name__ == "SafetensorError" or (isinstance(exc, RuntimeError) and "write" in str(exc).lower()):
         text = " ".join(f"{type(exc).__name__}: {exc}".split())[:300]
-        raise OSError(errno.EIO, text, str(path)) from None
+        raise OSError(errno.ENOSPC if "No space left" in text else errno.EIO, text, str(path)) from None
 
 
 # --- faults the loop reports ---------------------------------------------------------------------

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import errno
 import functools
 import json
 import math
@@ -143,11 +144,13 @@ class RLTrainer:
             raise runtime.TrainingError(runtime.oom_advice(self.stage, self._stage_step(), cfg, self._kept())) from None
         except BrokenPipeError:  # our output's reader went away (`| head`): main exits quietly
             raise
-        except OSError as exc:  # a full disk while writing the trace or a checkpoint
+        except OSError as exc:  # a full disk (or a folder made read-only) while writing the trace or a checkpoint
+            fix = ("free some space" if exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG) else
+                   "make it writable again" if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS) else
+                   "check the disk and the folder's permissions")
             raise runtime.TrainingError(
                 f"cannot write {exc.filename or self.out} during the {self.stage} of step {self._stage_step()} "
-                f"({exc.strerror or exc}); {self._kept()}; free some space, then run the same command with "
-                f"--resume") from None
+                f"({exc.strerror or exc}); {self._kept()}; {fix}, then run the same command with --resume") from None
         finally:
             self._flush_after_error()
             if writer:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import errno
 import json
+import os
 import warnings
 
 import pytest
@@ -105,6 +106,26 @@ def test_full_disk_while_writing_the_trace_stops_cleanly(sft_model, tmp_path, mo
     monkeypatch.undo()
     GRPOTrainer(t.cfg, tmp_path, resume=True, log=lambda *_: None).train()
     assert [s.step for s in load(tmp_path / "trace", lazy=False).steps] == [1, 2, 3]
+
+
+@pytest.mark.parametrize("code, fix", [(errno.ENOSPC, "free some space"), (errno.EACCES, "make it writable again"),
+                                       (errno.EIO, "check the disk and the folder's permissions")])
+def test_a_failed_write_gets_the_advice_of_its_cause(sft_model, tmp_path, monkeypatch, code, fix):
+    """Every write error said "free some space", a folder made read-only mid-run too."""
+    from minigrpo import files
+
+    real, calls = files.write_all, []
+
+    def write_all(fd, data):
+        calls.append(1)
+        if len(calls) > 1:
+            raise OSError(code, os.strerror(code))
+        real(fd, data)
+
+    monkeypatch.setattr(files, "write_all", write_all)
+    t, _ = trainer(sft_model, tmp_path, max_steps=2)
+    with pytest.raises(TrainingError, match=f"{os.strerror(code)}.*; {fix}, then run the same command with --resume"):
+        t.train()
 
 
 def test_full_disk_while_writing_a_payload_leaves_no_temp_file(sft_model, tmp_path, monkeypatch):
