@@ -372,13 +372,21 @@ def fig_decision_heatmap(plt, trace, base):
     else:
         cmap = LinearSegmentedColormap.from_list("minigrpo", [C.GRID, C.OLD, C.CLIP]).with_extremes(bad=C.BG)
         steps = data["steps"]
-        # one column per step from the first to the last, blank where no decision was probed (a
-        # downsampled trace): imshow spreads its columns evenly, so they must be every step's
-        grid = np.full((len(data["tokens"]), steps[-1] - steps[0] + 1), np.nan)
-        grid[:, np.asarray(steps) - steps[0]] = np.array(data["p_after"], dtype=float)
+        rows, span = len(data["tokens"]), steps[-1] - steps[0] + 1
+        if span <= 4 * len(steps) + 1000:
+            # one column per step from the first to the last, blank where no decision was probed (a
+            # downsampled trace): imshow spreads its columns evenly, so they must be every step's
+            grid = np.full((rows, span), np.nan)
+            grid[:, np.asarray(steps) - steps[0]] = np.array(data["p_after"], dtype=float)
+            extent = (steps[0] - 0.5, steps[-1] + 0.5, rows - 0.5, -0.5)
+        else:  # numbering gaps far wider than the probed steps (a damaged trace): a column per probed step
+            grid = np.array(data["p_after"], dtype=float).reshape(rows, len(steps))
+            extent = (-0.5, len(steps) - 0.5, rows - 0.5, -0.5)
+            ticks = sorted(set(np.linspace(0, len(steps) - 1, min(len(steps), 8)).round().astype(int).tolist()))
+            ax.set_xticks(ticks)
+            ax.set_xticklabels([str(steps[i]) for i in ticks])
         im = ax.imshow(np.ma.masked_invalid(grid), aspect="auto", cmap=cmap, vmin=0.0, vmax=1.0,
-                       interpolation="nearest",
-                       extent=(steps[0] - 0.5, steps[-1] + 0.5, len(data["tokens"]) - 0.5, -0.5))
+                       interpolation="nearest", extent=extent)
         ax.set_yticks(range(len(data["tokens"])))
         ax.set_yticklabels([readable(t) for t in data["tokens"]], fontfamily=C.MONO, fontsize=16, color=C.FG)
         ax.grid(False)

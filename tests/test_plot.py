@@ -281,6 +281,35 @@ def test_decision_heatmap_columns_sit_at_their_steps_when_steps_are_missing(tmp_
     assert np.isnan(grid[:, steps[1] - steps[0] - 1]).all()  # a step without a probed decision is blank
 
 
+def test_a_huge_gap_in_step_numbers_draws_a_column_per_probed_step(tmp_path):
+    """A last step numbered 2**63 - 1 (the reader takes it; validate reports the gap) made the heatmap
+    allocate a column per number in between: "array is too big"."""
+    import json
+    import shutil
+
+    from minigrpo.plot import STYLE, decision_heatmap, fig_decision_heatmap, pyplot
+    from minigrpo.trace import load
+
+    trace_dir = tmp_path / "t"
+    shutil.copytree(DEMO_GRPO, trace_dir)
+    lines = (trace_dir / "steps.jsonl").read_text().splitlines()
+    last = json.loads(lines[-1])
+    last["step"] = 2**63 - 1
+    lines[-1] = json.dumps(last)
+    (trace_dir / "steps.jsonl").write_text("\n".join(lines) + "\n")
+    trace = load(trace_dir)
+    data = decision_heatmap(trace)
+    assert data["steps"][-1] == 2**63 - 1
+    plt = pyplot()
+    with plt.rc_context(STYLE):
+        fig, _ = fig_decision_heatmap(plt, trace, None)
+    grid = np.ma.filled(fig.axes[0].images[0].get_array(), np.nan)
+    labels = [t.get_text() for t in fig.axes[0].get_xticklabels()]
+    plt.close(fig)
+    assert grid.shape[1] == len(data["steps"]) and labels[-1] == str(2**63 - 1)
+    np.testing.assert_allclose(grid, np.array(data["p_after"], float))
+
+
 def test_a_dollar_token_is_text_and_ppos_kl_names_its_coefficient():
     import io
 
