@@ -24,6 +24,8 @@ if _ROOT not in sys.path:
 if os.path.join(_ROOT, "scenes", "components") not in sys.path:
     sys.path.append(os.path.join(_ROOT, "scenes", "components"))
 
+import math  # noqa: E402
+
 import numpy as np  # noqa: E402
 from manim import DOWN, UP, FadeIn, GrowFromEdge, LaggedStart, Line, Rectangle, Scene, VGroup  # noqa: E402
 
@@ -78,26 +80,27 @@ class KLPenalty(Scene):
         self.play(FadeIn(f), run_time=0.8)
 
         # -- one completion, KL per token ---------------------------------------------------
-        top = int(np.nanargmax(kl)) if kl.size else 0
+        top = int(np.nanargmax(kl)) if np.isfinite(kl).any() else 0  # an all-NaN probe (n/a) has no top
         strip = TokenStrip(pr.tokens, kl, highlight=top, mode="magnitude", max_width=13.0, max_rows=1,
                            max_tokens=14, font_size=P.SMALL)
         strip.move_to([0, -0.2, 0])
         base_y = strip.get_top()[1] + 0.12
-        kmax = float(np.nanmax(kl[strip.shown])) if strip.shown else 1.0
+        shown_finite = [float(kl[i]) for i in strip.shown if np.isfinite(kl[i])]
+        kmax = max(shown_finite, default=1.0)
         kmax = kmax if kmax > 0 else 1.0
         H = 1.55
         bars, vals = VGroup(), VGroup()
         self.bar_data = []
         for i in strip.shown:
             cell = strip.cell(i)
-            h = max(float(kl[i]) / kmax * H, 0.0)
+            h = max(float(kl[i]) / kmax * H, 0.0) if np.isfinite(kl[i]) else 0.0  # n/a: no bar
             b = Rectangle(width=min(max(cell.width * 0.7, 0.12), 0.4), height=max(h, 0.001), stroke_width=0)
             b.set_fill(P.CLIP if i == top else P.REF, 0.9)
             b.move_to([cell.get_x(), base_y + h / 2, 0])
             bars.add(b)
             self.bar_data.append((i, float(kl[i]), h / H * kmax))
         labelled = []
-        for i in sorted(strip.shown, key=lambda j: -kl[j]):
+        for i in sorted(strip.shown, key=lambda j: -kl[j] if np.isfinite(kl[j]) else np.inf):
             b = bars[strip.shown.index(i)]
             if len(labelled) == 3 or any(abs(b.get_x() - x) < 1.0 for x in labelled):
                 continue
@@ -107,7 +110,8 @@ class KLPenalty(Scene):
         baseline = Line([strip.get_left()[0], base_y, 0], [strip.get_right()[0], base_y, 0], color=P.MUTED,
                         stroke_width=2)
         cap = label(f"step {st.step}, probe {pi}: completion {pr.index} of group {pr.group}"
-                    f" · mean KL {fmt_kl(float(np.nanmean(kl)))}", P.SMALL, P.MUTED, max_width=13)
+                    f" · mean KL {fmt_kl(float(np.nanmean(kl)) if np.isfinite(kl).any() else math.nan)}",
+                    P.SMALL, P.MUTED, max_width=13)
         cap.next_to(strip, DOWN, buff=0.2)
         self.play(FadeIn(strip), FadeIn(baseline), FadeIn(cap), run_time=0.8)
         self.play(LaggedStart(*[GrowFromEdge(b, DOWN) for b in bars], lag_ratio=0.08), run_time=1.6)

@@ -251,6 +251,24 @@ def test_kl_penalty_bars_are_probe_kl(traces, media, scene_env):
     assert scene.shown["beta"] == tr.meta.config["beta"]
 
 
+def test_kl_penalty_draws_an_all_nan_probe_as_na(tmp_path, media, scene_env):
+    """The reader takes NaN probe arrays (n/a); an all-NaN kl was "All-NaN slice encountered" here."""
+    import shutil
+
+    from scenes.kl_penalty import KLPenalty
+
+    trace = tmp_path / "t"
+    shutil.copytree(ROOT / "traces" / "demo-grpo-syllogism", trace)
+    payload = trace / "payloads" / "step_000003.npz"
+    arrays = dict(np.load(payload))
+    arrays["p0.kl"] = np.full_like(arrays["p0.kl"], np.nan)
+    np.savez_compressed(payload, **arrays)
+    scene_env(MINIGRPO_TRACE=trace, MINIGRPO_STEPS=3, MINIGRPO_PROBE=0)
+    scene = construct(KLPenalty, media)
+    assert scene.shown["probe_index"] == 0 and np.isnan(scene.shown["kl"]).all()
+    assert all(drawn == 0.0 for _, _, drawn in scene.bar_data)
+
+
 def test_training_overview_curves_are_metrics(traces, media, scene_env):
     from scenes.training_overview import METRICS, TrainingOverview
 
