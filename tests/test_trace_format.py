@@ -8,6 +8,7 @@ import math
 import os
 import pathlib
 import pickle
+import re
 import signal
 import subprocess
 import sys
@@ -938,3 +939,20 @@ def test_a_config_number_of_the_wrong_type_is_one_line_for_every_reader(tmp_path
         assert f"config.{key}" in err and "Traceback" not in err, argv
     with pytest.raises(D.SceneInputError, match=f"config.{key}"):
         D.load_trace(str(trace))
+
+
+def test_an_unreadable_payload_is_named_for_what_it_is(tmp_path):
+    """A link loop or a dangling link was "missing"; garbage quoted numpy's advice to load it unsafely."""
+    from minigrpo.trace.fields import Where
+    from minigrpo.trace.npz import Npz
+
+    (tmp_path / "loop.npz").symlink_to(tmp_path / "loop.npz")
+    (tmp_path / "dangling.npz").symlink_to(tmp_path / "nothing")
+    (tmp_path / "garbage.npz").write_bytes(b"not an archive" * 8)
+    where = Where(str(tmp_path / "steps.jsonl"), 1)
+    for rel, needle in (("loop.npz", "cannot be reached (Too many levels of symbolic links)"),
+                        ("dangling.npz", "is a link to nothing"), ("missing.npz", "is missing"),
+                        ("garbage.npz", "not an archive of plain arrays")):
+        with pytest.raises(TraceError, match=re.escape(needle)) as err:
+            Npz(str(tmp_path), rel, where, "payload")
+        assert "allow_pickle" not in str(err.value) and "\n" not in str(err.value)

@@ -5,6 +5,7 @@ no array larger than a trace array can be, each key of the dtype the format give
 from __future__ import annotations
 
 import os
+import stat
 
 import numpy as np
 
@@ -27,10 +28,16 @@ def inside(file: str) -> None:
 
 
 def payload_problem(full: str) -> str | None:
-    """Why a payload file cannot be opened ("is missing", "is not a file"), or None."""
-    if os.path.isfile(full):
-        return None
-    return "is not a file" if os.path.exists(full) else "is missing"
+    """Why a payload file cannot be opened ("is missing", "is not a file", ...), or None."""
+    try:
+        mode = os.stat(full).st_mode
+    except FileNotFoundError:
+        return "is missing" if not os.path.islink(full) else "is a link to nothing"
+    except PermissionError:
+        return "cannot be reached (no permission on its folder)"
+    except OSError as exc:  # a symlink loop, a name too long, ...
+        return f"cannot be reached ({exc.strerror or exc})"
+    return None if stat.S_ISREG(mode) else "is not a file"
 
 
 class Npz:
@@ -44,6 +51,12 @@ class Npz:
         inside(full)
         try:
             npz = np.load(full, allow_pickle=False)
+        except PermissionError:
+            raise TraceError(one_line(f"{full}: cannot be read (no permission); give your user read access to the "
+                                      f"trace's files")) from None
+        except ValueError as e:  # numpy: "... contains pickled data ...", or not an array file at all
+            why = "not an archive of plain arrays" if "pickle" in str(e) else str(e).split(".")[0]
+            raise TraceError(one_line(f"{full}: cannot be read as an npz archive ({why}); {FIX_DAMAGED}")) from None
         except Exception as e:  # noqa: BLE001 - any unreadable payload is one TraceError
             raise TraceError(one_line(f"{full}: cannot be read as an npz archive ({type(e).__name__}: {e}); "
                                       f"{FIX_DAMAGED}"))
