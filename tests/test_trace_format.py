@@ -956,3 +956,29 @@ def test_an_unreadable_payload_is_named_for_what_it_is(tmp_path):
         with pytest.raises(TraceError, match=re.escape(needle)) as err:
             Npz(str(tmp_path), rel, where, "payload")
         assert "allow_pickle" not in str(err.value) and "\n" not in str(err.value)
+
+
+def test_validate_flags_another_algo_rollouts_out_of_order_and_negative_counts(tmp_path):
+    import json
+    import shutil
+
+    from minigrpo.trace import validate
+
+    trace = tmp_path / "t"
+    shutil.copytree(pathlib.Path(__file__).resolve().parents[1] / "traces" / "demo-grpo-syllogism", trace)
+    assert validate(trace) == []
+    meta = json.loads((trace / "meta.json").read_text())
+    meta["algo"] = "dpo"
+    (trace / "meta.json").write_text(json.dumps(meta))
+    rollouts = (trace / "rollouts.jsonl").read_text().splitlines(keepends=True)
+    rollouts[0], rollouts[1] = rollouts[1], rollouts[0]
+    (trace / "rollouts.jsonl").write_text("".join(rollouts))
+    steps = (trace / "steps.jsonl").read_text().splitlines(keepends=True)
+    first = json.loads(steps[0])
+    first["metrics"]["num_tokens"] = -5
+    steps[0] = json.dumps(first) + "\n"
+    (trace / "steps.jsonl").write_text("".join(steps))
+    problems = "\n".join(validate(trace))
+    assert "field algo: 'dpo'" in problems
+    assert "(rollout 0): field rollout: follows rollout 1" in problems
+    assert "(step 1): field metrics.num_tokens: -5.0 is negative" in problems

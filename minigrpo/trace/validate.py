@@ -59,6 +59,21 @@ def semantic_problems(trace: Trace, index: Optional[TraceIndex] = None) -> list[
         eps_high = eps_low
     have_eps = all(isinstance(e, (int, float)) and not isinstance(e, bool) for e in (eps_low, eps_high))
 
+    if trace.meta.algo not in ("grpo", "ppo"):
+        problems.append(f"{os.path.join(trace.path, 'meta.json')}: field algo: {trace.meta.algo!r} is neither "
+                        f"'grpo' nor 'ppo'")
+    in_file_order = sorted(rlines, key=rlines.get)
+    for before, rid in zip(in_file_order, in_file_order[1:]):
+        if rid < before:
+            problems.append(f"{rfile} line {rlines[rid]} (rollout {rid}): field rollout: follows rollout {before}; "
+                            f"rollout ids increase down the file")
+    for s in trace.steps:
+        for key in ("num_tokens", "completion_length"):
+            value = s.metrics.get(key)
+            if isinstance(value, (int, float)) and value < 0:
+                problems.append(f"{sfile} line {lines.get(s.step, '?')} (step {s.step}): field metrics.{key}: "
+                                f"{value} is negative")
+
     for rid, groups in trace.rollouts.items():
         where = f"{rfile} line {rlines.get(rid, '?')} (rollout {rid})"
         for gi, g in enumerate(groups):
