@@ -663,3 +663,25 @@ def test_compact_numbers_keep_two_significant_digits():
 
     assert [fmt_value(v) for v in (24358, 13432, -24358, 0.0031, 0.5, 12.34, 123.4, 0)] == \
         ["2.4e4", "1.3e4", "-2.4e4", "3.1e-3", "0.5", "12.3", "123", "0"]
+
+
+def test_a_torn_line_is_said_once_by_a_scene(tmp_path, media, scene_env, capsys):
+    """The scenes printed the torn-line warning twice, the second time as a raw Python warning."""
+    import shutil
+    import warnings
+
+    from scenes.ppo_logits import PPOLogits
+
+    trace = tmp_path / "t"
+    shutil.copytree(ROOT / "traces" / "demo-grpo-syllogism", trace)
+    with open(trace / "steps.jsonl", "ab") as f:
+        f.write(b'{"step": 61, "rollo')
+    scene_env(MINIGRPO_TRACE=trace)
+    from minigrpo.trace.reader import TraceWarning
+
+    with warnings.catch_warnings(record=True) as raw:
+        warnings.simplefilter("always")
+        construct(PPOLogits, media)
+    err = capsys.readouterr().err
+    assert err.count("dropped a torn last line") == 1, err  # the load's one line
+    assert not [w for w in raw if issubclass(w.category, TraceWarning)]  # and no raw Python warning after it

@@ -129,9 +129,7 @@ def load_trace(path: str | os.PathLike, steps: tuple[Optional[int], Optional[int
     sel = [s for s in all_steps if (lo is None or s.step >= lo) and (hi is None or s.step < hi)]
     if not sel:
         try:
-            from minigrpo.trace import read_index
-
-            held = [r.step for r in read_index(str(p)).steps]
+            held = [r.step for r in _index_again(p).steps]
         except Exception:
             held = [s.step for s in all_steps]
         if not held:
@@ -144,6 +142,18 @@ def load_trace(path: str | os.PathLike, steps: tuple[Optional[int], Optional[int
     return trace
 
 
+def _index_again(path):
+    """The trace's records read a second time, its warnings (a torn last line) already said by the load."""
+    import warnings
+
+    from minigrpo.trace import read_index
+    from minigrpo.trace.reader import TraceWarning
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", TraceWarning)
+        return read_index(str(path))
+
+
 def opens_its_rollout(trace, step) -> bool:
     """Whether ``step`` is the first update trained on its rollout, where π_θ = π_old (ρ = 1 up to the
     rounding of two forward passes, not bit for bit), by the whole trace's step list, so a
@@ -151,9 +161,7 @@ def opens_its_rollout(trace, step) -> bool:
     first = getattr(trace, "_rollout_first_step", None)
     if first is None:
         try:
-            from minigrpo.trace import read_index
-
-            records = read_index(str(trace.path)).steps
+            records = _index_again(trace.path).steps
         except Exception:  # noqa: BLE001 - the loaded steps then stand for the trace
             records = trace.steps
         first = {}
