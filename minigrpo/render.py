@@ -111,9 +111,10 @@ def with_probes(names: list[str], trace: Path, log: Callable[[str], None]) -> li
     from .trace import TraceError, read_index, trace_dir
 
     try:
-        if any(rec.probes for rec in read_index(trace_dir(trace)).steps):
-            return names
+        steps = read_index(trace_dir(trace)).steps
     except (TraceError, OSError):
+        return names
+    if not steps or any(rec.probes for rec in steps):  # no update yet: the scenes say so themselves
         return names
     for name in names:
         if name in NEEDS_PROBES:

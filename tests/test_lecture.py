@@ -319,3 +319,8 @@ def test_a_trace_without_probes_leaves_out_the_scenes_that_replay_them(tmp_path)
     assert len(said) == len(NEEDS_PROBES) and all("--probe-completions 0" in line for line in said)
     assert L.choose_scenes(None, "grpo", True, said.append, Path(probed)) == list(L.CHAPTERS)
     assert with_probes(["ppo_logits", "grpo_advantage"], Path(bare), said.append) == ["grpo_advantage"]
+    empty = tmp_path / "empty"  # no update recorded yet: not "trained with --probe-completions 0"
+    write_synthetic(empty, meta, [], [])
+    said.clear()
+    assert with_probes(["ppo_logits", "grpo_advantage"], Path(empty), said.append) == ["ppo_logits", "grpo_advantage"]
+    assert said == []
