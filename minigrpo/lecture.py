@@ -405,7 +405,8 @@ def build_lecture(trace: Optional[str] = None, ppo_trace: Optional[str] = None, 
     if bad:
         for j in bad:
             why = _log_tail(j.log) if j.state == "failed" else "not started (an earlier scene failed)"
-            log(f"minigrpo: scene {j.scene} {j.state if j.state == 'failed' else 'skipped'}: {why} (log: {j.log})")
+            where = f" (log: {j.log})" if j.log.exists() else ""
+            log(f"minigrpo: scene {j.scene} {j.state if j.state == 'failed' else 'skipped'}: {why}{where}")
         log("minigrpo: lecture not written (the previous lecture.mp4, if any, is untouched); "
             "fix the scene or leave it out with --scenes")
         return 1
