@@ -14,6 +14,7 @@ answer scores 0 and the next request starts a new worker.
 
 from __future__ import annotations
 
+import atexit
 import json
 import os
 import select
@@ -110,6 +111,7 @@ class Scorer:
 
 
 SCORER = Scorer()
+atexit.register(SCORER.stop)  # the worker ends with its process, and no unclosed pipe is left to warn about
 
 
 def serve() -> None:
