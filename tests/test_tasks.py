@@ -481,3 +481,18 @@ def test_sft_teaches_each_composite_item_as_its_own_task():
         assert target == sft_target(item, "syllogism") and "Solve step by step" not in target
     with pytest.raises(TaskError, match="no SFT target for task 'boxnet'"):
         sft_items(load_split("composite", "train", 5, seed=0, datasets=[{"name": "boxnet"}]), cfg)
+
+
+def test_the_scoring_worker_ends_with_its_process():
+    """A process that scored through the worker left it running at exit, with ResourceWarnings about it."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    code = ("from minigrpo.tasks import RewardConfig, load_split, score_completion\n"
+            "t = load_split('countdown', 'train', 1, seed=0)\n"
+            "score_completion('<think>x</think><answer>1+1</answer>', t.items[0], t, RewardConfig())\n")
+    done = subprocess.run([sys.executable, "-W", "always", "-c", code], capture_output=True, text=True, timeout=120,
+                          cwd=Path(__file__).resolve().parents[1])
+    assert done.returncode == 0, done.stderr
+    assert "ResourceWarning" not in done.stderr, done.stderr
