@@ -96,6 +96,7 @@ class PPOLogits(Scene):
                               band_text="")
         self.band.shift(np.array([4.55, -0.95, 0]) - self.band.axis.get_center())
         self.band.rho.set_value(float(shot.probe.ratio[shot.position.pos]))
+        self.band.update()  # drawn at this ρ before it fades in (an animation must not see its glyphs change)
         self.band_caption = self._status(shot, after=False)
         steps = trace.step_numbers
         self.curve = MetricCurve(steps, trace.metric("reward"), "reward", color=P.NEW, width=3.9, height=0.6,

@@ -685,3 +685,21 @@ def test_a_torn_line_is_said_once_by_a_scene(tmp_path, media, scene_env, capsys)
     err = capsys.readouterr().err
     assert err.count("dropped a torn last line") == 1, err  # the load's one line
     assert not [w for w in raw if issubclass(w.category, TraceWarning)]  # and no raw Python warning after it
+
+
+def test_ppo_logits_replays_a_trace_whose_probe_numbers_are_all_nan(tmp_path, media, scene_env):
+    """Every float of every probe NaN (n/a to the reader): the ρ readout's glyphs changed in the middle of
+    its FadeIn ("zip() argument 2 is shorter than argument 1")."""
+    import shutil
+
+    from scenes.ppo_logits import PPOLogits
+
+    trace = tmp_path / "t"
+    shutil.copytree(ROOT / "traces" / "demo-grpo-syllogism", trace)
+    for payload in (trace / "payloads").glob("step_*.npz"):
+        arrays = dict(np.load(payload))
+        arrays.update({k: np.full_like(v, np.nan) for k, v in arrays.items()
+                       if k.startswith("p") and v.dtype.kind == "f"})
+        np.savez_compressed(payload, **arrays)
+    scene_env(MINIGRPO_TRACE=trace)
+    construct(PPOLogits, media)

@@ -139,7 +139,8 @@ class RatioBand(VGroup):
         self.arrow = Triangle(color=P.CLIP, fill_opacity=1, stroke_width=0).scale(0.12).rotate(-np.pi / 2)
         self._arrow_right = True
         self.arrow.set_opacity(0)
-        self.readout = Readout(rho, fmt=lambda v: f"{symbol} = {v:.3f}", font_size=font_size + 4)
+        self.readout = Readout(rho, fmt=lambda v: f"{symbol} = {v:.3f}" if np.isfinite(v) else f"{symbol} = n/a",
+                               font_size=font_size + 4)
         self.tag = Text("clipped", font=P.FONT, font_size=font_size, color=P.CLIP, weight="BOLD")
         self.tag.set_opacity(0)
         # a ring left behind at an earlier ratio (e.g. the ρ the loss used)
@@ -177,9 +178,13 @@ class RatioBand(VGroup):
 
     def _sync(self):
         v = float(self.rho.get_value())
-        p = self.point_of(v)
+        known = bool(np.isfinite(v))  # a probe's ratio may be NaN (n/a): no dot, no arrow, "n/a"
+        p = self.point_of(v if known else 1.0)
         self.dot.move_to(p)
-        out = v < self.lo or v > self.hi
+        if known != getattr(self, "_dot_shown", True):  # only on a change: a FadeIn owns the opacity meanwhile
+            self.dot.set_opacity(1 if known else 0)
+            self._dot_shown = known
+        out = known and (v < self.lo or v > self.hi)
         if out:
             right = v > self.hi
             if right != self._arrow_right:
