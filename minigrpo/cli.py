@@ -77,11 +77,7 @@ def _model_eval_defaults(model: str | None) -> dict:
     runs = training_runs(model) if model else []
     if not runs:
         return {}
-    recorded = {key: runs[0][key] for key in MODEL_EVAL_DEFAULTS if key in runs[0]}
-    print(f"minigrpo: note: eval takes the task, lengths and reward weights of {model}/train_config.json "
-          f"({recorded.get('task')}, max_completion_length {recorded.get('max_completion_length')}); flags, "
-          f"--preset or --config set others", file=sys.stderr)
-    return recorded
+    return {key: runs[0][key] for key in MODEL_EVAL_DEFAULTS if key in runs[0]}
 
 
 class _Parser(argparse.ArgumentParser):
