@@ -59,7 +59,10 @@ def _config_from_args(args: argparse.Namespace, command: str) -> TrainConfig:
     if steps_given:  # counted steps replace the epochs of a preset or a config file
         overrides["sft_epochs"] = 0
     if command == "eval" and args.preset is None and args.config is None:
-        overrides = {**_model_eval_defaults(overrides.get("model")), **overrides}
+        recorded = _model_eval_defaults(overrides.get("model"))
+        if overrides.get("task", recorded.get("task")) != recorded.get("task"):
+            recorded.pop("task_kwargs", None)  # another task's knobs
+        overrides = {**recorded, **overrides}
     return build_config(args.preset, args.config, overrides)
 
 

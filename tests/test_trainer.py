@@ -97,6 +97,15 @@ def test_eval_scores_a_model_as_its_own_run_did(sft_model, tmp_path, monkeypatch
     assert recorded["max_completion_length"] != 300  # the default it replaces
     assert main(["eval", "--model", sft_model, "--n", "2", "--max-completion-length", "30", "--json"]) == 0
     assert seen[-1].max_completion_length == 30  # a flag wins
+    import shutil
+
+    knobbed = tmp_path / "knobbed"
+    shutil.copytree(sft_model, knobbed)
+    (knobbed / "train_config.json").write_text(json.dumps({**recorded, "task_kwargs": {"allow_some": False}}))
+    assert main(["eval", "--model", str(knobbed), "--n", "2", "--json"]) == 0
+    assert seen[-1].task_kwargs == {"allow_some": False}
+    assert main(["eval", "--model", str(knobbed), "--n", "2", "--task", "propositional_logic", "--json"]) == 0
+    assert seen[-1].task == "propositional_logic" and seen[-1].task_kwargs == {}  # not syllogism's knobs
     assert main(["eval", "--model", sft_model, "--n", "2", "--preset", "smollm2-135m", "--json"]) == 0
     assert seen[-1].max_completion_length == 300  # a preset says what to use
 
