@@ -234,7 +234,7 @@ def _run(args: argparse.Namespace) -> int:
         _check_out(out, cfg.model, args.command, resume=getattr(args, "resume", False))
     if args.command == "eval":
         from .evaluate import evaluate
-        from .heldout import trained_questions
+        from .heldout import trained_before
         from .models import load_model
         from .runtime import pick_device, pick_dtype
         from .tasks import load_train_eval
@@ -242,7 +242,7 @@ def _run(args: argparse.Namespace) -> int:
         device = pick_device(cfg.device)
         model, tokenizer = load_model(cfg.model, device=device, dtype=pick_dtype(cfg.dtype, device))
         _, eval_data = load_train_eval(cfg.task, cfg.train_size, args.n, cfg.seed,
-                                       also_exclude=trained_questions(cfg.task, cfg.model), **cfg.task_kwargs)
+                                       also_exclude=trained_before(cfg), **cfg.task_kwargs)
         result = evaluate(model, tokenizer, eval_data, cfg, n=args.n)
         result.update(task=cfg.task, model=cfg.model)
         if args.json:

@@ -47,8 +47,10 @@ def training_runs(model: str) -> list[dict[str, Any]]:
     return runs
 
 
-def trained_questions(task: str, model: str) -> set[str]:
-    """Every train question of ``task`` that the runs up ``model``'s chain trained on."""
+def trained_questions(task: str, model: str, own: tuple | None = None) -> set[str]:
+    """Every train question of ``task`` that the runs up ``model``'s chain trained on. ``own`` is the caller's
+    own (train_size, seed, task_kwargs): a run whose split is a prefix of that one (the same seed and knobs,
+    no more items; SFT then RL with one preset) adds nothing and is not generated again."""
     questions: set[str] = set()
     for config in training_runs(model):
         if config.get("task") != task:
@@ -60,5 +62,12 @@ def trained_questions(task: str, model: str) -> set[str]:
             raise TaskError(f"a train_config.json up the chain of {model} lacks a valid train_size, seed or "
                             f"task_kwargs; restore it, or delete it to evaluate without leaving those items out"
                             ) from None
+        if own is not None and (seed, knobs) == (own[1], dict(own[2] or {})) and size <= own[0]:
+            continue  # item i of a split is drawn from Random(seed + i): a prefix of the caller's own split
         questions.update(load_split(task, "train", size, seed, **knobs).questions())
     return questions
+
+
+def trained_before(cfg) -> set[str]:
+    """What the model a run (or an eval) with config ``cfg`` starts from trained on, beyond ``cfg``'s own split."""
+    return trained_questions(cfg.task, cfg.model, (cfg.train_size, cfg.seed, cfg.task_kwargs))

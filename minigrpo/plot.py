@@ -88,9 +88,10 @@ def recompute_majority(meta) -> Optional[float]:
         from .heldout import trained_questions
         from .tasks import TaskData, load_train_eval
 
-        _, evaluation = load_train_eval(cfg["task"], int(cfg["train_size"]), int(cfg["eval_size"]), int(cfg["seed"]),
-                                        also_exclude=trained_questions(cfg["task"], cfg["model"]),
-                                        **(cfg.get("task_kwargs") or {}))
+        size, seed, knobs = int(cfg["train_size"]), int(cfg["seed"]), cfg.get("task_kwargs") or {}
+        _, evaluation = load_train_eval(cfg["task"], size, int(cfg["eval_size"]), seed,
+                                        also_exclude=trained_questions(cfg["task"], cfg["model"], (size, seed, knobs)),
+                                        **knobs)
         n = min(int(cfg.get("eval_n") or len(evaluation)), len(evaluation))
         items = TaskData(evaluation.name, [evaluation[i] for i in range(n)], evaluation.dataset)
         return _finite(items.majority_baseline(bool(cfg.get("penalize_premise_copy", True))))

@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from . import optim, runtime
 from .config import ConfigError
 from .evaluate import evaluate
-from .heldout import trained_questions
+from .heldout import trained_before
 from .models import load_model
 from .sft_targets import sft_target, task_corpus
 from .tasks import RewardConfig, TaskError, build_prompt, load_train_eval, score_completion
@@ -114,7 +114,7 @@ def run_sft(cfg, out_dir: str | Path, log=print) -> dict:
     device = runtime.pick_device(cfg.device)
     dtype = runtime.pick_dtype(cfg.dtype, device)
     train, eval_data = load_train_eval(cfg.task, cfg.train_size, cfg.eval_size, cfg.seed,
-                                       also_exclude=trained_questions(cfg.task, cfg.model), **cfg.task_kwargs)
+                                       also_exclude=trained_before(cfg), **cfg.task_kwargs)
     items = sft_items(train, cfg)
     first_new = None  # the outermost folder this run creates, removed again if it fails
     for folder in (out, *out.parents):

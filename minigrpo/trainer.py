@@ -36,7 +36,7 @@ from .evaluate import evaluate
 from .experience import Experience, collect, sample_items, trace_groups
 from .models import load_model
 from .probes import ProbeRecorder
-from .heldout import trained_questions
+from .heldout import trained_before
 from .tasks import build_prompt, load_train_eval
 from .trace.reader import read_meta
 from .trace.schema import Step, TraceError
@@ -58,7 +58,7 @@ class RLTrainer:
             self.log = log = lambda *_: None
         self.dtype = runtime.pick_dtype(cfg.dtype, self.device)
         self.train_data, self.eval_data = load_train_eval(cfg.task, cfg.train_size, cfg.eval_size, cfg.seed,
-                                                          also_exclude=trained_questions(cfg.task, cfg.model),
+                                                          also_exclude=trained_before(cfg),
                                                           **cfg.task_kwargs)
         self._ckpt = checkpoint.checkpoint_dir(self.out) if resume else None
         self.policy, self.tokenizer = load_model(str(self._ckpt or cfg.model), device=self.device, dtype=self.dtype)

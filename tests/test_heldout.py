@@ -91,3 +91,19 @@ def test_cli_eval_leaves_out_the_models_training_items(sft_model, tmp_path, monk
     trained = _train_questions(2000, 0, "propositional_logic")
     assert len(seen["questions"]) == 300
     assert not seen["questions"] & trained
+
+
+def test_a_run_whose_split_is_a_prefix_of_the_callers_adds_nothing(tmp_path, monkeypatch):
+    """SFT then RL with one preset: the SFT split is the RL run's own; it is not generated a second time."""
+    import minigrpo.heldout as heldout
+
+    sft = _model_folder(tmp_path / "sft", task="syllogism", train_size=30, seed=0, task_kwargs={}, model="tiny")
+    calls = []
+    real = heldout.load_split
+    monkeypatch.setattr(heldout, "load_split", lambda *a, **k: calls.append(a) or real(*a, **k))
+    assert trained_questions("syllogism", sft, own=(30, 0, {})) == set()
+    assert trained_questions("syllogism", sft, own=(50, 0, {})) == set()
+    assert calls == []
+    assert trained_questions("syllogism", sft, own=(20, 0, {})) == _train_questions(30, 0)  # more than own
+    assert trained_questions("syllogism", sft, own=(30, 1, {})) == _train_questions(30, 0)  # another seed
+    assert len(calls) == 2
