@@ -9,8 +9,9 @@ and collects the train questions of every run on it for the same task, so that a
 eval``, or a run's own evaluation) can leave them out.
 
 The chain ends at a model that is not a folder with ``train_config.json`` (a hub id, the embedded
-``tiny``, a folder minigrpo did not write) or that can no longer be found (a relative path is read from
-the current folder, as the run that recorded it read it).
+``tiny``, a folder minigrpo did not write, whose ``train_config.json`` lacks task, train_size and
+seed) or that can no longer be found (a relative path is read from the current folder, as the run
+that recorded it read it).
 """
 
 from __future__ import annotations
@@ -39,9 +40,8 @@ def training_runs(model: str) -> list[dict[str, Any]]:
         except (OSError, UnicodeDecodeError, ValueError) as exc:
             raise TaskError(f"{file} cannot be read ({exc}); it records what the model in {spec} was trained on: "
                             f"restore it, or delete it to evaluate without leaving those items out") from None
-        if not isinstance(config, dict):
-            raise TaskError(f"{file} is not a JSON object of config fields; restore it, or delete it to evaluate "
-                            f"without leaving the model's training items out")
+        if not isinstance(config, dict) or not {"task", "train_size", "seed"} <= set(config):
+            break  # another tool's train_config.json: not a record of a minigrpo run
         runs.append(config)
         spec = config.get("model")
     return runs
@@ -49,8 +49,8 @@ def training_runs(model: str) -> list[dict[str, Any]]:
 
 def trained_questions(task: str, model: str, own: tuple | None = None) -> set[str]:
     """Every train question of ``task`` that the runs up ``model``'s chain trained on. ``own`` is the caller's
-    own (train_size, seed, task_kwargs): a run whose split is a prefix of that one (the same seed and knobs,
-    no more items; SFT then RL with one preset) adds nothing and is not generated again."""
+    own (train_size, seed, task_kwargs): a run with exactly that split adds nothing and is not generated again
+    (a smaller one is not always a prefix: reasoning-gym's acre draws another set at another size)."""
     questions: set[str] = set()
     for config in training_runs(model):
         if config.get("task") != task:
@@ -62,8 +62,8 @@ def trained_questions(task: str, model: str, own: tuple | None = None) -> set[st
             raise TaskError(f"a train_config.json up the chain of {model} lacks a valid train_size, seed or "
                             f"task_kwargs; restore it, or delete it to evaluate without leaving those items out"
                             ) from None
-        if own is not None and (seed, knobs) == (own[1], dict(own[2] or {})) and size <= own[0]:
-            continue  # item i of a split is drawn from Random(seed + i): a prefix of the caller's own split
+        if own is not None and (size, seed, knobs) == (own[0], own[1], dict(own[2] or {})):
+            continue  # the caller's own split (SFT then RL on one preset), which it leaves out already
         questions.update(load_split(task, "train", size, seed, **knobs).questions())
     return questions
 

@@ -136,8 +136,11 @@ class RLTrainer:
                 self._save_final()
         except KeyboardInterrupt:  # a second Ctrl-C: no checkpoint now, it would catch an update half-done
             if self.step == 0 and self.checkpoint_step is None:
+                recorded = writer is not None and (writer.last_rollout is not None or self._pending_rollout is not None)
+                again = "run the same command plus --resume to start over (the trace holds the first rollout)" \
+                    if recorded else "run the same command again to start over"
                 raise runtime.TrainingError(f"interrupted during the {self.stage}, before the first update: nothing "
-                                            f"was trained; run the same command again to start over") from None
+                                            f"was trained; {again}") from None
             raise runtime.TrainingError(f"interrupted during the {self.stage} of step {self._stage_step()}; "
                                         f"{self._kept()}; continue with the same command plus --resume") from None
         except torch.cuda.OutOfMemoryError:

@@ -982,3 +982,20 @@ def test_validate_flags_another_algo_rollouts_out_of_order_and_negative_counts(t
     assert "field algo: 'dpo'" in problems
     assert "(rollout 0): field rollout: follows rollout 1" in problems
     assert "(step 1): field metrics.num_tokens: -5.0 is negative" in problems
+
+
+def test_a_trl_trace_resumed_from_a_checkpoint_may_start_after_step_1(tmp_path):
+    import json
+    import shutil
+
+    from minigrpo.trace import validate
+
+    trace = tmp_path / "t"
+    shutil.copytree(pathlib.Path(__file__).resolve().parents[1] / "traces" / "demo-grpo-syllogism", trace)
+    lines = (trace / "steps.jsonl").read_text().splitlines(keepends=True)
+    (trace / "steps.jsonl").write_text("".join(lines[49:]))
+    assert any("first recorded update is 50" in p for p in validate(trace))
+    meta = json.loads((trace / "meta.json").read_text())
+    meta["extra"]["trainer"] = "trl"
+    (trace / "meta.json").write_text(json.dumps(meta))
+    assert not any("first recorded update" in p for p in validate(trace))

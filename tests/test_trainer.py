@@ -207,6 +207,25 @@ def test_a_run_stopped_before_its_first_update_starts_over_with_the_same_command
     assert validate(tmp_path / "trace") == []
 
 
+def test_a_stop_in_the_first_update_says_resume_since_its_rollout_is_recorded(sft_model, tmp_path, monkeypatch):
+    from minigrpo.grpo import GRPOTrainer
+    from minigrpo.runtime import TrainingError
+
+    real = GRPOTrainer._update
+
+    def update_then_ctrl_c(self, exp, rows):
+        real(self, exp, rows)
+        raise KeyboardInterrupt
+
+    cfg = fast_config(model=sft_model, max_steps=1, eval_n=4)
+    with monkeypatch.context() as patch:
+        patch.setattr(GRPOTrainer, "_update", update_then_ctrl_c)
+        with pytest.raises(TrainingError, match="nothing was trained; run the same command plus --resume"):
+            GRPOTrainer(cfg, tmp_path, log=lambda *_: None).train()
+    GRPOTrainer(cfg, tmp_path, resume=True, log=lambda *_: None).train()
+    assert [s.step for s in load(tmp_path / "trace").steps] == [1]
+
+
 @pytest.mark.parametrize("leftover", ["rollout line", "stray file"])
 def test_a_trace_with_anything_recorded_is_never_started_over(sft_model, tmp_path, leftover):
     from minigrpo.grpo import GRPOTrainer

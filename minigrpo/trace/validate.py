@@ -87,7 +87,7 @@ def semantic_problems(trace: Trace, index: Optional[TraceIndex] = None) -> list[
 
     for before, s in zip([None] + trace.steps[:-1], trace.steps):
         where = f"{sfile} line {lines.get(s.step, '?')} (step {s.step})"
-        if before is None and s.step != 1:
+        if before is None and s.step != 1 and trace.meta.extra.get("trainer") != "trl":  # TRL resumes number on
             gap = "update 1" if s.step == 2 else f"updates 1-{s.step - 1}"
             problems.append(f"{where}: field step: the first recorded update is {s.step}, so {gap} of the run are "
                             f"not in the trace (its first lines were cut?)")
