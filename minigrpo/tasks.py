@@ -116,7 +116,8 @@ class TaskData:
         return hits / len(self.items)
 
 
-def _check_task(name: str, task_kwargs: dict[str, Any]) -> None:
+def _check_task(name: str, task_kwargs: dict[str, Any]) -> dict[str, dataclasses.Field]:
+    """Refuse an unknown task, an unknown knob or a knob of the wrong kind; the task's knob fields."""
     if name not in DATASETS:
         close = difflib.get_close_matches(name, list(DATASETS), n=3, cutoff=0.6)
         choices = list(dict.fromkeys([*close, *FIRST_CLASS_TASKS, *sorted(DATASETS)[:3]]))
@@ -133,6 +134,7 @@ def _check_task(name: str, task_kwargs: dict[str, Any]) -> None:
         if expected and not _is_kind(value, expected):
             raise TaskError(f"invalid --task-kwargs: knob {key!r} of task {name!r} is {expected}, got {value!r} "
                             f"({type(value).__name__}); its default is {field_default(fields[key])!r}")
+    return fields
 
 
 _KINDS = {bool: "a true/false value", int: "an integer", float: "a number", str: "a string"}
@@ -181,21 +183,23 @@ def _create_dataset(name: str, size: int, seed: int, task_kwargs: dict[str, Any]
 def _rg_kwargs(name: str, task_kwargs: dict[str, Any]) -> dict[str, Any]:
     """``task_kwargs`` checked (``_check_task``) and, for a composite, its sub-task tables turned into
     reasoning-gym's ``DatasetSpec``s, each sub-task's config checked the same way (nested composites too)."""
-    _check_task(name, task_kwargs)
-    task_kwargs = _iso_knobs(name, task_kwargs)
+    task_kwargs = _iso_knobs(name, task_kwargs, _check_task(name, task_kwargs))
     if name != "composite" or not isinstance(task_kwargs.get("datasets"), list):
         return task_kwargs
     return {**task_kwargs, "datasets": [_dataset_spec(entry) for entry in task_kwargs["datasets"]]}
 
 
-def _iso_knobs(name: str, task_kwargs: dict[str, Any]) -> dict[str, Any]:
+# a knob's annotation (a class, or its name under ``from __future__ import annotations``) -> the ISO type
+_ISO_TYPES = {datetime.date: datetime.date, "date": datetime.date, "datetime.date": datetime.date,
+              datetime.time: datetime.time, "time": datetime.time, "datetime.time": datetime.time}
+
+
+def _iso_knobs(name: str, task_kwargs: dict[str, Any], fields: dict[str, dataclasses.Field]) -> dict[str, Any]:
     """Knobs that reasoning-gym types as a date or a time (time_intervals' ``min_date``, ...), given as the ISO
     strings a JSON config can hold, made the objects reasoning-gym compares them as."""
-    fields = {f.name: f.type for f in dataclasses.fields(DATASETS[name][1])}
     converted = dict(task_kwargs)
     for key, value in task_kwargs.items():
-        kind = {datetime.date: datetime.date, "date": datetime.date, "datetime.date": datetime.date,
-                datetime.time: datetime.time, "time": datetime.time, "datetime.time": datetime.time}.get(fields[key])
+        kind = _ISO_TYPES.get(fields[key].type)
         if kind is None or not isinstance(value, str):
             continue
         try:

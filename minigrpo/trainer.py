@@ -34,9 +34,9 @@ import torch
 from . import checkpoint, distributed, faults, optim, runtime
 from .evaluate import evaluate
 from .experience import Experience, collect, sample_items, trace_groups
+from .heldout import trained_before
 from .models import load_model
 from .probes import ProbeRecorder
-from .heldout import trained_before
 from .tasks import build_prompt, load_train_eval
 from .trace.reader import read_meta
 from .trace.schema import Step, TraceError
@@ -435,7 +435,7 @@ class RLTrainer:
     def _open_trace(self):
         if not self.cfg.trace or not self.dist.is_main:
             return None
-        from .trace.writer import TraceWriter, new_meta
+        from .trace.writer import TraceWriter, holds_no_record, new_meta
 
         path = self.out / "trace"
         meta = new_meta(self.algo, self.cfg.model, self.cfg.task, self.cfg.to_dict(),
@@ -445,7 +445,7 @@ class RLTrainer:
         if self.resume and self.step > 0 and not (path / "meta.json").exists():
             raise runtime.TrainingError(f"{path} is missing, but the checkpoint at update {self.step} was traced: "
                                         f"restore the trace from a copy, or continue without one: --trace false")
-        if not self.resume and _holds_no_record(path) and not (self.out / "checkpoint").exists():
+        if not self.resume and holds_no_record(path) and not (self.out / "checkpoint").exists():
             shutil.rmtree(path)  # a run stopped before its first rollout was recorded: nothing to keep
             self.log(f"trace: {path} held no rollout or update (its run stopped before the first); starting it over")
         try:
@@ -493,11 +493,11 @@ class RLTrainer:
         if self.cfg.trace:  # refused before anything loads, on each rank that sees the trace (_open_trace notes it)
             try:
                 checkpoint.check_trace_config(self.out / "trace", read_meta(self.out / "trace").config or {},
-                                           self.cfg.to_dict())
+                                              self.cfg.to_dict())
             except TraceError:
                 pass  # no trace, or a damaged one: _open_trace says which
         state = checkpoint.load_checkpoint_state(self.out, self.optimizer, self.scheduler, self.extra_modules,
-                                              rank=self.dist.rank)
+                                                 rank=self.dist.rank)
         optim.apply_config(self.scheduler, self.cfg, self.cfg.learning_rate)
         self.step, self.history = state["step"], state.get("history", [])
         self.skipped_updates = state.get("skipped_updates", 0)
@@ -587,18 +587,6 @@ class RLTrainer:
                 "mean_step_time": sum(self.step_times) / max(1, len(self.step_times)),
                 "peak_memory_mb": runtime.peak_memory_mb(self.device),
                 "train_state_mb": runtime.train_state_mb([self.policy, *self.extra_modules.values()], self.optimizer)}
-
-
-def _holds_no_record(path: Path) -> bool:
-    """A trace folder of minigrpo's with its meta.json and nothing recorded: no rollout line, no update line."""
-    if not (path / "meta.json").is_file():
-        return False
-    names = {entry.name for entry in path.iterdir()}
-    if not names <= {"meta.json", "rollouts.jsonl", "steps.jsonl", "payloads"}:
-        return False
-    if (path / "payloads").exists() and (not (path / "payloads").is_dir() or any((path / "payloads").iterdir())):
-        return False
-    return all((path / name).stat().st_size == 0 for name in ("rollouts.jsonl", "steps.jsonl") if name in names)
 
 
 def _eval_line(label: str, result: dict) -> str:

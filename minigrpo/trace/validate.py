@@ -19,7 +19,7 @@ import numpy as np
 from .fields import one_line
 from .reader import TraceIndex, TraceWarning, _load
 from .schema import Trace
-from .layout import ROLLOUTS_FILE, STEPS_FILE
+from .layout import META_FILE, ROLLOUTS_FILE, STEPS_FILE
 
 __all__ = ["validate", "semantic_problems"]
 
@@ -60,7 +60,7 @@ def semantic_problems(trace: Trace, index: Optional[TraceIndex] = None) -> list[
     have_eps = all(isinstance(e, (int, float)) and not isinstance(e, bool) for e in (eps_low, eps_high))
 
     if trace.meta.algo not in ("grpo", "ppo"):
-        problems.append(f"{os.path.join(trace.path, 'meta.json')}: field algo: {trace.meta.algo!r} is neither "
+        problems.append(f"{os.path.join(trace.path, META_FILE)}: field algo: {trace.meta.algo!r} is neither "
                         f"'grpo' nor 'ppo'")
     in_file_order = sorted(rlines, key=rlines.get)
     for before, rid in zip(in_file_order, in_file_order[1:]):

@@ -416,6 +416,22 @@ class TraceWriter:
         return f"TraceWriter({self.path!r}, last_step={self.last_step}, bytes_written={self.bytes_written})"
 
 
+def holds_no_record(path: str | os.PathLike) -> bool:
+    """A trace directory with its meta.json and nothing recorded: no rollout line, no update line, no payload,
+    no other file (a run stopped before its first rollout record; unlike :func:`_effectively_empty`, a temp
+    file of a write in progress counts as something)."""
+    path = os.fspath(path)
+    if not os.path.isfile(os.path.join(path, META_FILE)):
+        return False
+    names = set(os.listdir(path))
+    if not names <= {META_FILE, ROLLOUTS_FILE, STEPS_FILE, PAYLOAD_DIR}:
+        return False
+    payloads = os.path.join(path, PAYLOAD_DIR)
+    if os.path.exists(payloads) and (not os.path.isdir(payloads) or os.listdir(payloads)):
+        return False
+    return all(os.path.getsize(os.path.join(path, name)) == 0 for name in (ROLLOUTS_FILE, STEPS_FILE) if name in names)
+
+
 def _effectively_empty(path: str) -> bool:
     """True for a directory holding nothing but what a writer killed before meta.json leaves."""
     for name in os.listdir(path):
