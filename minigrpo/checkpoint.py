@@ -27,12 +27,15 @@ from .runtime import TrainingError, fsync_tree, raise_as_os_error, seed_everythi
 
 def checkpoint_dir(out_dir: Path) -> Path | None:
     """OUT/checkpoint if a complete one exists (after putting back the previous checkpoint when a
-    kill fell between the two renames of save_checkpoint), else None."""
+    kill fell between the two renames of save_checkpoint, or removing it when the kill fell after
+    them), else None."""
     out = Path(out_dir)
     ckpt, old = out / "checkpoint", out / "checkpoint.old"
     if not (ckpt / "state.json").is_file() and (old / "state.json").is_file():
         shutil.rmtree(ckpt, ignore_errors=True)
         os.replace(old, ckpt)
+    elif (ckpt / "state.json").is_file() and old.exists():  # a kill after the swap, before (or while) deleting it
+        shutil.rmtree(old, ignore_errors=True)
     return ckpt if (ckpt / "state.json").is_file() else None
 
 
