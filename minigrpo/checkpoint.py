@@ -40,8 +40,11 @@ def checkpoint_dir(out_dir: Path) -> Path | None:
 
 
 def save_checkpoint(out_dir: Path, model, tokenizer, optimizer, scheduler, state: dict, extra_modules=None,
-                    experience=None, rng_per_rank: list | None = None) -> None:
+                    experience=None, rng_per_rank: list | None = None, train_config: dict | None = None) -> None:
     """OUT/checkpoint: the model (HF format) + training state + the rollout in flight, written atomically.
+
+    ``train_config`` (the run's config) is written beside the model as ``train_config.json``, as in OUT:
+    ``minigrpo eval --model OUT/checkpoint`` then scores as the run does and leaves out its train items.
 
     Everything goes to OUT/checkpoint.tmp and is fsynced; then the old checkpoint is renamed to
     checkpoint.old, checkpoint.tmp to checkpoint, and checkpoint.old is deleted. At every instant
@@ -62,6 +65,8 @@ def save_checkpoint(out_dir: Path, model, tokenizer, optimizer, scheduler, state
         torch.save(blob, tmp / "trainer_state.pt")
         if experience is not None:
             save_experience(tmp, experience)
+        if train_config is not None:
+            (tmp / "train_config.json").write_text(json.dumps(train_config, indent=2))
         (tmp / "state.json").write_text(json.dumps(state, indent=2))  # written last: marks it complete
         fsync_tree(tmp)
     except BaseException as exc:

@@ -33,6 +33,7 @@ class Experience:
     generation_metrics: dict | None = None  # dynamic sampling: rollout metrics over every sampled group (0-d tensors)
     logp_old_from_update: bool = False  # logp_old is filled by the update itself (see one_update_per_rollout)
     ref_hidden: torch.Tensor | None = None  # (N, Lc, H) π_ref's last hidden states for the probes (keep_ref_hidden)
+    rollout_tokens: float | None = None  # completion tokens, mean over ranks (dapo's normaliser; the first update's)
 
     @property
     def num_generations(self) -> int:

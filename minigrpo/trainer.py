@@ -335,8 +335,9 @@ class RLTrainer:
         dapo as TRL, the tokens of the whole rollout per optimizer step of a pass over it (``num_items_in_batch``:
         the rollout's tokens per completion × this step's completions; over all ranks, / ranks, since the
         ranks' gradients are averaged), so that every token of a rollout weighs the same in whichever step."""
-        rollout_tokens = self.dist.mean({"tokens": exp.rollout.completion_mask.sum().item()})["tokens"]
-        return {"num_rows": len(rows), "num_items_in_batch": rollout_tokens * len(rows) / len(exp.rollout)}
+        if exp.rollout_tokens is None:  # one host synchronisation (and rank mean) per rollout, not per step
+            exp.rollout_tokens = self.dist.mean({"tokens": exp.rollout.completion_mask.sum().item()})["tokens"]
+        return {"num_rows": len(rows), "num_items_in_batch": exp.rollout_tokens * len(rows) / len(exp.rollout)}
 
     def _update(self, exp: Experience, rows: list[int]) -> dict:
         cfg = self.cfg
@@ -456,7 +457,7 @@ class RLTrainer:
                 changed = checkpoint.check_trace_config(path, writer.meta.config or {}, self.cfg.to_dict())
                 writer.rewind(self.step, self._kept_rollout,
                               before_write=functools.partial(self._check_trace_reaches_checkpoint, writer))
-                if changed:
+                if changed and self.step < self.cfg.max_steps:  # a run with nothing left to train changes nothing
                     writer.note_resume(self.step, self.cfg.to_dict(), changed)
                     self.log("resumed with other knobs, noted in the trace's meta.json: "
                              + ", ".join(f"{key} {old} -> {new}" for key, (old, new) in changed.items()))
@@ -544,7 +545,8 @@ class RLTrainer:
             state.update(rollout_id=rollout_id, rollout_first_step=first_step,
                          knobs=self._experience_knobs())
         checkpoint.save_checkpoint(self.out, self.policy, self.tokenizer, self.optimizer, self.scheduler, state,
-                                self.extra_modules, experience=exp, rng_per_rank=rng_per_rank)
+                                self.extra_modules, experience=exp, rng_per_rank=rng_per_rank,
+                                train_config=self.cfg.to_dict())
         self.checkpoint_step = self.step
         self.dist.barrier()
 

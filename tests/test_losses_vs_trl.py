@@ -159,7 +159,7 @@ def mini_step(case, chunks, *, from_update, G, gas, micro, **knobs):
     exp = SimpleNamespace(rollout=rollout, advantages=advantages,
                           logp_old=torch.zeros_like(case.old) if from_update else case.old * mask,
                           logp_ref=case.ref * mask,
-                          logp_old_from_update=from_update)
+                          logp_old_from_update=from_update, rollout_tokens=None)
     trainer = object.__new__(mg.GRPOTrainer)
     trainer.cfg, trainer.policy = cfg, None
     trainer.dist = SimpleNamespace(mean=lambda values: values)  # one process

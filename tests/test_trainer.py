@@ -184,6 +184,52 @@ def test_resume_continues_the_trace(sft_model, tmp_path):
     assert [s.step for s in steps] == [1, 2, 3, 4]
     # the checkpoint carries the rollout in flight: steps 3-4 train on the same buffer as 1-2
     assert [s.rollout for s in steps] == [0, 0, 0, 0]
+    # the checkpoint is a model folder with the run's config, as OUT is: eval takes its defaults and chain
+    from minigrpo.cli import _model_eval_defaults
+    from minigrpo.heldout import training_runs
+
+    assert json.loads((tmp_path / "checkpoint" / "train_config.json").read_text()) == cfg3.to_dict()
+    assert training_runs(str(tmp_path / "checkpoint"))[0] == cfg3.to_dict()
+    assert _model_eval_defaults(str(tmp_path / "checkpoint"))["task"] == cfg3.task
+
+
+def test_a_resume_with_nothing_left_to_train_leaves_the_trace_as_it_was(sft_model, tmp_path):
+    from minigrpo.grpo import GRPOTrainer
+
+    GRPOTrainer(fast_config(model=sft_model, max_steps=2, save_steps=1), tmp_path, log=lambda *_: None).train()
+    meta, steps = (tmp_path / "trace" / "meta.json").read_bytes(), (tmp_path / "trace" / "steps.jsonl").read_bytes()
+    said = []
+    GRPOTrainer(fast_config(model=sft_model, max_steps=1, save_steps=1), tmp_path, resume=True, log=said.append).train()
+    assert any("nothing left to train" in line for line in said)
+    assert not any("resumed with other knobs" in line for line in said)
+    assert (tmp_path / "trace" / "meta.json").read_bytes() == meta
+    assert (tmp_path / "trace" / "steps.jsonl").read_bytes() == steps
+
+
+def test_dapos_normaliser_is_taken_once_per_rollout():
+    """The rollout's token count (a host synchronisation and a rank mean) is the same for each of its
+    steps: it is taken at the first and reused."""
+    from types import SimpleNamespace
+
+    from minigrpo.experience import Experience
+    from minigrpo.grpo import GRPOTrainer
+    from minigrpo.rollout import Rollout
+
+    mask = torch.tensor([[1, 1, 1, 0], [1, 0, 0, 0], [1, 1, 1, 1], [1, 1, 0, 0]])
+    rollout = Rollout(torch.zeros(4, 2, dtype=torch.long), torch.ones(4, 2), torch.zeros(4, 4, dtype=torch.long),
+                      mask, ["a"] * 4)
+    zeros = torch.zeros(4)
+    exp = Experience(items=[0, 1], prompts=["p", "q"], rollout=rollout, rewards=zeros, parts={}, correct=zeros.bool(),
+                     formatted=zeros.bool(), premise_copy=zeros.bool(), advantages=zeros, logp_old=mask.float(),
+                     logp_ref=None)
+    calls = []
+    trainer = object.__new__(GRPOTrainer)
+    trainer.dist = SimpleNamespace(mean=lambda values: calls.append(values) or values)
+    first = trainer.step_normalizer(exp, [0, 1])
+    second = trainer.step_normalizer(exp, [2, 3, 1])
+    assert len(calls) == 1
+    assert first == {"num_rows": 2, "num_items_in_batch": 10 * 2 / 4}
+    assert second == {"num_rows": 3, "num_items_in_batch": 10 * 3 / 4}
 
 
 def test_a_run_stopped_before_its_first_update_starts_over_with_the_same_command(sft_model, tmp_path, monkeypatch):
