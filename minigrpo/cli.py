@@ -194,7 +194,7 @@ def _run(args: argparse.Namespace) -> int:
                       all_scenes=args.all, ppo_trace=args.ppo_trace, preview=args.preview)
     if args.command in ("plot", "lecture"):
         from .lecture import LectureError
-        from .plot import PlotError
+        from .plot_data import PlotError
 
         try:
             if args.command == "plot":

@@ -16,7 +16,8 @@ import numpy as np
 import pytest
 
 from minigrpo import palette
-from minigrpo.plot import FIGURES, FORMATS, PlotError, plot
+from minigrpo.plot import FIGURES, FORMATS, plot
+from minigrpo.plot_data import PlotError
 
 REPO = Path(__file__).resolve().parents[1]
 DEMO_GRPO = REPO / "traces" / "demo-grpo-syllogism"
@@ -134,7 +135,8 @@ def test_plot_run_folder(grpo_run, tmp_path):
 def test_baselines_unknown_are_said_in_the_legend_and_majority_is_recomputed_exactly(grpo_run, tmp_path):
     """Without summary.json the SFT baseline is 'unknown' in the legend; the majority baseline,
     rebuilt from the trace's config, equals what the trainer measured."""
-    from minigrpo.plot import STYLE, baselines, fig_reward_accuracy, pyplot
+    from minigrpo.plot import STYLE, fig_reward_accuracy, pyplot
+    from minigrpo.plot_data import baselines
     from minigrpo.trace import load
 
     run_dir, cfg, summary = grpo_run
@@ -261,7 +263,8 @@ def test_a_torn_last_line_is_one_warning_line(tmp_path, capsys):
 def test_decision_heatmap_columns_sit_at_their_steps_when_steps_are_missing(tmp_path):
     """A downsampled trace probes every 10th update: each column is drawn at its own step (imshow
     spreads the columns it is given evenly over the axis), blank between."""
-    from minigrpo.plot import STYLE, decision_heatmap, fig_decision_heatmap, pyplot
+    from minigrpo.plot import STYLE, fig_decision_heatmap, pyplot
+    from minigrpo.plot_data import decision_heatmap
     from minigrpo.trace import load
     from minigrpo.trace.downsample import downsample
 
@@ -287,7 +290,8 @@ def test_a_huge_gap_in_step_numbers_draws_a_column_per_probed_step(tmp_path):
     import json
     import shutil
 
-    from minigrpo.plot import STYLE, decision_heatmap, fig_decision_heatmap, pyplot
+    from minigrpo.plot import STYLE, fig_decision_heatmap, pyplot
+    from minigrpo.plot_data import decision_heatmap
     from minigrpo.trace import load
 
     trace_dir = tmp_path / "t"
