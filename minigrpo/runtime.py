@@ -240,7 +240,7 @@ def check_context(model, cfg) -> None:
     whose attention it can run over that whole context (at start, not at the first rollout whose
     prompts are long enough to find out); fused_decode needs a model it can fuse."""
     if getattr(cfg, "rollout_backend", "hf") == "fast":
-        from .decode import unsupported
+        from .decode_support import unsupported
 
         reason = unsupported(model, cfg.max_prompt_length + cfg.max_completion_length)
         if reason:

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from minigrpo import decode as fast
-from minigrpo import decode_attention, sampling
+from minigrpo import decode_attention, decode_support, sampling
 from minigrpo.config import ConfigError
 from minigrpo.losses import logprobs_from_logits
 from minigrpo.rollout import (Rollout, completion_hidden, completion_logprobs, completion_logprobs_entropy,
@@ -459,7 +459,7 @@ def test_the_fast_backend_refuses_a_short_sliding_window_at_start(gqa_model):
     from minigrpo.runtime import check_context
 
     model, _ = gqa_model
-    assert fast.unsupported(model, 56) is None  # the decode check, run (and kept) with the model's own config
+    assert decode_support.unsupported(model, 56) is None  # the decode check, run (and kept) with the model's own config
     saved = getattr(model.config, "sliding_window", None), getattr(model.config, "layer_types", None)
     model.config.sliding_window = 64
     if saved[1]:
@@ -498,7 +498,7 @@ def test_gqa_sampled_logprobs_equal_a_plain_forward_pass(gqa_model):
 def test_which_sliding_windows_the_fast_backend_refuses(config, expected):
     from types import SimpleNamespace
 
-    assert fast.shorter_sliding_window(SimpleNamespace(**config), 100) == expected
+    assert decode_support.shorter_sliding_window(SimpleNamespace(**config), 100) == expected
 
 
 def test_a_sliding_window_shorter_than_the_context_is_refused(gqa_model):
@@ -1011,7 +1011,7 @@ def test_the_fast_backend_refuses_models_its_loop_cannot_reproduce(model_type, c
     from minigrpo.runtime import check_context
 
     model = _small_causal_lm(model_type, **config)
-    assert reason in fast.unsupported(model, 100)
+    assert reason in decode_support.unsupported(model, 100)
     with pytest.raises(ConfigError, match="invalid --rollout-backend fast:.*use rollout_backend 'hf'") as err:
         check_context(model, fast_config(rollout_backend="fast", max_prompt_length=60, max_completion_length=40))
     assert "\n" not in str(err.value)
@@ -1023,9 +1023,9 @@ def test_the_decode_check_finds_what_the_config_does_not_say():
     model with a long window and an untied GPT-2 (absolute positions) pass."""
     narrow = _small_causal_lm("gpt_neo", hidden_size=32, num_layers=2, num_heads=4, window_size=2,
                               attention_types=[[["local"], 2]], max_position_embeddings=64)
-    assert "does not reproduce GPTNeoForCausalLM's own forward" in fast._disagrees_with_forward(narrow)
+    assert "does not reproduce GPTNeoForCausalLM's own forward" in decode_support._disagrees_with_forward(narrow)
     wide = _small_causal_lm("gpt_neo", hidden_size=32, num_layers=2, num_heads=4, window_size=64,
                             attention_types=[[["local"], 2]], max_position_embeddings=64)
-    assert fast._disagrees_with_forward(wide) is None
+    assert decode_support._disagrees_with_forward(wide) is None
     gpt2 = _small_causal_lm("gpt2", n_embd=32, n_layer=2, n_head=4, n_positions=64, tie_word_embeddings=False)
-    assert fast.unsupported(gpt2, 60) is None
+    assert decode_support.unsupported(gpt2, 60) is None
