@@ -28,7 +28,8 @@ def shorter_sliding_window(config, length: int) -> int | None:
 
 
 ATTENTION_LAYER_TYPES = ("full_attention", "sliding_attention")  # layers whose whole state is keys and values
-_DISAGREEMENT: "weakref.WeakKeyDictionary[torch.nn.Module, str | None]" = weakref.WeakKeyDictionary()
+# the check's answer per model and (dtype, device, attention): a model cast or moved after a check is checked again
+_DISAGREEMENT: "weakref.WeakKeyDictionary[torch.nn.Module, dict]" = weakref.WeakKeyDictionary()
 
 
 def unsupported(model, context: int) -> str | None:
@@ -37,7 +38,7 @@ def unsupported(model, context: int) -> str | None:
     eager attention, and keeps only keys and values. Known limits are read from the config; any
     other difference (a bias built from a 2-D mask, as ALiBi models do; state the cache does not
     hold) is found by decoding two rows and comparing with the model's own forward, once per
-    model (``_disagrees_with_forward``)."""
+    model, dtype, device and attention (``_disagrees_with_forward``)."""
     config = model.config
     attn = getattr(config, "_attn_implementation", "sdpa") or "sdpa"
     if attn not in ("sdpa", "eager"):
@@ -51,9 +52,11 @@ def unsupported(model, context: int) -> str | None:
     if other:
         return (f"rollout_backend 'fast' keeps only keys and values, but this model has {', '.join(other)} "
                 f"layers; use rollout_backend 'hf'")
-    if model not in _DISAGREEMENT:
-        _DISAGREEMENT[model] = _disagrees_with_forward(model)
-    return _DISAGREEMENT[model]
+    answers = _DISAGREEMENT.setdefault(model, {})
+    placement = (model.dtype, next(model.parameters()).device, attn)
+    if placement not in answers:
+        answers[placement] = _disagrees_with_forward(model)
+    return answers[placement]
 
 
 @torch.no_grad()

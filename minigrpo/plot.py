@@ -30,6 +30,7 @@ from .plot_data import (
     find_run,
     read_summary,
     rollout_rewards,
+    summary_mismatch,
 )
 
 FIGURES = ("reward_accuracy", "kl", "clip_fractions", "entropy", "completion_length",
@@ -365,6 +366,10 @@ def plot(path: str | os.PathLike, out: str | os.PathLike | None = None, recomput
         raise PlotError(f"{trace_dir} is not a valid minigrpo trace: {e}") from None
     if not trace.steps:
         raise PlotError(f"trace {trace_dir} has no optimizer steps yet; train longer, then plot again")
+    mismatch = summary_mismatch(trace.meta, summary)
+    if mismatch:
+        log(f"minigrpo: note: {summary_path} is another run's summary ({mismatch}): not used")
+        summary, summary_path = None, None
     out = Path(out) if out else default_out(path)
     base = baselines(trace.meta, summary, recompute=recompute_baseline)
     try:

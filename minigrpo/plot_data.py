@@ -17,6 +17,8 @@ from typing import Optional
 
 import numpy as np
 
+from .trace.layout import META_FILE
+
 
 class PlotError(ValueError):
     """Bad input for ``minigrpo plot``; the message is one line that says what to do."""
@@ -34,7 +36,7 @@ def find_run(path: str | os.PathLike) -> tuple[Path, Optional[Path]]:
     if not p.exists():
         raise PlotError(f"{p} does not exist; pass a run folder (with trace/ and summary.json) or a trace folder")
     trace_dir = Path(resolve(p))
-    if not (trace_dir / "meta.json").is_file():
+    if not (trace_dir / META_FILE).is_file():
         _refuse_run_without_trace(p)
         raise PlotError(f"{p} holds neither meta.json (a trace folder) nor trace/meta.json (a run folder); "
                         f"pass the folder `minigrpo train --out` wrote, or its trace/")
@@ -61,6 +63,18 @@ def read_summary(path: Optional[Path]) -> Optional[dict]:
         return json.loads(path.read_text())
     except (OSError, ValueError) as e:
         raise PlotError(f"cannot read {path} ({e}); fix or delete it (the plots only need the trace)") from None
+
+
+def summary_mismatch(meta, summary: Optional[dict]) -> Optional[str]:
+    """Why ``summary`` (the summary.json beside the trace folder) is another run's, or None if it may be this
+    trace's: a summary records the algo, task and model of its run, and a trace copied out of its run folder
+    can sit beside an unrelated one."""
+    if not isinstance(summary, dict):
+        return None
+    for key in ("algo", "task", "model"):
+        if key in summary and summary[key] != getattr(meta, key, None):
+            return f"its {key} is {summary[key]!r}, the trace's is {getattr(meta, key, None)!r}"
+    return None
 
 
 def _finite(x) -> Optional[float]:

@@ -1029,3 +1029,19 @@ def test_the_decode_check_finds_what_the_config_does_not_say():
     assert decode_support._disagrees_with_forward(wide) is None
     gpt2 = _small_causal_lm("gpt2", n_embd=32, n_layer=2, n_head=4, n_positions=64, tie_word_embeddings=False)
     assert decode_support.unsupported(gpt2, 60) is None
+
+
+def test_the_decode_check_runs_again_for_another_dtype_or_attention(monkeypatch):
+    """The check's answer holds for the model as it was checked: cast to another dtype, or given another
+    attention implementation, the model is checked again (a float32 pass said nothing of bfloat16)."""
+    model = _small_causal_lm("gpt2", n_embd=32, n_layer=2, n_head=4, n_positions=64)
+    calls = []
+    monkeypatch.setattr(decode_support, "_disagrees_with_forward", lambda m: calls.append(m.dtype) or None)
+    assert decode_support.unsupported(model, 60) is None
+    assert decode_support.unsupported(model, 60) is None
+    assert calls == [torch.float32]
+    model.to(torch.bfloat16)
+    decode_support.unsupported(model, 60)
+    model.config._attn_implementation = "eager"
+    decode_support.unsupported(model, 60)
+    assert calls == [torch.float32, torch.bfloat16, torch.bfloat16]

@@ -132,6 +132,23 @@ def test_plot_run_folder(grpo_run, tmp_path):
     assert base["after"]["value"] == summary["after"]["accuracy"]
 
 
+def test_another_runs_summary_beside_a_copied_trace_is_not_used(grpo_run, tmp_path):
+    """A trace copied out of its run folder may sit beside another run's summary.json: its accuracies
+    would be drawn as this run's. A summary whose algo, task or model differs is set aside with a note."""
+    run_dir, cfg, summary = grpo_run
+    shutil.copytree(DEMO_GRPO, tmp_path / "demo")
+    (tmp_path / "summary.json").write_text((Path(run_dir) / "summary.json").read_text())
+    said = []
+    data = plot(tmp_path / "demo", tmp_path / "figs", log=said.append)
+    assert data["summary"] is None
+    assert data["figures"]["reward_accuracy"]["baselines"]["sft"]["value"] is None
+    assert any("another run's summary" in line and "its model is" in line for line in said), said
+    # its own run's summary is used: the same copy beside the run's own summary (the model matches)
+    shutil.copytree(Path(run_dir) / "trace", tmp_path / "own")
+    data = plot(tmp_path / "own", tmp_path / "figs2", log=lambda *_: None)
+    assert data["figures"]["reward_accuracy"]["baselines"]["sft"]["value"] == summary["before"]["accuracy"]
+
+
 def test_baselines_unknown_are_said_in_the_legend_and_majority_is_recomputed_exactly(grpo_run, tmp_path):
     """Without summary.json the SFT baseline is 'unknown' in the legend; the majority baseline,
     rebuilt from the trace's config, equals what the trainer measured."""
