@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Callable, Optional
 
 from .files import write_via_path
-from .render import QUALITIES, REPO_ROOT, SCENES, find_trace, for_algo, scene_name, with_probes
+from .render import QUALITIES, REPO_ROOT, SCENES, find_trace, for_algo, scene_name, with_kl, with_probes
 from .slides import slides_html, timestamp
 from .trace import trace_dir
 from .trace.inspect import display_name
@@ -115,7 +115,7 @@ def probe(video: Path) -> dict:
 
 # ----------------------------------------------------------------------------- choosing scenes
 def choose_scenes(scenes: Optional[str], algo: str, have_ppo: bool, log: Callable[[str], None],
-                  trace: Optional[Path] = None) -> list[str]:
+                  trace: Optional[Path] = None, kl_recorded: bool = True) -> list[str]:
     if scenes:
         names = []
         for raw in scenes.split(","):
@@ -130,7 +130,7 @@ def choose_scenes(scenes: Optional[str], algo: str, have_ppo: bool, log: Callabl
         names = [n for n in CHAPTERS if n in names]  # lecture order, no duplicates
     else:
         names = list(CHAPTERS)
-    keep = for_algo(names, algo, log)
+    keep = with_kl(for_algo(names, algo, log), kl_recorded, log)
     if trace is not None:
         keep = with_probes(keep, trace, log)
     if "ppo_vs_grpo" in keep and not have_ppo:
@@ -389,7 +389,7 @@ def build_lecture(trace: Optional[str] = None, ppo_trace: Optional[str] = None, 
         if not _STEPS.match(str(steps)):
             raise LectureError(f"--steps {steps!r} is not a step range; use a:b (a <= step < b), a: or a single step")
     meta = read_meta(str(trace_dir))
-    names = choose_scenes(scenes, meta.algo, ppo_dir is not None, log, trace_dir)
+    names = choose_scenes(scenes, meta.algo, ppo_dir is not None, log, trace_dir, meta.kl_recorded)
     jobs = jobs or os.cpu_count() or 1
     out_dir = Path(out).expanduser().resolve() if out else DEFAULT_OUT
     try:

@@ -160,8 +160,16 @@ def fig_reward_accuracy(plt, trace, base):
     return fig, data
 
 
+NO_KL = "no KL recorded: TRL with β = 0 loads no reference model"
+
+
 def fig_kl(plt, trace, base):
     cfg = trace.meta.config or {}
+    if not trace.meta.kl_recorded:
+        fig, ax = _new_fig(plt, trace, "KL to the reference policy")
+        _empty(ax, NO_KL)
+        fig.tight_layout(rect=(0, 0, 1, TOP))
+        return fig, {"missing": NO_KL}
     # GRPO weighs it by β in the loss (ρ-weighted with use_bias_correction_kl); PPO by kl_coef in the reward
     name, coef = ("kl_coef", cfg.get("kl_coef")) if trace.meta.algo == "ppo" else ("β", cfg.get("beta"))
     weight = f" ({name} = {coef:g})" if isinstance(coef, (int, float)) and not isinstance(coef, bool) else ""

@@ -10,6 +10,8 @@ probabilities before, after and under the reference.
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import torch
 
@@ -152,8 +154,8 @@ class ProbeRecorder:
             before = self._logits_before
         else:
             before = torch.stack([self.captured[row].pop("logits_before") for row in rows])
-        if ref is None:
-            reference = before
+        if ref is None:  # no reference model (TRL with β = 0): nothing to record for it
+            reference = torch.full_like(before, math.nan)
         elif ref_hidden is not None and self.forward is forward_completion:
             with torch.no_grad():
                 index = torch.as_tensor(rows, device=ref_hidden.device)
@@ -179,7 +181,7 @@ class ProbeRecorder:
                 token_ids=np.asarray(ids_list, dtype=np.int64),
                 tokens=self.tokenizer.batch_decode([[t] for t in ids_list]),
                 logp_old=as_np(logp_old[row]), logp=as_np(got["logp"]), logp_new=as_np(logp_new),
-                logp_ref=as_np(logp_ref[row] if logp_ref is not None else logp_before),
+                logp_ref=as_np(logp_ref[row]) if logp_ref is not None else np.full(length, np.nan, np.float32),
                 ratio=as_np(got["ratio"]),
                 clipped_low=got["clipped_low"][:length].bool().numpy(),
                 clipped_high=got["clipped_high"][:length].bool().numpy(),

@@ -123,17 +123,32 @@ def with_probes(names: list[str], trace: Path, log: Callable[[str], None]) -> li
     return [n for n in names if n not in NEEDS_PROBES]
 
 
+NEEDS_KL = ("kl_penalty",)  # it shows the KL to the reference model, token by token
+
+
+def with_kl(names: list[str], kl_recorded: bool, log: Callable[[str], None]) -> list[str]:
+    """``names`` without the scenes about the KL when the trace holds none (``Meta.kl_recorded``: a TRL run
+    with β = 0 has no reference model), each skip logged."""
+    if kl_recorded:
+        return names
+    for name in names:
+        if name in NEEDS_KL:
+            log(f"minigrpo: skipping {name}: this TRL run had beta = 0, so TRL loaded no reference model "
+                f"and the trace holds no KL")
+    return [n for n in names if n not in NEEDS_KL]
+
+
 def _applicable(names: list[str], trace: Path) -> list[str]:
-    """:func:`for_algo` and :func:`with_probes` for the trace at ``trace`` (said on stderr). An
-    unreadable meta.json is left for the scenes to report in their own words."""
+    """:func:`for_algo`, :func:`with_kl` and :func:`with_probes` for the trace at ``trace`` (said on
+    stderr). An unreadable meta.json is left for the scenes to report in their own words."""
     from .trace import TraceError, read_meta, trace_dir
 
     say = lambda line: print(line, file=sys.stderr)  # noqa: E731
     try:
-        algo = read_meta(trace_dir(trace)).algo
+        meta = read_meta(trace_dir(trace))
     except (TraceError, OSError):
         return names
-    return with_probes(for_algo(names, algo, say), trace, say)
+    return with_probes(with_kl(for_algo(names, meta.algo, say), meta.kl_recorded, say), trace, say)
 
 
 def render(

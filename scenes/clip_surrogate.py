@@ -125,14 +125,12 @@ class ClipSurrogate(Scene):
 
         # -- the trace's tokens --------------------------------------------------------------
         dots_anims = []
-        beyond = 0
+        inside = [r for r in rows if lo <= r[0] <= hi]
+        beyond = len(rows) - len(inside)  # every token past the axes, drawn in the sample or not
         for sign in (1, -1):
-            mine = [r for r in rows if np.sign(r[1]) == sign]
+            mine = [r for r in inside if np.sign(r[1]) == sign]
             ax = self.axes[sign]
             for rho, a, clipped, step, pi, t in subsample(mine, MAX_DOTS):
-                if not lo <= rho <= hi:
-                    beyond += 1
-                    continue
                 y = float(surrogate(rho, a, eps, eps_high)) / abs(a)
                 d = Dot(ax.c2p(rho, y), radius=0.075 if not clipped else 0.09,
                         color=P.CLIP if clipped else (P.POS if sign > 0 else P.NEG))
@@ -158,6 +156,7 @@ class ClipSurrogate(Scene):
                    P.SMALL, P.CLIP, max_width=13.4)
         fr.move_to([0, -3.68, 0])
         self.clip_metrics = m
+        self.counts = {"tokens": len(rows), "clipped": n_clip, "drawn": n_drawn, "beyond": beyond}
         self.play(FadeIn(counts), FadeIn(fr), run_time=0.8)
         self.wait(2.0)
 

@@ -112,8 +112,11 @@ class GRPOAdvantage(Scene):
             zsi, zgi = zeros[0]
             zstep = trace.steps[zsi]
             zg = zstep.groups[zgi]
-            t2 = heading(f"All {len(zg.rewards)} completions scored {fmt_num(float(zg.rewards[0]))}  "
-                         f"(rollout of step {zstep.step})", P.HEADING - 6)
+            scored = np.asarray(zg.rewards, float)[np.isfinite(np.asarray(zg.rewards, float))]
+            unscorable = len(zg.rewards) - len(scored)
+            same = (f"All {len(zg.rewards)} completions scored {fmt_num(float(scored[0]))}" if not unscorable else
+                    f"All {len(scored)} scored completions scored {fmt_num(float(scored[0]))}, {unscorable} n/a")
+            t2 = heading(f"{same}  (rollout of step {zstep.step})", P.HEADING - 6)
             q2 = wrapped_text(zg.question, width=80, max_lines=2, font_size=P.SMALL + 2, max_width=13.2)
             q2.next_to(t2, DOWN, buff=0.25).align_to(t2, LEFT)
             z_table = RewardGroup(zg, max_rows=6, width=13.2, row_h=0.47, weights=D.reward_weights(trace))

@@ -67,6 +67,7 @@ class KLPenalty(Scene):
     def construct(self):
         setup(self)
         trace = D.scene_trace()
+        D.require_kl(trace, "KLPenalty")
         si, pi = pick_kl_probe(trace)
         st = trace.steps[si]
         pr = st.probes[pi]
@@ -133,7 +134,8 @@ class KLPenalty(Scene):
             obj = formula(r"r_t \leftarrow r_t - c_{KL}\,(\log\pi_{old} - \log\pi_{ref})",
                           "r_t ← r_t − c_KL · (log π_old − log π_ref)", P.BODY)
             note = VGroup(label("PPO: the KL is part of the reward", P.LABEL, P.CLIP, max_width=6.8),
-                          label(f"c_KL = kl_coef = {kc if kc is not None else 'n/a'}  (run config)", P.LABEL, P.CLIP,
+                          label(f"c_KL = kl_coef = {kc:g}  (run config)" if kc is not None else "c_KL = kl_coef = n/a "
+                      "(not in meta.config)", P.LABEL, P.CLIP,
                                 mono=True, max_width=6.8)).arrange(DOWN, buff=0.12)
         else:
             b = D.beta(trace)
@@ -141,7 +143,9 @@ class KLPenalty(Scene):
                 obj = formula(r"J = L_{clip} - \beta\,\rho\,\mathrm{KL}", "J = L_clip − β · ρ · KL", P.BODY + 4)
             else:
                 obj = formula(r"J = L_{clip} - \beta\,\mathrm{KL}", "J = L_clip − β · KL", P.BODY + 4)
-            if np.isfinite(b) and b == 0:
+            if not np.isfinite(b):
+                note = label("β = n/a  (not in meta.config)", P.LABEL + 4, P.CLIP, mono=True)
+            elif b == 0:
                 note = label("β = 0 in this run: KL is only monitored", P.LABEL, P.CLIP, max_width=6.8)
             elif c.get("use_bias_correction_kl"):
                 note = label(f"β = {b:g}, KL weighted by ρ = π_θ/π_old (run config)", P.LABEL, P.CLIP,

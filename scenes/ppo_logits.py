@@ -53,6 +53,16 @@ def before_title(trace, shot) -> str:
     return "before the update (π_θ = π_old)" if same else "before this update (π_θ)"
 
 
+def no_later_text(trace, shot, follow_count: int) -> str:
+    """Why no later update is replayed after the shot: none follows it in the chosen steps, none was asked
+    for, or the later ones recorded no probe at such a position."""
+    if follow_count <= 0:
+        return "later updates not followed (MINIGRPO_FOLLOW = 0)"
+    if shot.step_index + 1 >= len(trace.steps):
+        return "no later update in the chosen steps"
+    return f"the later updates in the chosen steps recorded no probe at a {shot.position.kind} position"
+
+
 class PPOLogits(Scene):
     record: list  # one dict per replayed update (tests compare it with the trace)
 
@@ -61,7 +71,8 @@ class PPOLogits(Scene):
         setup(self)
         trace = D.scene_trace()
         shot = D.pick_flagship(trace, D.env_int("MINIGRPO_PROBE"))
-        later = D.follow(trace, shot, D.env_int("MINIGRPO_FOLLOW", D.DEFAULT_FOLLOW))
+        follow_count = D.env_int("MINIGRPO_FOLLOW", D.DEFAULT_FOLLOW)
+        later = D.follow(trace, shot, follow_count)
         eps, eps_high = D.clip_epsilons(trace)
         self.trace, self.record = trace, []
 
@@ -84,7 +95,8 @@ class PPOLogits(Scene):
         self.play(FadeIn(self.note), run_time=0.5)
 
         # -- 3. bars before the update ---------------------------------------------------
-        self.chart = LogitBarChart(n_bars=5, width=7.6, bar_height=2.2, font_size=P.SMALL, label_chars=6)
+        self.chart = LogitBarChart(n_bars=5, width=7.6, bar_height=2.2, font_size=P.SMALL, label_chars=6,
+                                   temperature=D.temperature(trace))
         self.chart.shift(np.array([-5.75, -2.5, 0]) - self.chart.origin)
         self.chart.seat(shot.position, "before", run_time=0)
         self.chart_title = label(before_title(trace, shot), P.LABEL, P.OLD).move_to([-2.05, 0.4, 0])
@@ -118,8 +130,8 @@ class PPOLogits(Scene):
             prev = nxt
         if not later:
             # under the bars' title: the bottom edge holds the bars' logits and the reward curve
-            self.play(FadeIn(label("no later update in the chosen steps", P.SMALL, P.MUTED)
-                             .next_to(self.chart_title, DOWN, buff=0.08)))
+            self.no_later = no_later_text(trace, shot, follow_count)
+            self.play(FadeIn(label(self.no_later, P.SMALL, P.MUTED).next_to(self.chart_title, DOWN, buff=0.08)))
         self.wait(1.5)
 
     # ----------------------------------------------------------------------------------

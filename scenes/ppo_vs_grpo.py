@@ -36,7 +36,7 @@ from manim import (  # noqa: E402
 from scenes.components import data as D  # noqa: E402
 from scenes.components import palette as P  # noqa: E402
 from scenes.components.layout import label, setup  # noqa: E402
-from scenes.components.reward_group import fmt_num, std_plus_eps_text  # noqa: E402
+from scenes.components.reward_group import advantage_text, fmt_num  # noqa: E402
 from scenes.components.title import heading, trace_caption  # noqa: E402
 from scenes.components.title import TitleCard  # noqa: E402
 
@@ -145,11 +145,10 @@ class PPOvsGRPO(Scene):
         if rule == "z":
             ri = float(grp.rewards[gp.index])
             z = ["A = (R − μ) / (σ + ε)  for all tokens",
-                 f"= ({fmt_num(ri)} − {fmt_num(grp.mean)}) / {std_plus_eps_text(grp.std, grpo.meta.config or {})} "
-                 f"= {fmt_num(float(ga[0]), True)}"]
+                 advantage_text(ri, grp.mean, grp.std, grpo.meta.config or {}, float(ga[0]))]
         elif rule == "center":
             ri = float(grp.rewards[gp.index])
-            z = ["A = R − μ  for all tokens", f"= {fmt_num(ri)} − {fmt_num(grp.mean)} = {fmt_num(float(ga[0]), True)}"]
+            z = ["A = R − μ  for all tokens", advantage_text(ri, grp.mean, None, grpo.meta.config or {}, float(ga[0]))]
         else:
             z = [f"A = {fmt_num(float(ga[0]), True)} for every token"]
         gnote = VGroup(*[label(t, P.SMALL, P.GRPO_C, mono=True, max_width=5.6) for t in z]).arrange(

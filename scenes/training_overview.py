@@ -21,6 +21,7 @@ if _ROOT not in sys.path:
 if os.path.join(_ROOT, "scenes", "components") not in sys.path:
     sys.path.append(os.path.join(_ROOT, "scenes", "components"))
 
+import numpy as np  # noqa: E402
 from manim import FadeIn, LaggedStart, Scene, VGroup, linear  # noqa: E402
 
 from scenes.components import data as D  # noqa: E402
@@ -52,7 +53,10 @@ class TrainingOverview(Scene):
         grid = VGroup()
         origins = [(-5.7, 0.6), (1.35, 0.6), (-5.7, -3.0), (1.35, -3.0)]
         for (name, title, color), (x0, y0) in zip(METRICS, origins):
-            c = MetricCurve(xs, trace.metric(name), title, color=color, width=5.2, height=1.9, font_size=P.SMALL,
+            values = trace.metric(name)
+            if name == "kl" and not trace.meta.kl_recorded:  # TRL with β = 0: no reference model, no KL
+                values, title = np.full(len(xs), np.nan), "KL: none (TRL, β = 0: no π_ref)"
+            c = MetricCurve(xs, values, title, color=color, width=5.2, height=1.9, font_size=P.SMALL,
                             bounds=METRIC_BOUNDS.get(name, (None, None)), fmt=fmt_kl if name == "kl" else fmt_value)
             c.shift([x0, y0, 0] - c.box_origin.get_center())
             c.k.set_value(float(xs[0]))

@@ -39,7 +39,7 @@ def trl_args(out: Path, weights, **overrides):
     return GRPOConfig(**{**settings, **overrides})
 
 
-def make_trainer(sft_model: str, out: Path, probe_completions: int = -1, **overrides):
+def make_trainer(sft_model: str, out: Path, probe_completions: int = -1, wrap_reward=None, **overrides):
     from minigrpo.integrations.trl import TracingGRPOTrainer, task_dataset, task_reward_funcs
     from minigrpo.models import load_model
     from minigrpo.tasks import load_train_eval
@@ -47,6 +47,7 @@ def make_trainer(sft_model: str, out: Path, probe_completions: int = -1, **overr
     data, _ = load_train_eval("syllogism", 300, 1, 0)
     model, tokenizer = load_model(sft_model, device=torch.device("cpu"))
     funcs, weights = task_reward_funcs(data)
+    funcs = [wrap_reward(f) for f in funcs] if wrap_reward else funcs
     return TracingGRPOTrainer(model=model, reward_funcs=funcs, args=trl_args(out, weights, **overrides),
                               processing_class=tokenizer, train_dataset=task_dataset(data, tokenizer),
                               trace_dir=out / "trace", task="syllogism", probe_completions=probe_completions)
@@ -147,6 +148,46 @@ def test_unscorable_completions_leave_the_group_baseline_as_trl_computes_it():
     assert np.isnan(group.rewards[1]) and group.rewards[2] == pytest.approx(0.2)
     scored = np.array([0.0, 0.2, 0.0])
     assert group.mean == pytest.approx(scored.mean()) and group.std == pytest.approx(scored.std(ddof=1))
+
+
+def _none_for_every_third(func):
+    """A reward function that cannot score every third completion (TRL: None)."""
+    def scored(completions, **kwargs):
+        return [None if i % 3 == 0 else v for i, v in enumerate(func(completions, **kwargs))]
+
+    scored.__name__ = func.__name__
+    return scored
+
+
+def test_beta_0_records_no_kl_and_unscorable_rewards_render(sft_model, tmp_path):
+    """β = 0: TRL loads no reference model, so there is no KL: it was recorded as 0 (and the probes'
+    reference as the policy before the step), which kl_penalty showed as measured. Now NaN, no step
+    ``kl``, and the trace says so (``kl_recorded``). Unscorable completions (None) crashed grpo_advantage."""
+    tempconfig = pytest.importorskip("manim").tempconfig
+    from scenes.grpo_advantage import GRPOAdvantage
+
+    trainer = make_trainer(sft_model, tmp_path, wrap_reward=_none_for_every_third, beta=0.0)
+    assert trainer.ref_model is None
+    trainer.train()
+    path = tmp_path / "trace"
+    trace = load(path)
+    assert validate(path) == []
+    assert not trace.meta.kl_recorded
+    assert all("kl" not in s.metrics for s in trace.steps) and trace.steps
+    probes = [p for s in trace.steps for p in s.probes]
+    assert probes and all(np.isnan(p.kl).all() and np.isnan(p.logp_ref).all() for p in probes)
+    assert all(np.isnan(q.probs_ref).all() for p in probes for q in p.positions)
+    rewards = np.concatenate([g.rewards for g in trace.steps[0].groups])
+    assert np.isnan(rewards).any() and np.isfinite(rewards).any()
+    os.environ["MINIGRPO_TRACE"] = str(path)
+    try:
+        with tempconfig({"dry_run": True, "progress_bar": "none", "verbosity": "ERROR",
+                         "media_dir": str(tmp_path / "media"), "disable_caching": True}):
+            scene = GRPOAdvantage(skip_animations=True)
+            scene.render()
+    finally:
+        del os.environ["MINIGRPO_TRACE"]
+    assert len(scene.shown["rewards"]) > 0
 
 
 @pytest.mark.skipif(shutil.which("torchrun") is None and not (Path(sys.executable).parent / "torchrun").exists(),

@@ -625,10 +625,37 @@ def test_the_flagship_prefers_a_moved_position_it_can_follow(traces):
 def test_the_z_score_line_shows_epsilon_where_it_changes_the_arithmetic():
     """(0.20 − 0.95) / 0.50 = −0.50 was on screen for advantage_eps = 1 (σ + ε = 1.50): ε is shown
     wherever it is visible at two decimals, and left out at TRL's 1e-4."""
-    from scenes.components.reward_group import std_plus_eps_text
+    from scenes.components.reward_group import advantage_text
 
-    assert std_plus_eps_text(0.5, {"advantage_eps": 1.0}) == "(0.50 + 1.00)"
-    assert std_plus_eps_text(0.5, {"advantage_eps": 1e-4}) == std_plus_eps_text(0.5, {}) == "0.50"
+    assert advantage_text(0.2, 0.95, 0.5, {"advantage_eps": 1.0}, -0.5) == "= (0.20 − 0.95) / (0.50 + 1.00) = −0.50"
+    assert advantage_text(0.2, 0.95, 0.5, {"advantage_eps": 1e-4}, -1.5) == "= (0.20 − 0.95) / 0.50 = −1.50"
+    assert advantage_text(0.2, 0.95, 0.5, {}, -1.5) == "= (0.20 − 0.95) / 0.50 = −1.50"
+
+
+@pytest.mark.parametrize("reward,mean,std,eps", [(0.0, 1.05, 0.42426, 1e-4), (0.2, 1.0667, 0.35119, 1e-4),
+                                                 (1.0, 0.123456, 0.0123456, 1e-4), (0.3, 0.7, 0.3, 0.5),
+                                                 (1.2, 0.37, None, 1e-4), (0.004, 0.3333, None, 0.0),
+                                                 (0.0, 0.5, 0.001, 1e-4)])
+def test_the_advantage_line_adds_up_as_printed(reward, mean, std, eps):
+    """The demo's "(0.00 − 1.05) / 0.42 = −2.47" did not add up (−1.05 / 0.42 = −2.50): the operands
+    get the decimals that make the printed arithmetic give the printed A (computed here from the
+    printed strings)."""
+    import re
+
+    from scenes.components.reward_group import advantage_text
+
+    config = {"advantage_eps": eps}
+    a = (reward - mean) / (std + eps) if std is not None else reward - mean
+    text = advantage_text(reward, mean, std, config, a)
+    assert "≈" not in text
+    nums = [float(x.replace("−", "-")) for x in re.findall(r"[−+]?\d+\.\d+", text)]
+    shown_a = nums[-1]
+    assert shown_a == round(a, 2)
+    if std is None:
+        got = nums[0] - nums[1]
+    else:
+        got = (nums[0] - nums[1]) / (nums[2] + (nums[3] if len(nums) == 5 else 0.0))
+    assert round(got, 2) == shown_a, text
 
 
 def test_a_one_token_value_line_is_drawn():
@@ -703,3 +730,150 @@ def test_ppo_logits_replays_a_trace_whose_probe_numbers_are_all_nan(tmp_path, me
         np.savez_compressed(payload, **arrays)
     scene_env(MINIGRPO_TRACE=trace)
     construct(PPOLogits, media)
+
+
+# ----------------------------------------------------------------------------- what a trace does not hold
+def _demo_copy(tmp_path, name="t", meta_change=None, rollouts_change=None) -> Path:
+    """A copy of the shipped GRPO demo trace with its meta.json (and rollouts) changed by the callables."""
+    trace = tmp_path / name
+    shutil.copytree(ROOT / "traces" / "demo-grpo-syllogism", trace)
+    if meta_change:
+        meta = json.loads((trace / "meta.json").read_text())
+        meta_change(meta)
+        (trace / "meta.json").write_text(json.dumps(meta))
+    if rollouts_change:
+        lines = [json.loads(ln) for ln in (trace / "rollouts.jsonl").read_text().splitlines() if ln.strip()]
+        rollouts_change(lines)
+        (trace / "rollouts.jsonl").write_text("".join(json.dumps(r) + "\n" for r in lines))
+    return trace
+
+
+def _texts(scene) -> list[str]:
+    """Every Text on screen at the end of a scene (Manim keeps a Text's string without its spaces)."""
+    from manim import Text
+
+    return [m.text for top in scene.mobjects for m in top.get_family() if isinstance(m, Text)]
+
+
+def _trl_without_reference(meta):
+    meta["extra"]["trainer"] = "trl"
+    meta["config"]["beta"] = 0.0
+
+
+def test_a_trl_run_with_beta_0_has_no_kl_to_show(tmp_path, media, scene_env, capfd):
+    """TRL loads no reference model at β = 0: kl_penalty refuses in one line (it showed a KL of 0 that
+    was never measured), render --all and the overview skip or blank it, plot says so."""
+    from minigrpo.plot import plot
+    from minigrpo.render import _applicable
+    from scenes.kl_penalty import KLPenalty
+    from scenes.training_overview import TrainingOverview
+
+    trace = _demo_copy(tmp_path, meta_change=_trl_without_reference)
+    assert not load(trace).meta.kl_recorded and load(ROOT / "traces" / "demo-grpo-syllogism").meta.kl_recorded
+    scene_env(MINIGRPO_TRACE=trace)
+    with pytest.raises(SystemExit) as e:
+        construct(KLPenalty, media)
+    line = str(e.value.code)
+    assert line.startswith("minigrpo: ") and "\n" not in line and "beta = 0" in line and "reference model" in line
+    assert "kl_penalty" not in _applicable(list(SCENES), trace)
+    assert "skipping kl_penalty" in capfd.readouterr().err
+    scene = construct(TrainingOverview, media)
+    assert np.isnan(scene.curves["kl"].ys).all()
+    figures = plot(trace, tmp_path / "figs", log=lambda *_: None)["figures"]
+    assert "reference model" in figures["kl"]["missing"]
+
+
+def test_null_epsilon_or_beta_is_not_replaced_by_a_guess(tmp_path, media, scene_env):
+    """A meta.config with epsilon null drew the band at 0.2 as "(run config)"; beta null read "β = nan"."""
+    from scenes.clip_surrogate import ClipSurrogate
+    from scenes.kl_penalty import KLPenalty
+
+    def no_eps(meta):
+        meta["config"]["epsilon"] = meta["config"]["epsilon_high"] = None
+
+    scene_env(MINIGRPO_TRACE=_demo_copy(tmp_path, "e", meta_change=no_eps))
+    with pytest.raises(SystemExit) as e:
+        construct(ClipSurrogate, media)
+    assert "no config.epsilon" in str(e.value.code) and "\n" not in str(e.value.code)
+
+    def no_beta(meta):
+        meta["config"]["beta"] = None
+
+    scene_env(MINIGRPO_TRACE=_demo_copy(tmp_path, "b", meta_change=no_beta))
+    scene = construct(KLPenalty, media)
+    texts = _texts(scene)
+    assert np.isnan(scene.shown["beta"])
+    assert not any("nan" in t for t in texts) and any("n/a" in t for t in texts), texts
+
+
+def test_unscorable_rewards_are_left_off_the_reward_line(tmp_path, media, scene_env):
+    """TRL records an unscorable completion's reward as null (NaN): the reward line crashed on NaN, and
+    a σ = 0 group of 5 equal scores and 3 unscorable ones was headed "All 8 completions scored n/a"."""
+    from scenes.components.reward_group import RewardLine
+    from scenes.grpo_advantage import GRPOAdvantage
+
+    line = RewardLine([1.2, np.nan, 0.2, np.nan], mean=0.7, std=0.7071)
+    assert len(line.dots) == 2 and np.isfinite([line.lo, line.hi]).all()
+    assert len(RewardLine([np.nan, np.nan], mean=np.nan, std=np.nan).dots) == 0
+
+    def nan_rewards(rollouts):
+        g = rollouts[0]["groups"][0]
+        n = len(g["rewards"])
+        g["rewards"] = [None if i % 3 == 0 else 1.2 for i in range(n)]
+        for part in g["reward_parts"].values():
+            part[:] = [None if i % 3 == 0 else 0.6 for i in range(n)]
+        g["mean"], g["std"] = 1.2, 0.0
+        g["advantages"] = [None if i % 3 == 0 else 0.0 for i in range(n)]
+
+    trace = _demo_copy(tmp_path, rollouts_change=nan_rewards)
+    assert D.zero_std_groups(load(trace))[0] == (0, 0)
+    scene_env(MINIGRPO_TRACE=trace)
+    scene = construct(GRPOAdvantage, media)
+    assert scene.shown["zero_std"] == (0, 0)
+    n = len(load(trace).steps[0].groups[0].rewards)
+    unscorable = len(range(0, n, 3))
+    want = f"All {n - unscorable} scored completions scored 1.20, {unscorable} n/a".replace(" ", "")
+    assert any(want in t for t in _texts(scene)), _texts(scene)
+
+
+def test_the_beyond_count_is_every_token_past_the_axes(traces, media, scene_env, monkeypatch):
+    """Only the dots of the subsample were counted "beyond the axes" (40 shown where 76 were)."""
+    import scenes.clip_surrogate as C
+
+    monkeypatch.setattr(C, "MAX_DOTS", 3)  # a subsample for sure
+    monkeypatch.setattr(C, "RHO_MAX", 1.02)  # and tokens beyond the axes
+    scene_env(MINIGRPO_TRACE=traces["grpo"], MINIGRPO_NO_LATEX=1)
+    tr = load(traces["grpo"])
+    rows = [(float(pr.ratio[t]), float(pr.advantage[t])) for st in tr.steps for pr in st.probes
+            for t in range(len(pr.ratio)) if pr.advantage[t] != 0 and np.isfinite([pr.ratio[t], pr.advantage[t]]).all()]
+    scene = construct(C.ClipSurrogate, media)
+    lo, hi = C.rho_range([r for r, _ in rows], *D.clip_epsilons(tr))
+    beyond = sum(1 for r, _ in rows if not lo <= r <= hi)
+    assert beyond > 3 and scene.counts == {"tokens": len(rows), "clipped": scene.counts["clipped"],
+                                           "drawn": len(scene.dots_data), "beyond": beyond}
+    assert all(lo <= rho <= hi for rho, *_ in scene.dots_data)
+
+
+def test_no_later_update_says_why(traces):
+    from scenes.ppo_logits import no_later_text
+
+    tr = load(traces["grpo"])
+    last = D.Shot(len(tr.steps) - 1, 0, tr.steps[-1].probes[0], tr.steps[-1].probes[0].positions[0])
+    first = D.Shot(0, 0, tr.steps[0].probes[0], tr.steps[0].probes[0].positions[0])
+    assert no_later_text(tr, last, 6) == "no later update in the chosen steps"
+    assert "MINIGRPO_FOLLOW = 0" in no_later_text(tr, first, 0)
+    assert "recorded no probe" in no_later_text(tr, first, 6)
+
+
+def test_the_logit_row_says_logit_over_tau_at_another_temperature(tmp_path, media, scene_env):
+    """The recorded logits are z/τ: at τ = 0.7 the row headed "logit" showed 15.9 for a raw 11.1."""
+    from scenes.ppo_logits import PPOLogits
+
+    def hot(meta):
+        meta["config"]["temperature"] = 0.7
+
+    scene_env(MINIGRPO_TRACE=_demo_copy(tmp_path, meta_change=hot), MINIGRPO_FOLLOW=0)
+    assert construct(PPOLogits, media).chart.row_z.text == "logit/τ"
+    scene_env(MINIGRPO_TRACE=ROOT / "traces" / "demo-grpo-syllogism", MINIGRPO_FOLLOW=0)
+    scene = construct(PPOLogits, media)
+    assert scene.chart.row_z.text == "logit" and "MINIGRPO_FOLLOW = 0" in scene.no_later

@@ -263,17 +263,20 @@ class TracingGRPOTrainer(GRPOTrainer):
         logp_ref = inputs.get("ref_per_token_logps")
         surrogate, ratio, low, high = clipped_surrogate(logp, logp_old.float(), advantages,
                                                         self.epsilon_low, self.epsilon_high)
-        kl = k3_kl(logp, logp_ref.float()) if logp_ref is not None else torch.zeros_like(logp)
+        # β = 0: TRL loads no reference model, so there is no KL to record (NaN: not measured, not 0)
+        kl = k3_kl(logp, logp_ref.float()) if logp_ref is not None else torch.full_like(logp, math.nan)
         update = self.trace_update
         update["rows"] += rows
         for i, row in enumerate(rows):
             update["per_row"][row] = dict(logp=logp[i], ratio=ratio[i], clipped_low=low[i], clipped_high=high[i],
                                           kl=kl[i], advantage=advantages[i])
         sums = {"loss": loss.detach().item(), "policy_loss": self._aggregate(surrogate, mask, inputs).item(),
-                "num_tokens": mask.sum().item(), "sum:kl": (kl * mask).sum().item(),
+                "num_tokens": mask.sum().item(),
                 "sum:clip_ratio/low_mean": (low.float() * mask).sum().item(),
                 "sum:clip_ratio/high_mean": (high.float() * mask).sum().item(),
                 "sum:ratio_mean": (ratio * mask).sum().item()}
+        if logp_ref is not None:
+            sums["sum:kl"] = (kl * mask).sum().item()
         if logp_ref is not None and self.args.use_bias_correction_kl:  # TRL's loss (and its "kl" log) use ρ·kl
             sums["sum:kl/ratio_weighted"] = (ratio * kl * mask).sum().item()
         if entropy is not None:

@@ -44,6 +44,12 @@ class Meta:
     created: str  # ISO-8601 UTC creation time
     extra: dict = field(default_factory=dict)  # free-form facts (device, dtype, ...)
 
+    @property
+    def kl_recorded(self) -> bool:
+        """Whether the trace holds a KL to a reference model. Not for a TRL run with β = 0: TRL loads no
+        reference model then, so its trace's KL fields are NaN (traces written before 2026-11-26 hold 0)."""
+        return not ((self.extra or {}).get("trainer") == "trl" and (self.config or {}).get("beta") == 0)
+
 
 @dataclass
 class Group:

@@ -58,7 +58,8 @@ def _set_rect(mob: VMobject, x0: float, x1: float, y0: float, y1: float, z: floa
 
 
 class LogitBarChart(VGroup):
-    """Top-``n_bars`` tokens + an "other" bar; p on the bar, logit under the token.
+    """Top-``n_bars`` tokens + an "other" bar; p on the bar, logit under the token (the trace's logits
+    are z/τ: at a ``temperature`` other than 1 the row is headed "logit/τ").
 
     Layout (local): the baseline runs ``width`` wide; p = 1 is ``bar_height`` above it;
     the probability label sits on top of each bar, the token label and its logit under
@@ -72,6 +73,7 @@ class LogitBarChart(VGroup):
         bar_height: float = 3.0,
         font_size: float = P.SMALL,
         label_chars: int = 8,
+        temperature: float = 1.0,
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -107,7 +109,9 @@ class LogitBarChart(VGroup):
         self.ghosts = VGroup()
         # row headers at the left of the label rows
         self.row_p = Text("p", font=P.FONT, font_size=font_size, color=P.FG)
-        self.row_z = Text("logit", font=P.FONT, font_size=font_size, color=P.MUTED)
+        # a trace records the logits the sampler used, z/τ: at τ ≠ 1 the row says so
+        self.row_z = Text("logit" if temperature == 1 else "logit/τ", font=P.FONT, font_size=font_size,
+                          color=P.MUTED)
         self.add(self.baseline, self.ghosts, self.bars, self.prob_labels, self.token_labels,
                  self.logit_labels, self.sampled_frame, self.row_z)
         self._layout_labels()

@@ -206,10 +206,24 @@ def require_algo(trace, algo: str, var: str, what: str):
         )
 
 
+def require_kl(trace, what: str) -> None:
+    """A trace without a KL to a reference model (``Meta.kl_recorded``: TRL with β = 0) is refused in one line."""
+    if not trace.meta.kl_recorded:
+        raise SceneInputError(
+            f"{what} needs a KL to a reference model, but {trace.path} is a TRL run with beta = 0, for which TRL "
+            f"loads no reference model; set {_var('MINIGRPO_TRACE')} to a run with beta > 0"
+        )
+
+
 # ----------------------------------------------------------------------------- config
 def clip_epsilons(trace) -> tuple[float, float]:
+    """(ε, ε_high) of the run (ε_high null: = ε, as in the config). A trace whose meta.config has no ε
+    is refused: the band drawn would be a guess, and its clip flags were set by another."""
     c = trace.meta.config or {}
-    eps = float(c.get("epsilon", 0.2) if c.get("epsilon") is not None else 0.2)
+    if c.get("epsilon") is None:
+        raise SceneInputError(f"{trace.path}/meta.json has no config.epsilon, so the clip band [1-ε, 1+ε_high] "
+                              f"is unknown; restore meta.json from a copy, or record the run again")
+    eps = float(c["epsilon"])
     eh = c.get("epsilon_high")
     return eps, float(eps if eh is None else eh)
 
@@ -218,6 +232,12 @@ def beta(trace) -> float:
     c = trace.meta.config or {}
     b = c.get("beta")
     return float(b) if b is not None else float("nan")
+
+
+def temperature(trace) -> float:
+    """The sampling temperature τ the trace's logits are divided by (NaN where meta.config has none)."""
+    t = (trace.meta.config or {}).get("temperature")
+    return float(t) if t is not None else float("nan")
 
 
 def reward_weights(trace) -> dict:
@@ -414,7 +434,7 @@ def zero_std_groups(trace) -> list[tuple[int, int]]:
             continue
         seen.add(st.rollout)
         for gi, g in enumerate(st.groups):
-            if np.isfinite(g.std) and float(g.std) == 0.0:
+            if np.isfinite(g.std) and float(g.std) == 0.0 and np.isfinite(np.asarray(g.rewards, float)).any():
                 out.append((si, gi))
     return out
 

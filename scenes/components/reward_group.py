@@ -26,10 +26,11 @@ from .tokens import one_line
 PART_TITLES = {"format": "format", "correctness": "correct", "premise_copy": "copy pen."}
 
 
-def fmt_num(v: float, signed: bool = False) -> str:
+def fmt_num(v: float, signed: bool = False, decimals: int = 2) -> str:
     if not np.isfinite(v):
         return "n/a"
-    s = f"{v:+.2f}" if signed and round(v, 2) != 0 else f"{abs(v) if round(v, 2) == 0 else v:.2f}"
+    d = decimals
+    s = f"{v:+.{d}f}" if signed and round(v, d) != 0 else f"{abs(v) if round(v, d) == 0 else v:.{d}f}"
     return s.replace("-", "−")
 
 
@@ -38,11 +39,32 @@ def eps_shows(eps: float) -> bool:
     return abs(eps) >= 0.005
 
 
-def std_plus_eps_text(std: float, config) -> str:
-    """The divisor σ + ε of a z-scored advantage as the scenes print it: σ alone where ε does not
-    show (``eps_shows``), else "(σ + ε)" with both values, so the line's arithmetic holds."""
+def advantage_text(reward: float, mean: float, std: float | None, config, advantage: float) -> str:
+    """"= (R − μ) / σ = A" of one z-scored advantage ("= R − μ = A" with ``std`` None: scale_rewards none),
+    its operands at the fewest decimals (2 to 6; the divisor's first) whose arithmetic, as printed, gives the
+    printed A: at two decimals, "(0.00 − 1.05) / 0.42" would make −2.50 of a true −2.47. ε is printed where
+    it shows (``eps_shows``) or where the printed A needs it (a σ of 0.01 next to TRL's 1e-4)."""
     eps = advantage_eps(config)
-    return f"({fmt_num(std)} + {fmt_num(eps)})" if eps_shows(eps) else fmt_num(std)
+    shown = fmt_num(advantage, True)
+    text = ""
+    for dn in range(2, 7):  # decimals of R and μ
+        r, m = round(reward, dn), round(mean, dn)
+        numerator = f"{fmt_num(reward, decimals=dn)} − {fmt_num(mean, decimals=dn)}"
+        if std is None:
+            text = f"= {numerator} = {shown}"
+            if fmt_num(r - m, True) == shown:
+                return text
+            continue
+        for dd in range(dn, 7):  # decimals of σ (and ε)
+            for with_eps in ((True,) if eps_shows(eps) else (False, True)):
+                divisor = round(std, dd) + (round(eps, dd) if with_eps else 0.0)
+                sigma = fmt_num(std, decimals=dd)
+                div = f"({sigma} + {fmt_num(eps, decimals=dd)})" if with_eps else sigma
+                text = f"= ({numerator}) / {div} = {shown}"
+                if divisor != 0 and fmt_num((r - m) / divisor, True) == shown:
+                    return text
+    head, _, tail = text.rpartition(" = ")  # no printing adds up (a σ near 0): say so
+    return f"{head} ≈ {tail}"
 
 
 class RewardGroup(VGroup):
@@ -187,8 +209,11 @@ class RewardLine(VGroup):
                  lo: Optional[float] = None, hi: Optional[float] = None, **kwargs):
         super().__init__(**kwargs)
         r = np.asarray(rewards, float)
-        lo = float(min(r.min(), mean - (std if np.isfinite(std) else 0))) if lo is None else lo
-        hi = float(max(r.max(), mean + (std if np.isfinite(std) else 0))) if hi is None else hi
+        r = r[np.isfinite(r)]  # an unscorable completion (NaN, TRL's None) has no place on the line
+        spread = std if np.isfinite(std) else 0.0
+        ends = [*r.tolist(), *([mean - spread, mean + spread] if np.isfinite(mean) else [])] or [0.0]
+        lo = float(min(ends)) if lo is None else lo
+        hi = float(max(ends)) if hi is None else hi
         if hi - lo < 1e-9:
             lo, hi = lo - 0.5, hi + 0.5
         pad = 0.08 * (hi - lo)
@@ -208,12 +233,14 @@ class RewardLine(VGroup):
             n = counts.get(key, 0)
             counts[key] = n + 1
             self.dots.add(Dot([x(v), 0.2 + 0.22 * n, 0], radius=0.09, color=P.FG))
-        top = 0.25 + 0.22 * max(counts.values())  # above the highest stack of dots
-        self.mean_line = Line([x(mean), -0.25, 0], [x(mean), top, 0], color=P.CLIP, stroke_width=5)
+        top = 0.25 + 0.22 * max(counts.values(), default=0)  # above the highest stack of dots
+        at = mean if np.isfinite(mean) else (lo + hi) / 2  # no mean (nothing scored): the line marks nothing
+        self.mean_line = Line([x(at), -0.25, 0], [x(at), top, 0], color=P.CLIP if np.isfinite(mean) else P.MUTED,
+                              stroke_width=5)
         self.mean_label = Text("μ", font=P.FONT, font_size=font_size + 4, color=P.CLIP).next_to(
             self.mean_line, DOWN, buff=0.08)
         self.std_lines = VGroup()
-        if np.isfinite(std) and std > 0:
+        if np.isfinite(std) and std > 0 and np.isfinite(mean):
             for s in (-1, 1):
                 self.std_lines.add(DashedLine([x(mean + s * std), -0.2, 0], [x(mean + s * std), top, 0],
                                               color=P.MUTED, stroke_width=3))
