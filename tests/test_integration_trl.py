@@ -9,6 +9,7 @@ ppo_logits, and a two-process run (torchrun, gloo) that must write exactly one v
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
 import subprocess
@@ -123,13 +124,71 @@ def test_trl_trace_renders_ppo_logits(trl_run, tmp_path, monkeypatch):
     (dict(sync_ref_model=True, ref_model_sync_steps=1), "sync_ref_model=True is not recorded"),
     (dict(mask_truncated_completions=True), "mask_truncated_completions=True is not recorded"),
     (dict(multi_objective_aggregation="normalize_then_sum"), "multi_objective_aggregation='normalize_then_sum'"),
-], ids=["cispo", "sync-ref", "mask-truncated", "normalize-then-sum"])
+    (dict(gradient_accumulation_steps=2, steps_per_generation=1), "no optimizer step mixes two passes"),
+    (dict(gradient_accumulation_steps=2, steps_per_generation=3), r"steps_per_generation \(3\) must be a multiple"),
+    (dict(wrap_reward=lambda f: (lambda completions, **kw: f(completions, **kw))), "two reward functions are named"),
+], ids=["cispo", "sync-ref", "mask-truncated", "normalize-then-sum", "step-spans-two-passes", "step-spans-passes",
+        "same-name"])
 def test_options_the_trace_cannot_hold_are_refused_before_writing(sft_model, tmp_path, option, message):
     """Each of these made TRL train on numbers the trace would record otherwise (a moved reference,
     truncated completions recorded empty, rewards that are not the advantages' source)."""
     with pytest.raises(ValueError, match=message):
         make_trainer(sft_model, tmp_path, **option)
     assert not (tmp_path / "trace").exists()
+
+
+@pytest.mark.parametrize("rewards", [[1.2] * 8, [0.2] * 8, [1.2] * 6, [0.0, 1.2, 0.2, 1.2], [1.2, np.nan, 1.2, 1.2],
+                                     [np.nan, 0.2, np.nan, 1.0], [np.nan, np.nan, np.nan, 0.2]])
+def test_a_groups_mean_and_std_are_trls_own_in_float32(rewards):
+    """Eight equal rewards of 1.2 have a float32 std of 1.3e-7 in TRL, and advantages of +0.0012 from it:
+    the trace held std 0 (float64) beside those advantages, and the scene said "σ = 0, every A = 0"."""
+    from trl.trainer.utils import nanstd
+
+    from minigrpo.integrations.trl import _trl_group_mean_std
+
+    r = torch.tensor(rewards, dtype=torch.float32)
+    mean, std = _trl_group_mean_std(np.asarray(rewards, np.float32))
+    assert mean == float(torch.nanmean(r)) or (math.isnan(mean) and torch.isnan(r).all())
+    if int((~torch.isnan(r)).sum()) > 1:
+        assert std == float(nanstd(r))
+    else:
+        assert math.isnan(std)
+
+
+def test_accuracy_without_a_correctness_function_is_not_recorded_as_zero():
+    from minigrpo.integrations.trl import _rollout_metrics
+    from minigrpo.trace.schema import Group
+
+    group = Group(prompt="p", question="q", answer="a", completions=["x", "y"],
+                  completion_ids=[np.array([1]), np.array([2])], reward_parts={"acc": np.array([1.0, 0.0])},
+                  rewards=np.array([1.0, 0.0]), mean=0.5, std=0.7, advantages=np.array([0.7, -0.7]),
+                  correct=np.zeros(2, bool))
+    assert math.isnan(_rollout_metrics([group], "correctness")["accuracy"])
+    group.correct = np.array([True, False])
+    assert _rollout_metrics([group], "acc")["accuracy"] == 0.5
+
+
+def test_the_cli_lets_set_override_its_own_defaults_and_refuses_what_breaks_the_task(capsys):
+    from minigrpo.integrations.trl import cli_config, main, parse_sets
+
+    config = cli_config("o", 0, [0.2, 1.0], parse_sets(["save_strategy=steps", "seed=3", "output_dir=elsewhere",
+                                                        "reward_weights=[1, 1]", "max_steps=5"]))
+    assert (config.save_strategy, config.seed, config.output_dir, config.reward_weights, config.max_steps) == \
+        ("steps", 3, "elsewhere", [1, 1], 5)
+    assert main(["--model", "tiny", "--out", "o", "--set", "remove_unused_columns=true"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("minigrpo: error: --set remove_unused_columns") and "\n" not in err
+
+
+def test_a_trace_that_holds_no_record_is_started_over(sft_model, tmp_path):
+    """A run stopped before its first rollout was recorded left meta.json alone, and its rerun was refused."""
+    (tmp_path / "trace").mkdir()
+    (tmp_path / "trace" / "meta.json").write_text("{}")
+    make_trainer(sft_model, tmp_path, max_steps=1)
+    assert json.loads((tmp_path / "trace" / "meta.json").read_text())["format"] == "minigrpo-trace"
+    (tmp_path / "trace" / "steps.jsonl").write_text('{"step": 1}\n')
+    with pytest.raises(ValueError, match="already holds a trace"):
+        make_trainer(sft_model, tmp_path, max_steps=1)
 
 
 def test_unscorable_completions_leave_the_group_baseline_as_trl_computes_it():

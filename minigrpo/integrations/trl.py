@@ -33,6 +33,7 @@ import argparse
 import dataclasses
 import json
 import math
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -54,7 +55,7 @@ from ..probes import ProbeRecorder
 from ..rollout import Rollout
 from ..tasks import RewardConfig, TaskData, build_prompt, score_completion
 from ..trace.schema import Group, Step
-from ..trace.writer import TraceWriter, new_meta
+from ..trace.writer import TraceWriter, holds_no_record, new_meta
 
 ROW_KEY = "minigrpo_row"  # added to TRL's batch: each completion's index in this rank's rollout
 ADVANTAGE_EPS = 1e-4  # TRL's constant in (r - mean) / (std + 1e-4)
@@ -98,10 +99,16 @@ class TracingGRPOTrainer(GRPOTrainer):
             bad(f"loss_type {self.loss_type!r} is not recorded; use one of {', '.join(SUPPORTED_LOSS_TYPES)}")
         if self.importance_sampling_level != "token":
             bad("importance_sampling_level='sequence' is not recorded (the trace holds per-token ratios); use 'token'")
-        if (self.args.steps_per_generation * self.num_iterations) % self.args.gradient_accumulation_steps:
-            bad(f"steps_per_generation × num_iterations ({self.args.steps_per_generation} × {self.num_iterations}) "
-                f"must be a multiple of gradient_accumulation_steps ({self.args.gradient_accumulation_steps}), "
-                f"so that no optimizer step mixes two rollouts")
+        spg, accumulation = self.args.steps_per_generation, self.args.gradient_accumulation_steps
+        if spg % accumulation:  # a trace step trains on one pass over one rollout
+            bad(f"steps_per_generation ({spg}) must be a multiple of gradient_accumulation_steps ({accumulation}), "
+                f"so that no optimizer step mixes two passes over a rollout (the same completions twice) or two "
+                f"rollouts")
+        names = list(self.reward_func_names)
+        twice = sorted({n for n in names if names.count(n) > 1})
+        if twice:
+            bad(f"two reward functions are named {twice[0]!r}; the trace keys reward parts and weights by name, "
+                f"so give each function its own __name__")
         if self.beta != 0 and self.ref_model is None:
             bad("a PEFT run's reference (the adapter switched off) is not recorded; pass a full model or beta=0")
         if getattr(self.args, "sync_ref_model", False):
@@ -136,6 +143,8 @@ class TracingGRPOTrainer(GRPOTrainer):
                  "transformers": transformers.__version__, "world_size": self.dist.world_size}
         meta = new_meta("grpo", model_name, self.trace_task, config,
                         getattr(self._tokenizer, "name_or_path", "") or model_name, extra=extra)
+        if holds_no_record(path):  # a run stopped before its first rollout was recorded: nothing to keep
+            shutil.rmtree(path)
         try:
             return TraceWriter(path, meta, compress=True)
         except FileExistsError:
@@ -213,10 +222,7 @@ class TracingGRPOTrainer(GRPOTrainer):
             parts = {n: per_func[:, k].astype(np.float32) for k, n in enumerate(names)}
             rewards = np.nansum(per_func * weights[None, :], axis=1).astype(np.float32)
             rewards[np.isnan(per_func).all(axis=1)] = np.nan  # unscorable (every function said None): as TRL
-            r = rewards.astype(np.float64)
-            scored = r[~np.isnan(r)]  # TRL's baseline: nanmean and (unbiased) nanstd over the scored rows
-            mean = float(scored.mean()) if scored.size else math.nan
-            std = float(scored.std(ddof=1)) if scored.size > 1 else math.nan
+            mean, std = _trl_group_mean_std(rewards)
             correct = parts[self.correct_reward] == 1.0 if self.correct_reward in parts else np.zeros(g, bool)
             groups.append(Group(
                 prompt=block[0]["prompt"], question=block[0]["question"], answer=block[0]["answer"],
@@ -377,13 +383,28 @@ def _question(example: dict) -> str:
     return str(prompt)
 
 
+def _trl_group_mean_std(rewards: np.ndarray) -> tuple[float, float]:
+    """A group's baseline as TRL computes it: float32 nanmean and unbiased nanstd over the scored rows (NaN:
+    unscorable). Equal rewards can get a std of ~1e-7 from float32 rounding, and TRL's advantages with it
+    (a few 1e-3): the trace's mean and std are the ones those advantages came from."""
+    r = torch.as_tensor(np.asarray(rewards, np.float32))
+    scored = int((~torch.isnan(r)).sum())
+    mean = torch.nanmean(r)
+    if scored < 2:
+        return float(mean) if scored else math.nan, math.nan
+    variance = torch.nanmean((r - mean) ** 2) * scored / (scored - 1)
+    return float(mean), float(torch.sqrt(variance))
+
+
 def _rollout_metrics(groups: list[Group], correct_reward: str) -> dict[str, float]:
-    """Rollout-level metrics with minigrpo's definitions (docs/trace-format.md §3)."""
+    """Rollout-level metrics with minigrpo's definitions (docs/trace-format.md §3); a group's std counts as
+    zero as TRL counts it (``isclose(std, 0)``); no ``correct_reward`` function: accuracy not recorded (NaN)."""
     rewards = np.concatenate([g.rewards for g in groups]).astype(np.float64)
     stds = np.array([g.std for g in groups])
+    scored_by = correct_reward in groups[0].reward_parts
     metrics = {"reward": float(np.nanmean(rewards)), "reward_std": float(np.nanmean(stds)),
-               "frac_reward_zero_std": float(np.mean(stds == 0)),
-               "accuracy": float(np.mean(np.concatenate([g.correct for g in groups]))),
+               "frac_reward_zero_std": float(np.mean(np.abs(stds) <= 1e-8)),
+               "accuracy": float(np.mean(np.concatenate([g.correct for g in groups]))) if scored_by else math.nan,
                "completion_length": float(np.mean([len(ids) for g in groups for ids in g.completion_ids]))}
     for name in groups[0].reward_parts:
         values = np.concatenate([g.reward_parts[name] for g in groups]).astype(np.float64)
@@ -461,12 +482,10 @@ def main(argv: list[str] | None = None) -> int:
         return 2
 
 
-def _train(args) -> int:
-    from ..models import load_model
-    from ..tasks import load_train_eval
-
+def parse_sets(items: list[str]) -> dict:
+    """``--set KEY=VALUE`` options as GRPOConfig overrides (a VALUE is JSON, else plain text)."""
     overrides = {}
-    for item in args.set:
+    for item in items:
         key, sep, value = item.partition("=")
         if not sep:
             raise ValueError(f"--set {item!r} is not KEY=VALUE, e.g. --set max_steps=20")
@@ -474,17 +493,34 @@ def _train(args) -> int:
             overrides[key] = json.loads(value)
         except json.JSONDecodeError:
             overrides[key] = value
-    cuda = torch.cuda.is_available()
-    data, _ = load_train_eval(args.task, args.train_size, 1, args.seed)
-    model, tokenizer = load_model(args.model, device=torch.device("cpu"), dtype=torch.float32)
-    funcs, weights = task_reward_funcs(data)
     known = {f.name for f in dataclasses.fields(GRPOConfig)}
     unknown = sorted(set(overrides) - known)
     if unknown:
         raise ValueError(f"--set {unknown[0]}: not a GRPOConfig field (see trl.GRPOConfig)")
-    config = GRPOConfig(output_dir=str(Path(args.out) / "trl"), report_to=[], save_strategy="no", seed=args.seed,
-                        use_cpu=not cuda, bf16=cuda and torch.cuda.is_bf16_supported(), reward_weights=weights,
-                        **{**TINY_DEFAULTS, **overrides})
+    if overrides.get("remove_unused_columns") not in (None, False):
+        raise ValueError("--set remove_unused_columns: the task's reward functions read the dataset's item column, "
+                         "which it would drop; leave it false")
+    return overrides
+
+
+def cli_config(out: str | Path, seed: int, weights: list[float], overrides: dict) -> GRPOConfig:
+    """The CLI's GRPOConfig: its own defaults (TRL's output under OUT/trl, no checkpoints, bf16 on a GPU that
+    has it, the task's reward weights, ``TINY_DEFAULTS``), every one of which ``--set`` overrides."""
+    cuda = torch.cuda.is_available()
+    base = dict(output_dir=str(Path(out) / "trl"), report_to=[], save_strategy="no", seed=seed, use_cpu=not cuda,
+                bf16=cuda and torch.cuda.is_bf16_supported(), reward_weights=weights)
+    return GRPOConfig(**{**base, **TINY_DEFAULTS, **overrides})
+
+
+def _train(args) -> int:
+    from ..models import load_model
+    from ..tasks import load_train_eval
+
+    overrides = parse_sets(args.set)
+    data, _ = load_train_eval(args.task, args.train_size, 1, args.seed)
+    model, tokenizer = load_model(args.model, device=torch.device("cpu"), dtype=torch.float32)
+    funcs, weights = task_reward_funcs(data)
+    config = cli_config(args.out, args.seed, weights, overrides)
     trainer = TracingGRPOTrainer(model=model, reward_funcs=funcs, args=config, processing_class=tokenizer,
                                  train_dataset=task_dataset(data, tokenizer), trace_dir=Path(args.out) / "trace",
                                  task=args.task, probe_completions=args.probe_completions)
