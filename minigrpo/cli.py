@@ -27,14 +27,22 @@ def json_line(result: dict) -> str:
     return json.dumps(jsonable(result, "eval result"), allow_nan=False)
 
 
-def _add_config_flags(parser: argparse.ArgumentParser) -> None:
+def _add_config_flags(parser: argparse.ArgumentParser, command: str) -> None:
     parser.add_argument("--preset", help="tiny | smollm2-135m | smollm-135m | smollm-360m | qwen3-0.6b")
     parser.add_argument("--config", help="TOML or JSON file of config fields")
-    parser.add_argument("--out", help="output folder (model, trace, checkpoint); default runs/train-ALGO-TASK "
-                                      "(train) or runs/sft-TASK (sft)")
-    max_steps = next(f.default for f in dataclasses.fields(TrainConfig) if f.name == "max_steps")
-    parser.add_argument("--max-steps", help=f"optimizer steps (for sft: SFT steps, instead of a preset's "
-                                            f"--sft-epochs); default {max_steps!r}")
+    defaults = {f.name: f.default for f in dataclasses.fields(TrainConfig)}
+    if command == "eval":
+        out_help = "not used: eval writes no files (refused)"
+        steps_help = "not used: eval trains nothing"
+    elif command == "sft":
+        out_help = "output folder (the SFT model); default runs/sft-TASK"
+        steps_help = (f"SFT optimizer steps (--sft-steps; switches a preset's --sft-epochs off); "
+                      f"default {defaults['sft_steps']!r} when --sft-epochs is 0")
+    else:
+        out_help = "output folder (model, trace, checkpoint); default runs/train-ALGO-TASK"
+        steps_help = f"optimizer steps; default {defaults['max_steps']!r}"
+    parser.add_argument("--out", help=out_help)
+    parser.add_argument("--max-steps", help=steps_help)
     fields = argparse.ArgumentParser.add_argument_group(
         parser, "config fields (see minigrpo/config.py; the defaults shown are the config's own: a --preset "
                 "or --config sets its values first, then these flags override them)")
@@ -101,14 +109,14 @@ def _parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     sft = sub.add_parser("sft", help="supervised warm-up (builds the tiny model when --model tiny)")
-    _add_config_flags(sft)
+    _add_config_flags(sft, "sft")
 
     train = sub.add_parser("train", help="RL training (GRPO or PPO) with a trace of every update")
-    _add_config_flags(train)
+    _add_config_flags(train, "train")
     train.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint")
 
     ev = sub.add_parser("eval", help="held-out accuracy of a model")
-    _add_config_flags(ev)
+    _add_config_flags(ev, "eval")
     ev.add_argument("--n", type=int, default=500, help="number of eval items")
     ev.add_argument("--json", action="store_true", help="print one JSON object")
 
@@ -232,6 +240,7 @@ def _run(args: argparse.Namespace) -> int:
     out = args.out or (f"runs/train-{cfg.algo}-{cfg.task}" if args.command == "train" else f"runs/sft-{cfg.task}")
     if args.command in ("sft", "train"):
         _check_out(out, cfg.model, args.command, resume=getattr(args, "resume", False))
+        _note_unused_run_flags(args, cfg)
     if args.command == "eval":
         from .evaluate import evaluate
         from .heldout import trained_before
@@ -289,6 +298,37 @@ def _note_unused_eval_flags(args: argparse.Namespace) -> None:
     if unused:
         print(f"minigrpo: note: eval decodes greedily and trains nothing, so {', '.join(unused)} "
               f"{'has' if len(unused) == 1 else 'have'} no effect", file=sys.stderr)
+
+
+# What `minigrpo sft` reads: the task, the model, the SFT knobs, AdamW's shared ones, and what its evaluations
+# before and after read (greedy decoding; the fast backend, uncompiled)
+SFT_FIELDS = EVAL_FIELDS | {"eval_size", "eval_n", "weight_decay", "adam_beta1", "adam_beta2", "max_grad_norm",
+                            "sft_steps", "sft_epochs", "sft_learning_rate", "sft_lr_scheduler_type", "sft_batch_size",
+                            "sft_size", "sft_style"}
+SFT_ONLY = frozenset(name for name in SFT_FIELDS if name.startswith("sft_"))
+PPO_ONLY = frozenset({"critic", "kl_coef", "vf_coef", "cliprange_value", "gamma", "lam", "whiten_advantages"})
+GRPO_ONLY = frozenset({"beta", "use_bias_correction_kl", "scale_rewards", "advantage_eps", "dynamic_sampling",
+                       "max_num_gen_batches"})
+
+
+def _note_unused_run_flags(args: argparse.Namespace, cfg) -> None:
+    """One stderr line per reason for flags a train or sft run does not read (a PPO knob on a GRPO run, an SFT
+    knob on RL, ...): they would otherwise pass without a word. A preset's or a file's fields pass silently."""
+    given = {name for name in field_names() if getattr(args, name, None) is not None}
+    if args.command == "sft":
+        given.discard("max_steps")  # sft's --max-steps is its sft_steps
+        groups = [(sorted(given - SFT_FIELDS), "SFT does not read")]
+    else:
+        other = PPO_ONLY if cfg.algo == "grpo" else GRPO_ONLY
+        groups = [(sorted(given & SFT_ONLY), "RL training does not read the SFT knobs"),
+                  (sorted(given & other), f"a {cfg.algo.upper()} run does not read")]
+        if not cfg.dynamic_sampling and cfg.algo == "grpo":
+            groups.append((sorted(given & {"max_num_gen_batches"}), "without --dynamic-sampling nothing reads"))
+    for names, why in groups:
+        if names:
+            flags = ", ".join(f"--{name.replace('_', '-')}" for name in names)
+            print(f"minigrpo: note: {why} {flags}: {'it has' if len(names) == 1 else 'they have'} no effect",
+                  file=sys.stderr)
 
 
 def _check_out(out: str, model: str, command: str, resume: bool = False) -> None:

@@ -159,6 +159,12 @@ class TrainConfig:
             value = getattr(self, name)
             if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
                 bad(name, f"{value!r} must be a finite number > 0")
+        for name in ("learning_rate", "sft_learning_rate"):  # the optimizer holds it as a float32
+            if getattr(self, name) > FLOAT32_MAX:
+                bad(name, f"{getattr(self, name)!r} is beyond float32's range (about 3.4e38)")
+        if self.temperature < MIN_TEMPERATURE:  # logits / τ would overflow float32 (for near-greedy use 0.01)
+            bad("temperature", f"{self.temperature!r} must be >= {MIN_TEMPERATURE:g} (logits / temperature must "
+                               f"stay finite in float32; for near-greedy sampling use e.g. 0.01)")
         if self.epsilon_high is not None and not (math.isfinite(self.epsilon_high) and self.epsilon_high > 0):
             bad("epsilon_high", f"{self.epsilon_high!r} must be a finite number > 0")
         if self.epsilon >= 1:
@@ -246,6 +252,10 @@ PRESETS: dict[str, dict[str, Any]] = {
     "smollm-360m": dict(model="HuggingFaceTB/SmolLM-360M-Instruct", **_SEED_RECIPE),
     "qwen3-0.6b": dict(model="Qwen/Qwen3-0.6B", **_SEED_RECIPE),
 }
+
+
+FLOAT32_MAX = 3.4028234663852886e38
+MIN_TEMPERATURE = 1e-6
 
 
 def field_names() -> list[str]:
@@ -374,5 +384,21 @@ def build_config(preset: Optional[str] = None, file: Optional[str] = None,
                 raise ConfigError(f"config field {key!r} is now {RENAMED[name][0]!r}: {RENAMED[name][1]}")
             if name not in field_names():
                 raise ConfigError(f"unknown config field {key!r}: see `minigrpo train --help` for the fields")
-            values[name] = _coerce(name, value)
+            values[name] = _coerce(name, value) if source is not data else _from_file(name, value)
+    in_file = {key.replace("-", "_") for key in data}
+    if "sft_steps" in in_file and "sft_epochs" not in (overrides or {}):  # the file's steps, not a preset's epochs
+        if "sft_epochs" in in_file and values["sft_epochs"] and values["sft_steps"]:
+            raise ConfigError(f"config file {file!r} sets both sft_steps and sft_epochs, which both say how long SFT "
+                              f"runs (epochs would win): give one")
+        if "sft_epochs" not in in_file:
+            values["sft_epochs"] = 0
     return TrainConfig(**values).validate()
+
+
+def _from_file(name: str, value: Any) -> Any:
+    """A config file's value: TOML/JSON typed it, so a string is not parsed as a number or a switch (as a
+    command line's is) but refused; TOML has no null, so ``epsilon_high = "none"`` means null there."""
+    if name == "epsilon_high" and isinstance(value, str) and value.strip().lower() in ("none", "null"):
+        return None
+    fld = {f.name: f for f in dataclasses.fields(TrainConfig)}[name]
+    return _typed(name, value, field_default(fld))

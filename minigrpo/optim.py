@@ -81,8 +81,10 @@ class MasterWeightAdamW:
                 master.copy_(value)
 
 
-def make_optimizer(params, cfg, lr: float, total_steps: int, schedule: str | None = None):
-    """AdamW and its LR schedule: ``schedule`` (default ``cfg.lr_scheduler_type``) after ``cfg.warmup_steps``.
+def make_optimizer(params, cfg, lr: float, total_steps: int, schedule: str | None = None,
+                   warmup_steps: int | None = None):
+    """AdamW and its LR schedule: ``schedule`` (default ``cfg.lr_scheduler_type``) after ``warmup_steps``
+    (default ``cfg.warmup_steps``, RL's; SFT passes 0: it has no warm-up of its own).
 
     When some parameter is not float32 (a bf16 model) the optimiser is a ``MasterWeightAdamW``.
     """
@@ -99,9 +101,10 @@ def make_optimizer(params, cfg, lr: float, total_steps: int, schedule: str | Non
         inner = optimizer.inner
 
     def factor(step: int) -> float:
-        if cfg.warmup_steps and step < cfg.warmup_steps:
-            return (step + 1) / cfg.warmup_steps
-        progress = min(1.0, (step - cfg.warmup_steps) / max(1, total_steps - cfg.warmup_steps))
+        warmup = cfg.warmup_steps if warmup_steps is None else warmup_steps
+        if warmup and step < warmup:
+            return (step + 1) / warmup
+        progress = min(1.0, (step - warmup) / max(1, total_steps - warmup))
         if schedule == "linear":
             return 1.0 - progress
         if schedule == "cosine":

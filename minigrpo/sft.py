@@ -109,6 +109,9 @@ def run_sft(cfg, out_dir: str | Path, log=print) -> dict:
     """SFT into ``out_dir``; bad input fails before anything is written, and a failure removes what this run wrote."""
     out = Path(out_dir)
     cfg.validate()
+    if cfg.sft_epochs == 0 and cfg.sft_steps == 0:
+        raise ConfigError("SFT would run 0 steps (sft_steps 0, sft_epochs 0); give --max-steps N (or --sft-steps N) "
+                          "or --sft-epochs N")
     check_sft_out(out)
     runtime.seed_everything(cfg.seed)
     device = runtime.pick_device(cfg.device)
@@ -150,7 +153,7 @@ def _train_sft(cfg, out: Path, device, dtype, eval_data, items, log) -> dict:
     batches = sft_batches(len(examples), cfg, random.Random(cfg.seed))
     total = len(batches)
     optimizer, scheduler = optim.make_optimizer(model.parameters(), cfg, cfg.sft_learning_rate, total,
-                                                schedule=cfg.sft_lr_scheduler_type)
+                                                schedule=cfg.sft_lr_scheduler_type, warmup_steps=0)
     model.train()
     started = time.time()
     for step, indices in enumerate(batches, start=1):

@@ -181,10 +181,15 @@ class RLTrainer:
             except RuntimeError as exc:  # torch.multinomial refuses NaN/inf probabilities
                 if "probability tensor" not in str(exc):
                     raise
+                cause = runtime.nonfinite_weight(self.policy) or "logits"
+                if self.step == 0:  # no update has run: the model itself gives them
+                    raise runtime.TrainingError(
+                        f"non-finite probabilities while sampling the first rollout ({cause}): the model "
+                        f"{self.cfg.model} gives them before any update; check its weights and dtype (--dtype "
+                        f"float32)") from None
                 raise runtime.TrainingError(
                     f"non-finite probabilities while sampling rollout {self.rollout_id} for step {self.step + 1} "
-                    f"({runtime.nonfinite_weight(self.policy) or 'logits'}); stopped: {self._kept()}; lower "
-                    f"--learning-rate, then --resume") from None
+                    f"({cause}); stopped: {self._kept()}; lower --learning-rate, then --resume") from None
             self.prepare(exp)
             exp.truncated_prompts = runtime.truncated_prompts(self.tokenizer, exp.prompts, cfg.max_prompt_length)
             self.flush_record()  # if the generation did not: the step's record before the next rollout's

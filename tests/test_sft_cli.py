@@ -314,3 +314,87 @@ def test_values_in_messages_paste_back_as_flags(tmp_path, capsys):
     assert build_config("tiny", None, {"epsilon_high": "null"}).epsilon_high is None
     assert main(["sft", "--preset", "tiny", "--out", " "]) == 2
     assert "--out is empty" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("text, message", [
+    ('num_generations = "4"\n', "is not an integer"),
+    ('trace = "off"\n', "is not true/false"),
+    ('beta = "0.5"\n', "is not a number"),
+])
+def test_a_config_files_strings_are_not_parsed_as_numbers_or_switches(tmp_path, text, message):
+    """TOML/JSON type their values: "4" in a file is a string, refused as the docs say (it was parsed as if
+    typed on a command line, unlike the Python API's TrainConfig(num_generations="4"))."""
+    from minigrpo.config import ConfigError, build_config
+
+    config = tmp_path / "run.toml"
+    config.write_text(text)
+    with pytest.raises(ConfigError, match=message):
+        build_config(None, str(config))
+    config.write_text('epsilon_high = "none"\n')  # TOML has no null: its word for one
+    assert build_config(None, str(config)).epsilon_high is None
+
+
+def test_a_config_files_sft_steps_replace_a_presets_epochs(tmp_path):
+    from minigrpo.config import ConfigError, build_config
+
+    config = tmp_path / "run.toml"
+    config.write_text('preset = "smollm-135m"\nsft_steps = 5\n')
+    cfg = build_config(None, str(config))
+    assert (cfg.sft_steps, cfg.sft_epochs) == (5, 0)
+    config.write_text('preset = "tiny"\nsft_steps = 5\nsft_epochs = 2\n')
+    with pytest.raises(ConfigError, match="sets both sft_steps and sft_epochs"):
+        build_config(None, str(config))
+    assert build_config(None, str(config), {"sft_epochs": "2"}).sft_epochs == 2  # a flag decides
+
+
+@pytest.mark.parametrize("flag, value, message", [
+    ("learning_rate", "1e39", "beyond float32's range"), ("sft_learning_rate", "1e39", "beyond float32's range"),
+    ("temperature", "1e-38", "must be >= 1e-06"),
+])
+def test_values_float32_cannot_hold_are_refused(flag, value, message):
+    """A rate of 1e39 crashed inside AdamW (a traceback); a temperature of 1e-38 overflowed the logits."""
+    from minigrpo.config import ConfigError, build_config
+
+    with pytest.raises(ConfigError, match=message):
+        build_config("tiny", None, {flag: value})
+
+
+def test_sft_of_zero_steps_is_refused(tmp_path, capsys):
+    assert main(["sft", "--preset", "tiny", "--max-steps", "0", "--out", str(tmp_path / "o"), *SMALL]) == 2
+    assert "0 steps" in one_error_line(capsys) and not (tmp_path / "o").exists()
+
+
+def test_sft_has_no_warm_up_of_rls():
+    """SFT took RL's warmup_steps: 1000 of them kept its rate near 0 for a whole short run."""
+    import torch
+
+    from minigrpo import optim
+    from minigrpo.config import build_config
+
+    cfg = build_config("tiny", None, {"warmup_steps": "1000"})
+    params = [torch.nn.Parameter(torch.zeros(2))]
+    _, rl = optim.make_optimizer(params, cfg, 1.0, 10)
+    _, sft = optim.make_optimizer(params, cfg, 1.0, 10, schedule="constant", warmup_steps=0)
+    assert rl.get_last_lr()[0] == pytest.approx(1 / 1000) and sft.get_last_lr()[0] == 1.0
+
+
+@pytest.mark.parametrize("argv, expected", [
+    (["train", "--kl-coef", "0.9", "--gamma", "0.5", "--sft-steps", "7", "--max-num-gen-batches", "9"],
+     ["RL training does not read the SFT knobs --sft-steps", "GRPO run does not read --gamma, --kl-coef",
+      "without --dynamic-sampling nothing reads --max-num-gen-batches"]),
+    (["train", "--algo", "ppo", "--beta", "0.7", "--scale-rewards", "none", "--kl-coef", "0.1"],
+     ["PPO run does not read --beta, --scale-rewards"]),
+    (["sft", "--learning-rate", "0.5", "--beta", "9", "--max-steps", "5", "--sft-learning-rate", "1e-3"],
+     ["SFT does not read --beta, --learning-rate"]),
+    (["train", "--beta", "0.1", "--learning-rate", "1e-3"], []),
+])
+def test_flags_a_run_does_not_read_get_a_note(argv, expected, capsys):
+    from minigrpo.cli import _config_from_args, _note_unused_run_flags, _parser
+
+    args = _parser().parse_args([*argv, "--preset", "tiny"])
+    _note_unused_run_flags(args, _config_from_args(args, args.command))
+    err = capsys.readouterr().err.strip()
+    lines = err.splitlines() if err else []
+    assert len(lines) == len(expected) and all(line.startswith("minigrpo: note: ") for line in lines), lines
+    for line, want in zip(lines, expected):
+        assert want in line and line.endswith("no effect"), line

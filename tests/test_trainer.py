@@ -932,3 +932,19 @@ def test_a_checkpoint_old_left_after_the_swap_is_removed(tmp_path, old_state):
     assert (tmp_path / "checkpoint" / "state.json").read_text() == '{"step": 6}'
     (tmp_path / "checkpoint").rename(tmp_path / "checkpoint.old")  # killed between the renames: the old is put back
     assert checkpoint_dir(tmp_path) == tmp_path / "checkpoint" and not (tmp_path / "checkpoint.old").exists()
+
+
+def test_non_finite_probabilities_in_the_first_rollout_blame_the_model_not_the_rate(sft_model, tmp_path,
+                                                                                   monkeypatch):
+    """No update has run before the first rollout: "lower --learning-rate, then --resume" was wrong advice."""
+    import minigrpo.trainer as T
+    from minigrpo.grpo import GRPOTrainer
+    from minigrpo.runtime import TrainingError
+
+    def nan_sampling(*args, **kwargs):
+        raise RuntimeError("probability tensor contains either `inf`, `nan` or element < 0")
+
+    monkeypatch.setattr(T, "collect", nan_sampling)
+    with pytest.raises(TrainingError, match="first rollout .* before any update; check its weights") as err:
+        GRPOTrainer(fast_config(model=sft_model, max_steps=1), tmp_path, log=lambda *_: None).train()
+    assert "--learning-rate" not in str(err.value)
