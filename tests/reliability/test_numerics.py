@@ -73,7 +73,8 @@ def test_nan_weights_at_sampling_are_named(sft_model, tmp_path, monkeypatch):
 
     monkeypatch.setattr(trainer_module, "collect", poisoned)
     t, _ = trainer(sft_model, tmp_path)
-    with pytest.raises(TrainingError, match=r"non-finite .*rollout 0 .*step 1") as err:
+    # before any update: the model's own weights, named (not "lower --learning-rate")
+    with pytest.raises(TrainingError, match=r"non-finite .*the first rollout .*model.embed_tokens.weight") as err:
         t.train()
     assert "\n" not in str(err.value)
 
