@@ -188,7 +188,11 @@ def check_trace_config(trace_path: Path, recorded: dict, config: dict) -> dict:
     """The knobs this resumed run changes against the config its trace recorded, ``{name: [old, new]}``;
     a change of a knob outside RESUMABLE_KNOBS is refused in one line (the trace's earlier steps
     were recorded under the old value, and its readers take meta.config for every step)."""
-    changed = {k: [recorded[k], v] for k, v in config.items() if k in recorded and recorded[k] != v}
+    from .config import unread_knobs
+
+    unread = unread_knobs(config)  # no record depends on them
+    changed = {k: [recorded[k], v] for k, v in config.items()
+               if k in recorded and recorded[k] != v and k not in unread}
     for key, (old, new) in changed.items():
         if key not in RESUMABLE_KNOBS and key not in ("model", "task", "algo", "critic"):  # check_same_run's
             flag = f"--{key.replace('_', '-')}"

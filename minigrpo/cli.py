@@ -306,24 +306,25 @@ SFT_FIELDS = EVAL_FIELDS | {"eval_size", "eval_n", "weight_decay", "adam_beta1",
                             "sft_steps", "sft_epochs", "sft_learning_rate", "sft_lr_scheduler_type", "sft_batch_size",
                             "sft_size", "sft_style"}
 SFT_ONLY = frozenset(name for name in SFT_FIELDS if name.startswith("sft_"))
-PPO_ONLY = frozenset({"critic", "kl_coef", "vf_coef", "cliprange_value", "gamma", "lam", "whiten_advantages"})
-GRPO_ONLY = frozenset({"beta", "use_bias_correction_kl", "scale_rewards", "advantage_eps", "dynamic_sampling",
-                       "max_num_gen_batches"})
 
 
 def _note_unused_run_flags(args: argparse.Namespace, cfg) -> None:
     """One stderr line per reason for flags a train or sft run does not read (a PPO knob on a GRPO run, an SFT
     knob on RL, ...): they would otherwise pass without a word. A preset's or a file's fields pass silently."""
+    from .config import PPO_ONLY, unread_knobs
+
+    if os.environ.get("RANK", "0") != "0":  # data parallel: rank 0 says it
+        return
     given = {name for name in field_names() if getattr(args, name, None) is not None}
     if args.command == "sft":
         given.discard("max_steps")  # sft's --max-steps is its sft_steps
         groups = [(sorted(given - SFT_FIELDS), "SFT does not read")]
     else:
-        other = PPO_ONLY if cfg.algo == "grpo" else GRPO_ONLY
+        unread = unread_knobs(cfg.to_dict())
+        by_algo = unread & PPO_ONLY if cfg.algo == "grpo" else unread
         groups = [(sorted(given & SFT_ONLY), "RL training does not read the SFT knobs"),
-                  (sorted(given & other), f"a {cfg.algo.upper()} run does not read")]
-        if not cfg.dynamic_sampling and cfg.algo == "grpo":
-            groups.append((sorted(given & {"max_num_gen_batches"}), "without --dynamic-sampling nothing reads"))
+                  (sorted(given & by_algo), f"a {cfg.algo.upper()} run does not read"),
+                  (sorted(given & (unread - by_algo)), "without --dynamic-sampling nothing reads")]
     for names, why in groups:
         if names:
             flags = ", ".join(f"--{name.replace('_', '-')}" for name in names)

@@ -162,9 +162,10 @@ class TrainConfig:
         for name in ("learning_rate", "sft_learning_rate"):  # the optimizer holds it as a float32
             if getattr(self, name) > FLOAT32_MAX:
                 bad(name, f"{getattr(self, name)!r} is beyond float32's range (about 3.4e38)")
-        if self.temperature < MIN_TEMPERATURE:  # logits / τ would overflow float32 (for near-greedy use 0.01)
-            bad("temperature", f"{self.temperature!r} must be >= {MIN_TEMPERATURE:g} (logits / temperature must "
-                               f"stay finite in float32; for near-greedy sampling use e.g. 0.01)")
+        if self.temperature < MIN_TEMPERATURE:  # z / τ, and exp of log-prob gaps, would overflow float32
+            bad("temperature", f"{self.temperature!r} must be >= {MIN_TEMPERATURE:g} (below it the tempered "
+                               f"logits, and the ratios and KL of their log-probs, overflow float32; for "
+                               f"near-greedy sampling use e.g. 0.01)")
         if self.epsilon_high is not None and not (math.isfinite(self.epsilon_high) and self.epsilon_high > 0):
             bad("epsilon_high", f"{self.epsilon_high!r} must be a finite number > 0")
         if self.epsilon >= 1:
@@ -252,6 +253,21 @@ PRESETS: dict[str, dict[str, Any]] = {
     "smollm-360m": dict(model="HuggingFaceTB/SmolLM-360M-Instruct", **_SEED_RECIPE),
     "qwen3-0.6b": dict(model="Qwen/Qwen3-0.6B", **_SEED_RECIPE),
 }
+
+
+# the knobs one algorithm does not read (a GRPO run: the critic's; a PPO run: the group advantages' and β)
+PPO_ONLY = frozenset({"critic", "kl_coef", "vf_coef", "cliprange_value", "gamma", "lam", "whiten_advantages"})
+GRPO_ONLY = frozenset({"beta", "use_bias_correction_kl", "scale_rewards", "advantage_eps", "dynamic_sampling",
+                       "max_num_gen_batches"})
+
+
+def unread_knobs(config: dict) -> frozenset:
+    """The RL knobs a run with ``config`` does not read: changing one changes nothing it computes or records,
+    so a resume does not refuse or restart over it, and the command line notes it."""
+    unread = PPO_ONLY if config.get("algo") == "grpo" else GRPO_ONLY
+    if not config.get("dynamic_sampling"):
+        unread = unread | {"max_num_gen_batches"}
+    return unread
 
 
 FLOAT32_MAX = 3.4028234663852886e38
@@ -386,12 +402,8 @@ def build_config(preset: Optional[str] = None, file: Optional[str] = None,
                 raise ConfigError(f"unknown config field {key!r}: see `minigrpo train --help` for the fields")
             values[name] = _coerce(name, value) if source is not data else _from_file(name, value)
     in_file = {key.replace("-", "_") for key in data}
-    if "sft_steps" in in_file and "sft_epochs" not in (overrides or {}):  # the file's steps, not a preset's epochs
-        if "sft_epochs" in in_file and values["sft_epochs"] and values["sft_steps"]:
-            raise ConfigError(f"config file {file!r} sets both sft_steps and sft_epochs, which both say how long SFT "
-                              f"runs (epochs would win): give one")
-        if "sft_epochs" not in in_file:
-            values["sft_epochs"] = 0
+    if "sft_steps" in in_file and "sft_epochs" not in in_file and "sft_epochs" not in (overrides or {}):
+        values["sft_epochs"] = 0  # the file's counted steps, not a preset's epochs (a file with both: as written)
     return TrainConfig(**values).validate()
 
 

@@ -374,7 +374,8 @@ def plot(path: str | os.PathLike, out: str | os.PathLike | None = None, recomput
         raise PlotError(f"{trace_dir} is not a valid minigrpo trace: {e}") from None
     if not trace.steps:
         raise PlotError(f"trace {trace_dir} has no optimizer steps yet; train longer, then plot again")
-    mismatch = summary_mismatch(trace.meta, summary)
+    # a run's own trace/ beside its summary is that run's (a resume may spell --model anew); a copied trace is checked
+    mismatch = summary_mismatch(trace.meta, summary) if Path(trace_dir).name != "trace" else None
     if mismatch:
         log(f"minigrpo: note: {summary_path} is another run's summary ({mismatch}): not used")
         summary, summary_path = None, None

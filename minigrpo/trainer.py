@@ -34,6 +34,7 @@ import torch
 from . import checkpoint, distributed, faults, optim, runtime
 from .evaluate import evaluate
 from .experience import Experience, collect, sample_items, trace_groups
+from .config import unread_knobs
 from .heldout import trained_before
 from .models import load_model
 from .probes import ProbeRecorder
@@ -413,6 +414,10 @@ class RLTrainer:
 
     def _nonfinite(self, what: str) -> None:
         step = self.step + 1
+        if self.cfg.nan_policy == "stop" and self.step == 0:  # no update has run: the model itself gives them
+            raise runtime.TrainingError(
+                f"{what} at step 1, before any update; stopped (--nan-policy stop): the model {self.cfg.model} "
+                f"gives them; check its weights and dtype (--dtype float32)")
         if self.cfg.nan_policy == "stop":
             raise runtime.TrainingError(
                 f"{what} at step {step}; stopped (--nan-policy stop): {self._kept()}; lower --learning-rate, "
@@ -514,7 +519,9 @@ class RLTrainer:
         # also one process resuming a data-parallel run's checkpoint
         one_process = not self.dist.active and state.get("world_size", 1) == 1
         in_flight = "rollout_first_step" in state
-        if in_flight and state.get("knobs") == self._experience_knobs() and one_process:
+        knobs = self._experience_knobs()
+        same_knobs = {k: (state.get("knobs") or {}).get(k, ()) for k in knobs} == knobs  # older: all knobs saved
+        if in_flight and same_knobs and one_process:
             self.rng.seed(self.cfg.seed + 7919 * state["rollout_id"])  # the items of that rollout, drawn again
             items = sample_items(self.train_data, self.cfg.prompts_per_rollout, self.rng)
             exp = checkpoint.load_experience(self._ckpt, items, self.device)
@@ -565,8 +572,10 @@ class RLTrainer:
         return facts
 
     def _experience_knobs(self) -> dict:
-        """The config a checkpointed rollout depends on: resuming reuses it only if these match."""
-        return {k: getattr(self.cfg, k) for k in checkpoint.EXPERIENCE_KNOBS}
+        """The config a checkpointed rollout depends on: resuming reuses it only if these match (the knobs
+        this algorithm does not read are left out)."""
+        unread = unread_knobs(self.cfg.to_dict())
+        return {k: getattr(self.cfg, k) for k in checkpoint.EXPERIENCE_KNOBS if k not in unread}
 
     def _stage_step(self) -> int:
         """The update the current stage belongs to (recording and checkpointing follow the step count)."""

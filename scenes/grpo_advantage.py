@@ -122,8 +122,10 @@ class GRPOAdvantage(Scene):
             z_table = RewardGroup(zg, max_rows=6, width=13.2, row_h=0.47, weights=D.reward_weights(trace))
             z_table.next_to(q2, DOWN, buff=0.3).set_x(0)
             self.play(FadeIn(t2), FadeIn(q2), FadeIn(z_table), run_time=1.2)
+            largest = float(np.nanmax(np.abs(np.asarray(zg.advantages, float)), initial=0.0))
+            every = "every A_i = 0" if largest == 0 else f"every A_i ≈ 0 (|A_i| ≤ {largest:.1g}: float32 rounding)"
             verdict = VGroup(
-                label(f"σ = {fmt_num(zg.std)}  →  every A_i = 0", P.BODY, P.NEG, mono=True),
+                label(f"σ = {fmt_num(zg.std)}  →  {every}", P.BODY, P.NEG, mono=True, max_width=13),
                 label("GRPO learns nothing here", P.HEADING, P.NEG, weight="BOLD"),
             ).arrange(DOWN, buff=0.2)
             verdict.next_to(z_table, DOWN, buff=0.35)

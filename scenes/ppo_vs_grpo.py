@@ -142,6 +142,8 @@ class PPOvsGRPO(Scene):
         g_bars = self._bars(axg, ga)
         grp = grpo.steps[gsi].groups[gp.group] if gp.group < len(grpo.steps[gsi].groups) else None
         rule = D.advantage_rule(grp, grpo.meta.config or {}) if grp is not None else "other"
+        if grp is not None and not np.isfinite(float(grp.rewards[gp.index])):
+            rule = "other"  # an unscorable completion (no reward): its A is as recorded, no arithmetic to show
         if rule == "z":
             ri = float(grp.rewards[gp.index])
             z = ["A = (R − μ) / (σ + ε)  for all tokens",

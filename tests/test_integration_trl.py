@@ -40,7 +40,8 @@ def trl_args(out: Path, weights, **overrides):
     return GRPOConfig(**{**settings, **overrides})
 
 
-def make_trainer(sft_model: str, out: Path, probe_completions: int = -1, wrap_reward=None, **overrides):
+def make_trainer(sft_model: str, out: Path, probe_completions: int = -1, wrap_reward=None, trace_subdir="trace",
+                 **overrides):
     from minigrpo.integrations.trl import TracingGRPOTrainer, task_dataset, task_reward_funcs
     from minigrpo.models import load_model
     from minigrpo.tasks import load_train_eval
@@ -51,7 +52,7 @@ def make_trainer(sft_model: str, out: Path, probe_completions: int = -1, wrap_re
     funcs = [wrap_reward(f) for f in funcs] if wrap_reward else funcs
     return TracingGRPOTrainer(model=model, reward_funcs=funcs, args=trl_args(out, weights, **overrides),
                               processing_class=tokenizer, train_dataset=task_dataset(data, tokenizer),
-                              trace_dir=out / "trace", task="syllogism", probe_completions=probe_completions)
+                              trace_dir=out / trace_subdir, task="syllogism", probe_completions=probe_completions)
 
 
 @pytest.fixture(scope="module")
@@ -137,22 +138,26 @@ def test_options_the_trace_cannot_hold_are_refused_before_writing(sft_model, tmp
     assert not (tmp_path / "trace").exists()
 
 
-@pytest.mark.parametrize("rewards", [[1.2] * 8, [0.2] * 8, [1.2] * 6, [0.0, 1.2, 0.2, 1.2], [1.2, np.nan, 1.2, 1.2],
-                                     [np.nan, 0.2, np.nan, 1.0], [np.nan, np.nan, np.nan, 0.2]])
-def test_a_groups_mean_and_std_are_trls_own_in_float32(rewards):
-    """Eight equal rewards of 1.2 have a float32 std of 1.3e-7 in TRL, and advantages of +0.0012 from it:
-    the trace held std 0 (float64) beside those advantages, and the scene said "σ = 0, every A = 0"."""
-    from trl.trainer.utils import nanstd
+@pytest.mark.parametrize("parts", [[[0.2, 1.0]] * 8, [[0.2, 0.0]] * 8, [[0.2, 1.0]] * 6,
+                                   [[0.0, 0.0], [0.2, 1.0], [0.2, 0.0], [0.2, 1.0]],
+                                   [[0.2, 1.0], [None, None], [0.2, 1.0], [0.2, 1.0]],
+                                   [[None, None], [0.2, 0.0], [None, 0.0], [0.2, 1.0]]])
+def test_a_groups_baseline_is_the_one_trls_advantages_came_from(parts):
+    """Eight rewards of 1.2 have a float32 std of 1.3e-7 in TRL, and advantages of +0.0012 from it: the trace
+    held std 0 (float64) beside those advantages, and the scene said "σ = 0, every A = 0". The recorded mean and
+    std now give TRL's advantages back, as TRL computes them (float32, on the group's view)."""
+    from minigrpo.integrations.trl import trl_baselines
 
-    from minigrpo.integrations.trl import _trl_group_mean_std
-
-    r = torch.tensor(rewards, dtype=torch.float32)
-    mean, std = _trl_group_mean_std(np.asarray(rewards, np.float32))
-    assert mean == float(torch.nanmean(r)) or (math.isnan(mean) and torch.isnan(r).all())
-    if int((~torch.isnan(r)).sum()) > 1:
-        assert std == float(nanstd(r))
-    else:
-        assert math.isnan(std)
+    per_func = torch.tensor([[math.nan if v is None else v for v in row] for row in parts], dtype=torch.float32)
+    rewards, means, stds = trl_baselines(per_func, torch.ones(2), len(parts))  # the parts come weighted
+    r = torch.tensor(rewards)
+    trl_advantages = (r - torch.tensor(means).repeat_interleave(len(parts))) / (
+        torch.tensor(stds).repeat_interleave(len(parts)) + 1e-4)  # TRL's own line, from the recorded numbers
+    ours = (r - means[0]) / (stds[0] + np.float32(1e-4))
+    scored = ~torch.isnan(r)
+    assert torch.equal(trl_advantages[scored], ours[scored])
+    if len(set(r[scored].tolist())) == 1 and int(scored.sum()) == 8 and r[0] == np.float32(1.2):
+        assert stds[0] > 0 and abs(float(trl_advantages[0])) > 1e-4  # TRL's float32 residue, recorded as it is
 
 
 def test_accuracy_without_a_correctness_function_is_not_recorded_as_zero():
@@ -183,12 +188,18 @@ def test_the_cli_lets_set_override_its_own_defaults_and_refuses_what_breaks_the_
 def test_a_trace_that_holds_no_record_is_started_over(sft_model, tmp_path):
     """A run stopped before its first rollout was recorded left meta.json alone, and its rerun was refused."""
     (tmp_path / "trace").mkdir()
-    (tmp_path / "trace" / "meta.json").write_text("{}")
+    (tmp_path / "trace" / "meta.json").write_text('{"format": "minigrpo-trace"}')
     make_trainer(sft_model, tmp_path, max_steps=1)
     assert json.loads((tmp_path / "trace" / "meta.json").read_text())["format"] == "minigrpo-trace"
     (tmp_path / "trace" / "steps.jsonl").write_text('{"step": 1}\n')
     with pytest.raises(ValueError, match="already holds a trace"):
         make_trainer(sft_model, tmp_path, max_steps=1)
+    other = tmp_path / "other"  # another tool's folder with a meta.json of its own is not deleted
+    other.mkdir()
+    (other / "meta.json").write_text('{"tool": "not minigrpo"}')
+    with pytest.raises(ValueError, match="already holds a trace"):
+        make_trainer(sft_model, tmp_path, max_steps=1, trace_subdir="other")
+    assert (other / "meta.json").read_text() == '{"tool": "not minigrpo"}'
 
 
 def test_unscorable_completions_leave_the_group_baseline_as_trl_computes_it():
@@ -238,6 +249,11 @@ def test_beta_0_records_no_kl_and_unscorable_rewards_render(sft_model, tmp_path)
     assert all(np.isnan(q.probs_ref).all() for p in probes for q in p.positions)
     rewards = np.concatenate([g.rewards for g in trace.steps[0].groups])
     assert np.isnan(rewards).any() and np.isfinite(rewards).any()
+    for g in trace.steps[0].groups:  # the recorded baseline is the one TRL's advantages came from
+        r = np.asarray(g.rewards, np.float32)
+        ok = np.isfinite(r)
+        expected = (r[ok] - np.float32(g.mean)) / (np.float32(g.std) + np.float32(1e-4))
+        np.testing.assert_allclose(np.asarray(g.advantages, np.float32)[ok], expected, rtol=1e-6, atol=1e-7)
     os.environ["MINIGRPO_TRACE"] = str(path)
     try:
         with tempconfig({"dry_run": True, "progress_bar": "none", "verbosity": "ERROR",

@@ -814,7 +814,9 @@ def test_unscorable_rewards_are_left_off_the_reward_line(tmp_path, media, scene_
 
     line = RewardLine([1.2, np.nan, 0.2, np.nan], mean=0.7, std=0.7071)
     assert len(line.dots) == 2 and np.isfinite([line.lo, line.hi]).all()
-    assert len(RewardLine([np.nan, np.nan], mean=np.nan, std=np.nan).dots) == 0
+    empty = RewardLine([np.nan, np.nan], mean=np.nan, std=np.nan)
+    assert len(empty.dots) == 0 and empty.mean_label.text == "μn/a"
+    assert not [m for m in empty.get_family() if getattr(m, "text", "").replace("−", "-").lstrip("-")[:1].isdigit()]
 
     def nan_rewards(rollouts):
         g = rollouts[0]["groups"][0]

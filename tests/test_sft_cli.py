@@ -335,16 +335,20 @@ def test_a_config_files_strings_are_not_parsed_as_numbers_or_switches(tmp_path, 
 
 
 def test_a_config_files_sft_steps_replace_a_presets_epochs(tmp_path):
-    from minigrpo.config import ConfigError, build_config
+    from minigrpo.config import build_config
 
     config = tmp_path / "run.toml"
     config.write_text('preset = "smollm-135m"\nsft_steps = 5\n')
     cfg = build_config(None, str(config))
     assert (cfg.sft_steps, cfg.sft_epochs) == (5, 0)
+    # a file with both (every train_config.json holds both) is taken as written: epochs > 0 win, as in the config
     config.write_text('preset = "tiny"\nsft_steps = 5\nsft_epochs = 2\n')
-    with pytest.raises(ConfigError, match="sets both sft_steps and sft_epochs"):
-        build_config(None, str(config))
+    assert (build_config(None, str(config)).sft_epochs, build_config(None, str(config)).sft_steps) == (2, 5)
+    config.write_text('preset = "smollm-135m"\nsft_steps = 5\n')
     assert build_config(None, str(config), {"sft_epochs": "2"}).sft_epochs == 2  # a flag decides
+    dumped = tmp_path / "train_config.json"
+    dumped.write_text(__import__("json").dumps(build_config("smollm2-135m").to_dict()))
+    assert build_config(None, str(dumped)).to_dict() == build_config("smollm2-135m").to_dict()
 
 
 @pytest.mark.parametrize("flag, value, message", [
@@ -376,6 +380,27 @@ def test_sft_has_no_warm_up_of_rls():
     _, rl = optim.make_optimizer(params, cfg, 1.0, 10)
     _, sft = optim.make_optimizer(params, cfg, 1.0, 10, schedule="constant", warmup_steps=0)
     assert rl.get_last_lr()[0] == pytest.approx(1 / 1000) and sft.get_last_lr()[0] == 1.0
+
+
+def test_sft_builds_its_optimizer_without_rls_warm_up(sft_model, tmp_path, monkeypatch):
+    import minigrpo.sft as sft
+    from minigrpo.config import build_config
+
+    seen = {}
+
+    class Seen(Exception):
+        pass
+
+    def spy(*args, **kwargs):
+        seen.update(kwargs)
+        raise Seen
+
+    monkeypatch.setattr(sft.optim, "make_optimizer", spy)
+    cfg = build_config("tiny", None, {"model": sft_model, "warmup_steps": "1000", "max_steps": "1", "eval_n": "2",
+                                      "eval_size": "4", "train_size": "40", "sft_size": "8"})
+    with pytest.raises(Seen):
+        sft.run_sft(cfg, tmp_path / "o", log=lambda *_: None)
+    assert seen.get("warmup_steps") == 0
 
 
 @pytest.mark.parametrize("argv, expected", [

@@ -948,3 +948,31 @@ def test_non_finite_probabilities_in_the_first_rollout_blame_the_model_not_the_r
     with pytest.raises(TrainingError, match="first rollout .* before any update; check its weights") as err:
         GRPOTrainer(fast_config(model=sft_model, max_steps=1), tmp_path, log=lambda *_: None).train()
     assert "--learning-rate" not in str(err.value)
+
+
+def test_a_non_finite_update_at_step_1_blames_the_model():
+    """The fast backend does not check while decoding: bad log-probs of the first rollout meet the update's
+    check, which said "lower --learning-rate" of a run no update had touched."""
+    from types import SimpleNamespace
+
+    from minigrpo.grpo import GRPOTrainer
+    from minigrpo.runtime import TrainingError
+
+    trainer = object.__new__(GRPOTrainer)
+    trainer.cfg, trainer.step = SimpleNamespace(nan_policy="stop", model="runs/sft"), 0
+    with pytest.raises(TrainingError, match="at step 1, before any update.*the model runs/sft") as err:
+        trainer._nonfinite("logp_old became non-finite")
+    assert "--learning-rate" not in str(err.value)
+
+
+def test_a_knob_the_algorithm_does_not_read_neither_refuses_nor_restarts_a_resume(sft_model, tmp_path):
+    """A GRPO run resumed with another --kl-coef (a PPO knob) was refused ("its trace was recorded with
+    --kl-coef ...") or, untraced, restarted its rollout, while the command line said it had no effect."""
+    from minigrpo.grpo import GRPOTrainer
+
+    GRPOTrainer(fast_config(model=sft_model, max_steps=2, save_steps=1), tmp_path, log=lambda *_: None).train()
+    said = []
+    more = fast_config(model=sft_model, max_steps=4, save_steps=1, kl_coef=0.9, gamma=0.5)
+    GRPOTrainer(more, tmp_path, resume=True, log=said.append).train()
+    assert not any("fresh rollout" in line or "kl_coef" in line or "gamma" in line for line in said), said
+    assert [s.rollout for s in load(tmp_path / "trace").steps] == [0, 0, 0, 0]

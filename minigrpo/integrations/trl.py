@@ -206,23 +206,23 @@ class TracingGRPOTrainer(GRPOTrainer):
                          "advantage": float(self.trace_advantages[i])})
         everyone = self.dist.gather(rows)
         if self.trace_writer is not None:
-            groups = self._groups(everyone, self._trace_rewards_per_func.float().cpu().numpy())
+            groups = self._groups(everyone, self._trace_rewards_per_func)
             self.trace_rollout_metrics = _rollout_metrics(groups, self.correct_reward)
             self.trace_rollout_metrics["rollout_time"] = rollout_time
             self.trace_writer.write_rollout(self.trace_rollout_id, groups)
 
-    def _groups(self, rows: list[dict], rewards_per_func: np.ndarray) -> list[Group]:
+    def _groups(self, rows: list[dict], rewards_per_func: torch.Tensor) -> list[Group]:
         g = self.num_generations
         names = list(self.reward_func_names)
-        weights = self.reward_weights.float().numpy()
+        all_rewards, means, stds = trl_baselines(rewards_per_func, self.reward_weights, g)
+        per_func_all = rewards_per_func.float().cpu().numpy()
         groups = []
         for start in range(0, len(rows), g):
             block = rows[start:start + g]
-            per_func = rewards_per_func[start:start + g]
+            per_func = per_func_all[start:start + g]
             parts = {n: per_func[:, k].astype(np.float32) for k, n in enumerate(names)}
-            rewards = np.nansum(per_func * weights[None, :], axis=1).astype(np.float32)
-            rewards[np.isnan(per_func).all(axis=1)] = np.nan  # unscorable (every function said None): as TRL
-            mean, std = _trl_group_mean_std(rewards)
+            rewards = all_rewards[start:start + g]
+            mean, std = float(means[start // g]), float(stds[start // g])
             correct = parts[self.correct_reward] == 1.0 if self.correct_reward in parts else np.zeros(g, bool)
             groups.append(Group(
                 prompt=block[0]["prompt"], question=block[0]["question"], answer=block[0]["answer"],
@@ -383,17 +383,20 @@ def _question(example: dict) -> str:
     return str(prompt)
 
 
-def _trl_group_mean_std(rewards: np.ndarray) -> tuple[float, float]:
-    """A group's baseline as TRL computes it: float32 nanmean and unbiased nanstd over the scored rows (NaN:
-    unscorable). Equal rewards can get a std of ~1e-7 from float32 rounding, and TRL's advantages with it
-    (a few 1e-3): the trace's mean and std are the ones those advantages came from."""
-    r = torch.as_tensor(np.asarray(rewards, np.float32))
-    scored = int((~torch.isnan(r)).sum())
-    mean = torch.nanmean(r)
-    if scored < 2:
-        return float(mean) if scored else math.nan, math.nan
-    variance = torch.nanmean((r - mean) ** 2) * scored / (scored - 1)
-    return float(mean), float(torch.sqrt(variance))
+def trl_baselines(rewards_per_func: torch.Tensor, weights: torch.Tensor, num_generations: int):
+    """(rewards, group means, group stds) as TRL's ``_generate_and_score_completions`` computes them, with its
+    own ops on the same device: the weighted ``nansum`` (NaN where every function said None), float32
+    ``nanmean`` and TRL's ``nanstd`` of each group. Equal rewards can get a std of ~1e-7 from float32
+    rounding, and TRL's advantages with it (a few 1e-3): the trace's mean and std are those advantages' own."""
+    from trl.trainer.utils import nanstd
+
+    unscorable = torch.isnan(rewards_per_func).all(dim=1)
+    rewards = (rewards_per_func * weights.to(rewards_per_func.device).unsqueeze(0)).nansum(dim=1)
+    rewards[unscorable] = torch.nan
+    grouped = rewards.view(-1, num_generations)
+    means, stds = torch.nanmean(grouped, dim=1), nanstd(grouped, dim=1)
+    return (rewards.float().cpu().numpy().astype(np.float32), means.float().cpu().numpy(),
+            stds.float().cpu().numpy())
 
 
 def _rollout_metrics(groups: list[Group], correct_reward: str) -> dict[str, float]:

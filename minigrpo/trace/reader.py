@@ -105,6 +105,9 @@ def _check_dir(path: str) -> None:
                                   f"written by a minigrpo run (a run killed before it wrote meta.json "
                                   f"leaves nothing to read)"))
     if META_FILE not in entries:
+        if "train_config.json" in entries and "state.json" in entries:  # OUT/checkpoint
+            raise TraceError(one_line(f"{path}: a training checkpoint, not a trace; its run's trace is "
+                                      f"{os.path.join(os.path.dirname(os.path.abspath(path)), 'trace')}"))
         if "train_config.json" in entries and "trace" not in entries:  # `minigrpo sft`, or `train --trace false`
             raise TraceError(one_line(f"{path}: a run folder with no trace in it (an SFT run, or `minigrpo train "
                                       f"--trace false`); traces are recorded by `minigrpo train` (--trace true, "

@@ -423,6 +423,12 @@ def holds_no_record(path: str | os.PathLike) -> bool:
     path = os.fspath(path)
     if not os.path.isfile(os.path.join(path, META_FILE)):
         return False
+    try:  # another tool's meta.json is not ours to replace
+        with open(os.path.join(path, META_FILE), encoding="utf-8") as f:
+            if json.load(f).get("format") != FORMAT_NAME:
+                return False
+    except (OSError, ValueError, AttributeError):
+        return False
     names = set(os.listdir(path))
     if not names <= {META_FILE, ROLLOUTS_FILE, STEPS_FILE, PAYLOAD_DIR}:
         return False

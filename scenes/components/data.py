@@ -427,14 +427,17 @@ def pick_group(trace):
 
 
 def zero_std_groups(trace) -> list[tuple[int, int]]:
-    """(step index, group index) of every group whose reward std is 0 (one per rollout)."""
+    """(step index, group index) of every group whose scored rewards are all equal (σ = 0), per rollout."""
     out, seen = [], set()
     for si, st in enumerate(trace.steps):
         if st.rollout in seen:
             continue
         seen.add(st.rollout)
         for gi, g in enumerate(st.groups):
-            if np.isfinite(g.std) and float(g.std) == 0.0 and np.isfinite(np.asarray(g.rewards, float)).any():
+            scored = np.asarray(g.rewards, float)
+            scored = scored[np.isfinite(scored)]
+            # every scored reward equal (a TRL trace's float32 std of such a group can be ~1e-7, not 0)
+            if scored.size >= 2 and np.ptp(scored) == 0:
                 out.append((si, gi))
     return out
 

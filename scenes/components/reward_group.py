@@ -237,8 +237,8 @@ class RewardLine(VGroup):
         at = mean if np.isfinite(mean) else (lo + hi) / 2  # no mean (nothing scored): the line marks nothing
         self.mean_line = Line([x(at), -0.25, 0], [x(at), top, 0], color=P.CLIP if np.isfinite(mean) else P.MUTED,
                               stroke_width=5)
-        self.mean_label = Text("μ", font=P.FONT, font_size=font_size + 4, color=P.CLIP).next_to(
-            self.mean_line, DOWN, buff=0.08)
+        self.mean_label = Text("μ" if np.isfinite(mean) else "μ n/a", font=P.FONT, font_size=font_size + 4,
+                               color=P.CLIP if np.isfinite(mean) else P.MUTED).next_to(self.mean_line, DOWN, buff=0.08)
         self.std_lines = VGroup()
         if np.isfinite(std) and std > 0 and np.isfinite(mean):
             for s in (-1, 1):
@@ -249,8 +249,8 @@ class RewardLine(VGroup):
         else:  # σ = 0, or not recorded (null)
             self.std_label = Text("σ = 0" if np.isfinite(std) else "σ = n/a", font=P.FONT, font_size=font_size,
                                   color=P.NEG).next_to(self.mean_line, RIGHT, buff=0.2)
-        ends = VGroup(
+        ends = VGroup(  # no scored reward: the axis has no values to name
             Text(fmt_num(lo + pad), font=P.MONO, font_size=font_size - 2, color=P.MUTED).move_to([x(lo + pad), -0.35, 0]),
             Text(fmt_num(hi - pad), font=P.MONO, font_size=font_size - 2, color=P.MUTED).move_to([x(hi - pad), -0.35, 0]),
-        )
+        ) if r.size or np.isfinite(mean) else VGroup()
         self.add(axis, ends, self.dots, self.mean_line, self.mean_label, self.std_lines, self.std_label)
