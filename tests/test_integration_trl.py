@@ -213,7 +213,7 @@ def test_unscorable_completions_leave_the_group_baseline_as_trl_computes_it():
                            reward_weights=torch.tensor([0.2, 1.0]), correct_reward="correctness")
     rows = [{"prompt": "p", "question": "q", "answer": "Yes", "completion": f"c{i}", "ids": np.array([i]),
              "advantage": 0.0} for i in range(4)]
-    per_func = np.array([[0.0, 0.0], [np.nan, np.nan], [1.0, 0.0], [0.0, 0.0]])
+    per_func = torch.tensor([[0.0, 0.0], [np.nan, np.nan], [1.0, 0.0], [0.0, 0.0]])
     (group,) = TracingGRPOTrainer._groups(fake, rows, per_func)
     assert np.isnan(group.rewards[1]) and group.rewards[2] == pytest.approx(0.2)
     scored = np.array([0.0, 0.2, 0.0])
