@@ -91,14 +91,19 @@ def video_path(scene: str, quality: str = "l") -> Path:
     return REPO_ROOT / "renders" / "videos" / scene / QUALITIES[quality] / f"{SCENES[scene]}.mp4"
 
 
+def _without(names: list[str], needing, why: str, log: Callable[[str], None]) -> list[str]:
+    """``names`` without those in ``needing``, each skip logged with ``why``."""
+    for name in names:
+        if name in needing:
+            log(f"minigrpo: skipping {name}: {why}")
+    return [n for n in names if n not in needing]
+
+
 def for_algo(names: list[str], algo: str, log: Callable[[str], None]) -> list[str]:
     """``names`` without the GRPO-only scenes when the trace's ``algo`` is not GRPO, each skip logged."""
     if algo == "grpo":
         return names
-    for name in names:
-        if name in GRPO_ONLY:
-            log(f"minigrpo: skipping {name}: it needs a GRPO --trace and this trace is {algo.upper()}")
-    return [n for n in names if n not in GRPO_ONLY]
+    return _without(names, GRPO_ONLY, f"it needs a GRPO --trace and this trace is {algo.upper()}", log)
 
 
 NEEDS_PROBES = ("ppo_logits", "kl_penalty", "ppo_vs_grpo")  # they replay probed completions token by token
@@ -116,11 +121,8 @@ def with_probes(names: list[str], trace: Path, log: Callable[[str], None]) -> li
         return names
     if not steps or any(rec.probes for rec in steps):  # no update yet: the scenes say so themselves
         return names
-    for name in names:
-        if name in NEEDS_PROBES:
-            log(f"minigrpo: skipping {name}: it replays probed completions and this trace recorded none "
-                f"(trained with --probe-completions 0)")
-    return [n for n in names if n not in NEEDS_PROBES]
+    return _without(names, NEEDS_PROBES, "it replays probed completions and this trace recorded none "
+                                         "(trained with --probe-completions 0)", log)
 
 
 NEEDS_KL = ("kl_penalty",)  # it shows the KL to the reference model, token by token
@@ -131,11 +133,8 @@ def with_kl(names: list[str], kl_recorded: bool, log: Callable[[str], None]) -> 
     with β = 0 has no reference model), each skip logged."""
     if kl_recorded:
         return names
-    for name in names:
-        if name in NEEDS_KL:
-            log(f"minigrpo: skipping {name}: this TRL run had beta = 0, so TRL loaded no reference model "
-                f"and the trace holds no KL")
-    return [n for n in names if n not in NEEDS_KL]
+    return _without(names, NEEDS_KL, "this TRL run had beta = 0, so TRL loaded no reference model and the trace "
+                                     "holds no KL", log)
 
 
 def _applicable(names: list[str], trace: Path) -> list[str]:
