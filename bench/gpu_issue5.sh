@@ -20,7 +20,7 @@
 #   BUDGET_S=370 bash bench/gpu_issue5.sh explore  (338 s on an H200, call C; its autotuned decode ran out of time)
 #     the decode loop compiled, fused-compiled and fused with GEMM autotuning; seconds per part of one step at one
 #     micro-batch of 48 with fused decode, then with the passes' norms, MLPs and RoPE compiled (gpu_profile.py)
-#   BUDGET_S=430 bash bench/gpu_issue5.sh overlap  (not run yet: the next call)
+#   BUDGET_S=430 bash bench/gpu_issue5.sh overlap  (call E, H100, 2026-11-26 at 73fbaad: bench/results/h100-2026-11-26-c)
 #     the step of the code as it stands, next to TRL at one micro-batch of 48 (compiled; compiled + fused; trace
 #     off with both), the trace's record on a side stream beside OVERLAP_STEPS queued decode steps; a profile of
 #     the π_ref pass and the update; the decode loop alone (its time against the step's generation: what of the record still shows),
