@@ -110,7 +110,7 @@ case "$mode" in
         profile update --update-only --compile-decode --fused-decode --micro-batch 0
         step qwen3 --arch qwen3-0.6b --steps 2 --warmup 1 --micro-batch 0 --compile-decode --fused-decode --skip-plain \
             --skip-ppo --skip-trace-off ;;
-    overlap)  # the next call: the step as the code stands (records beside the decode), its decode alone, an update
+    overlap)  # call E (H100): the step as the code stands (records beside the decode), its decode alone, an update
         gpu_tests
         { echo "== bench/chunked_head.py"; timeout "$(cap 60)" python3 bench/chunked_head.py; echo "rc=$?"; } \
             >> "$out/pytest_gpu.log" 2>&1
