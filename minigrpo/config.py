@@ -285,10 +285,14 @@ def field_default(fld: dataclasses.Field) -> Any:
     return fld.default_factory() if fld.default_factory is not dataclasses.MISSING else dataclasses.MISSING
 
 
+def _default_of(name: str) -> Any:
+    """The default of the TrainConfig field ``name`` (what its type is read from)."""
+    return field_default(next(f for f in dataclasses.fields(TrainConfig) if f.name == name))
+
+
 def _coerce(name: str, value: Any) -> Any:
     """Turn a string (from the command line) or a file value into the field's type."""
-    fld = {f.name: f for f in dataclasses.fields(TrainConfig)}[name]
-    default = field_default(fld)
+    default = _default_of(name)
     if not isinstance(value, str):
         return _typed(name, value, default)
     text = value.strip()
@@ -412,5 +416,4 @@ def _from_file(name: str, value: Any) -> Any:
     command line's is) but refused; TOML has no null, so ``epsilon_high = "none"`` means null there."""
     if name == "epsilon_high" and isinstance(value, str) and value.strip().lower() in ("none", "null"):
         return None
-    fld = {f.name: f for f in dataclasses.fields(TrainConfig)}[name]
-    return _typed(name, value, field_default(fld))
+    return _typed(name, value, _default_of(name))

@@ -395,8 +395,7 @@ def trl_baselines(rewards_per_func: torch.Tensor, weights: torch.Tensor, num_gen
     rewards[unscorable] = torch.nan
     grouped = rewards.view(-1, num_generations)
     means, stds = torch.nanmean(grouped, dim=1), nanstd(grouped, dim=1)
-    return (rewards.float().cpu().numpy().astype(np.float32), means.float().cpu().numpy(),
-            stds.float().cpu().numpy())
+    return rewards.float().cpu().numpy(), means.float().cpu().numpy(), stds.float().cpu().numpy()
 
 
 def _rollout_metrics(groups: list[Group], correct_reward: str) -> dict[str, float]:
